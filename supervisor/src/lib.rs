@@ -1,1 +1,2 @@
-//! stub
+//! warden: an out-of-process supervisor (work in progress).
+#![warn(missing_docs)]

@@ -1,0 +1,5 @@
+//! The `warden` command line (work in progress).
+
+mod cli;
+
+fn main() {}
