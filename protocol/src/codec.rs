@@ -73,7 +73,9 @@ pub fn encode_frame_into<M: Serialize>(
 ) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let result = postcard::to_extend(msg, ExtendVec(out)).map(|_| ()).map_err(EncodeError::Codec);
+    let result = postcard::to_extend(msg, ExtendVec(out))
+        .map(|_| ())
+        .map_err(EncodeError::Codec);
     let len = out.len() - start - HEADER_LEN;
     let result = result.and_then(|()| match u32::try_from(len) {
         Ok(l) if l <= max_len => Ok(l),
@@ -115,7 +117,11 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects frame bodies longer than `max_len` bytes.
     pub fn new(max_len: u32) -> Self {
-        FrameDecoder { buf: Vec::new(), pos: 0, max_len }
+        FrameDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            max_len,
+        }
     }
 
     /// The frame body limit.
@@ -156,7 +162,10 @@ impl FrameDecoder {
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         if len > self.max_len {
-            return Err(DecodeError::Oversized { len, max: self.max_len });
+            return Err(DecodeError::Oversized {
+                len,
+                max: self.max_len,
+            });
         }
         if len == 0 {
             return Err(DecodeError::Empty);

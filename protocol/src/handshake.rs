@@ -21,6 +21,9 @@ pub fn check_version(peer: u16) -> Result<u16, HandshakeError> {
     if peer == PROTOCOL_VERSION {
         Ok(PROTOCOL_VERSION)
     } else {
-        Err(HandshakeError { peer, ours: PROTOCOL_VERSION })
+        Err(HandshakeError {
+            peer,
+            ours: PROTOCOL_VERSION,
+        })
     }
 }
