@@ -49,12 +49,17 @@ pub enum DecodeError {
         /// Count of unconsumed bytes.
         extra: usize,
     },
-    /// The body starts with a message tag (or holds an enum tag) this side does not know.
+    /// The body starts with a message tag (or holds an enum tag, such as a
+    /// [`CancelReason`](crate::CancelReason)) this side does not know.
+    ///
+    /// For a type other than this crate's messages decoded through
+    /// [`FrameDecoder::next`], this is also what a value its `Deserialize` impl rejects with a
+    /// custom error turns into: the codec does not say more than "rejected".
     #[error("unknown message or enum tag")]
     UnknownTag,
     /// The body is not a valid encoding (bad varint, bool, UTF-8, option tag, ...).
-    #[error("malformed frame body: {0}")]
-    Malformed(postcard::Error),
+    #[error("malformed frame body")]
+    Malformed(#[source] postcard::Error),
 }
 
 /// Encodes `msg` as one frame (header and body), refusing bodies over `max_len`.
@@ -155,6 +160,10 @@ impl FrameDecoder {
     /// Takes the next whole message, `Ok(None)` when more bytes are needed.
     ///
     /// After an error the decoder must be discarded: the stream cannot be resynchronised.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "generic over the message type and fallible with a fatal error: not an Iterator"
+    )]
     pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, DecodeError> {
         let rest = &self.buf[self.pos..];
         if rest.len() < HEADER_LEN {
@@ -170,7 +179,17 @@ impl FrameDecoder {
         if len == 0 {
             return Err(DecodeError::Empty);
         }
-        let end = HEADER_LEN + len as usize;
+        // `len <= max_len` fits a u32, but not necessarily a usize plus the header on a
+        // 16- or 32-bit target with a limit near u32::MAX: such a frame could never be buffered.
+        let Some(end) = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_add(HEADER_LEN))
+        else {
+            return Err(DecodeError::Oversized {
+                len,
+                max: self.max_len,
+            });
+        };
         if rest.len() < end {
             return Ok(None);
         }
@@ -186,7 +205,13 @@ pub(crate) fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, DecodeE
         Ok((msg, [])) => Ok(msg),
         Ok((_, extra)) => Err(DecodeError::TrailingBytes { extra: extra.len() }),
         Err(postcard::Error::DeserializeUnexpectedEnd) => Err(DecodeError::Truncated),
-        Err(postcard::Error::DeserializeBadEnum) => Err(DecodeError::UnknownTag),
+        // postcard reads a variant tag as a varint and hands it to the derived `Deserialize`,
+        // which rejects an index it does not know with a custom error: postcard reports that as
+        // `SerdeDeCustom` (`DeserializeBadEnum` is declared but not produced by postcard 1.1).
+        // The wire types have no other source of custom errors (no validation in any impl).
+        Err(postcard::Error::SerdeDeCustom | postcard::Error::DeserializeBadEnum) => {
+            Err(DecodeError::UnknownTag)
+        }
         Err(e) => Err(DecodeError::Malformed(e)),
     }
 }

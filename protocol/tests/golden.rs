@@ -15,8 +15,8 @@
 //! the message (consuming the whole frame).
 
 use warden_protocol::{
-    CancelReason, DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, SupervisorMessage, WorkerMessage,
-    encode_frame, encode_frame_into,
+    CancelReason, DEFAULT_MAX_FRAME_LEN, DecodeError, FrameDecoder, JobId, SupervisorMessage,
+    WorkerMessage, encode_frame, encode_frame_into,
 };
 
 /// 2^40 as LEB128: 40 = 5 * 7 + 5, so five zero groups (`80` each, continuation set) and a last
@@ -454,6 +454,36 @@ fn worker_failed_empty_and_text() {
         &[
             0x07, 0x00, 0x00, 0x00, 0x05, 0x09, 0x04, b'b', b'o', b'o', b'm',
         ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variant counts: appending a variant must come with a golden test above.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn first_unused_tags_are_unknown() {
+    // The enums are #[non_exhaustive], so a match here cannot prove the list above is complete.
+    // Pinning the first free tag does: adding a variant turns this test red.
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.push(&[0x01, 0x00, 0x00, 0x00, 0x05]);
+    assert_eq!(
+        decoder.next::<SupervisorMessage>(),
+        Err(DecodeError::UnknownTag)
+    );
+
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.push(&[0x01, 0x00, 0x00, 0x00, 0x06]);
+    assert_eq!(
+        decoder.next::<WorkerMessage>(),
+        Err(DecodeError::UnknownTag)
+    );
+
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.push(&[0x03, 0x00, 0x00, 0x00, 0x02, 0x07, 0x04]);
+    assert_eq!(
+        decoder.next::<SupervisorMessage>(),
+        Err(DecodeError::UnknownTag)
     );
 }
 
