@@ -585,3 +585,56 @@ fn protocol_md_example_cancel_then_completed() {
         &from_hex("06 00 00 00 03 ac 02 02 6f 6b"),
     );
 }
+
+/// The one-line dumps in PROTOCOL.md ("header  body") are the encoder's output for the same
+/// messages, so the document cannot drift from the tests above.
+#[test]
+fn protocol_md_dumps_are_the_encoded_frames() {
+    let doc = include_str!("../PROTOCOL.md");
+    let dump = |frame: Vec<u8>| format!("{}  {}", hex(&frame[..4]), hex(&frame[4..]));
+    let supervisor = [
+        SupervisorMessage::Hello {
+            protocol_version: 1,
+            supervisor_version: "0.1.0".into(),
+            max_frame_len: 1 << 20,
+            heartbeat_interval_ms: 1000,
+        },
+        SupervisorMessage::StartJob {
+            job: JobId(300),
+            payload: b"hi".to_vec(),
+            deadline_ms: Some(30_000),
+        },
+        SupervisorMessage::Cancel {
+            job: JobId(300),
+            reason: CancelReason::Timeout,
+        },
+    ];
+    let worker = [
+        WorkerMessage::Hello {
+            protocol_version: 1,
+            pid: 4242,
+            sdk_version: "warden-worker 0.1.0".into(),
+        },
+        WorkerMessage::Progress {
+            job: JobId(300),
+            fraction: Some(0.25),
+            text: Some("a".into()),
+        },
+        WorkerMessage::Completed {
+            job: JobId(300),
+            output: b"ok".to_vec(),
+        },
+    ];
+    let dumps = supervisor
+        .iter()
+        .map(|m| encode_frame(m, DEFAULT_MAX_FRAME_LEN).unwrap())
+        .chain(
+            worker
+                .iter()
+                .map(|m| encode_frame(m, DEFAULT_MAX_FRAME_LEN).unwrap()),
+        )
+        .map(dump);
+    for line in dumps {
+        assert!(doc.contains(&line), "PROTOCOL.md lacks the dump `{line}`");
+    }
+}
