@@ -52,6 +52,59 @@ impl Channel {
 
     /// Wraps an already-connected socket (for example one end of `UnixStream::pair()`, to serve
     /// in-process in tests).
+    ///
+    /// A whole conversation, with a hand-written supervisor on the other end:
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use warden_protocol::{
+    ///     DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage,
+    ///     WorkerMessage, encode_frame,
+    /// };
+    /// use warden_worker::{Channel, Worker};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut supervisor, worker_end) = UnixStream::pair()?;
+    /// supervisor.set_read_timeout(Some(Duration::from_secs(10)))?;
+    /// let worker = std::thread::spawn(move || {
+    ///     Worker::new()
+    ///         .channel(Channel::from_std(worker_end)?)
+    ///         .handle_sigterm(false)
+    ///         .serve_blocking(|job| Ok(job.payload().to_ascii_uppercase()))
+    /// });
+    ///
+    /// let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    /// let mut reader = supervisor.try_clone()?;
+    /// let mut recv = move || -> Result<WorkerMessage, Box<dyn std::error::Error>> {
+    ///     loop {
+    ///         if let Some(msg) = decoder.next()? {
+    ///             return Ok(msg);
+    ///         }
+    ///         let mut buf = [0; 4096];
+    ///         let n = reader.read(&mut buf)?;
+    ///         decoder.push(&buf[..n]);
+    ///     }
+    /// };
+    /// let mut send = |msg: SupervisorMessage| -> Result<(), Box<dyn std::error::Error>> {
+    ///     Ok(supervisor.write_all(&encode_frame(&msg, u32::MAX)?)?)
+    /// };
+    ///
+    /// assert!(matches!(recv()?, WorkerMessage::Hello { .. }));
+    /// send(SupervisorMessage::Hello {
+    ///     protocol_version: PROTOCOL_VERSION,
+    ///     supervisor_version: "doc".into(),
+    ///     max_frame_len: DEFAULT_MAX_FRAME_LEN,
+    ///     heartbeat_interval_ms: 0,
+    /// })?;
+    /// send(SupervisorMessage::StartJob { job: JobId(1), payload: b"abc".to_vec(), deadline_ms: None })?;
+    /// assert_eq!(recv()?, WorkerMessage::Completed { job: JobId(1), output: b"ABC".to_vec() });
+    /// send(SupervisorMessage::Shutdown)?;
+    /// worker.join().expect("worker thread")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_std(stream: UnixStream) -> Result<Channel, BootstrapError> {
         sys::set_cloexec(&stream).map_err(BootstrapError::Configure)?;
         Ok(Channel { stream })
