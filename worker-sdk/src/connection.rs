@@ -57,7 +57,7 @@ async fn exchange_hellos(
     };
     let mut frame = Vec::new();
     encode_frame_into(&hello, DEFAULT_MAX_FRAME_LEN, &mut frame).map_err(ConnectError::Encode)?;
-    wr.write_all(&frame).await.map_err(ConnectError::Io)?;
+    wr.write_all(&frame).await.map_err(io_error)?;
 
     match read_one(rd).await? {
         SupervisorMessage::Hello {
@@ -110,9 +110,16 @@ async fn read_one(rd: &mut OwnedReadHalf) -> Result<SupervisorMessage, ConnectEr
 }
 
 async fn read_exact(rd: &mut OwnedReadHalf, buf: &mut [u8]) -> Result<(), ConnectError> {
-    match rd.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectError::Closed),
-        Err(e) => Err(ConnectError::Io(e)),
+    rd.read_exact(buf).await.map(drop).map_err(io_error)
+}
+
+/// The supervisor going away shows up as EOF, EPIPE or ECONNRESET depending on timing.
+fn io_error(e: std::io::Error) -> ConnectError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+            ConnectError::Closed
+        }
+        _ => ConnectError::Io(e),
     }
 }
