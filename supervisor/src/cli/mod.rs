@@ -1,8 +1,12 @@
 //! Command-line front ends.
 //!
-//! `signals` and `duration` hold the operand rules of GNU coreutils that
-//! `warden timeout` and `warden run --signal` share.
+//! `timeout` is the argument layer of `warden timeout`, a drop-in for GNU
+//! coreutils `timeout`; `signals` and `duration` hold the operand rules it
+//! shares with other subcommands (`warden run --signal`), `exit_status` the
+//! statuses it exits with.
 
 mod c_locale;
 pub(crate) mod duration;
+pub(crate) mod exit_status;
 pub(crate) mod signals;
+pub(crate) mod timeout;
