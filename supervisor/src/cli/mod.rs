@@ -10,3 +10,6 @@ pub(crate) mod duration;
 pub(crate) mod exit_status;
 pub(crate) mod signals;
 pub(crate) mod timeout;
+
+#[cfg(test)]
+mod gnu_differential;
