@@ -1,2 +1,77 @@
-//! warden: an out-of-process supervisor (work in progress).
+//! warden: an out-of-process supervisor for work that cannot be trusted to stop when asked.
+//!
+//! # Theory of operation
+//!
+//! A [`Worker`] is a child process in its own process group. A worker that links the
+//! `warden-worker` SDK speaks warden's protocol over one end of a socketpair inherited at fd 3
+//! (nothing another process could connect to); a *plain* program gets no channel.
+//!
+//! **Lifecycle.** [`Worker::spawn`] starts the program from one long-lived spawning thread on
+//! the `posix_spawn` path (no fork of the supervisor's address space), holds it as a pidfd where
+//! the kernel has them, and completes the handshake within a timeout (or kills and reaps the
+//! child and returns a [`SpawnError`]). A per-worker actor task then owns the process and the
+//! channel; the handle talks to it over a queue.
+//!
+//! **Jobs and the ladder.** [`Worker::run`] hands a payload to the worker and resolves to a
+//! [`JobReport`]. The caller's `CancellationToken`, the job's timeout and the worker's shutdown
+//! token each start the same ladder, with the reason recorded (`requested`, `timeout`,
+//! `shutdown`): (1) *cooperative*: a cancel message, then `grace`; (2) *signal*: the polite
+//! signal (SIGTERM) and SIGCONT to the process group, then `kill_after`; (3) *kill*: SIGKILL to
+//! the group. A plain program starts at stage 2. The ladder is the sans-IO state machine
+//! [`Escalation`]; the actor only feeds it events and performs its actions, so cancelling never
+//! blocks the caller and one stuck worker never blocks another.
+//!
+//! **Outcomes.** [`Outcome`] says who stopped the work and is never blurred: `Completed` (even
+//! if a cancel came too late: `CompletedDespiteCancel`), `Cancelled` (the worker acknowledged),
+//! `Failed` (its own error, or exit 0 without a result), `Terminated` (the polite signal),
+//! `Killed` (SIGKILL, or a protocol violation: see [`JobReport::violation`]), `Crashed` (it died
+//! on its own). The outcome is decided only when the facts are in: a result for a worker that is
+//! still usable, or the process's exit *and* the channel drained to EOF (bounded), so a result
+//! written just before exiting is never lost and a result that crosses a cancel gives exactly
+//! one outcome.
+//!
+//! **Ordering and safety.** Signals are sent through the pidfd (the process group through
+//! `PIDFD_SIGNAL_PROCESS_GROUP` where the kernel has it) or by pid/pgid while the child is not
+//! yet reaped, which pins both numbers: a recycled pid is never signalled. Exit is observed
+//! without reaping; what is left of the worker's process group is SIGKILLed; only then is the
+//! child reaped, by its own actor and nobody else.
+//!
+//! **Drop.** Dropping a [`Worker`] shuts it down in the background (shutdown message, then the
+//! ladder). Dropping a job's future cancels the job. If the runtime goes away, every unreaped
+//! child's process group is SIGKILLed and reaped.
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio_util::sync::CancellationToken;
+//! use warden::{Command, JobOptions, Outcome, Worker, WorkerConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = Worker::spawn(&Command::new("my-sdk-worker"), WorkerConfig::protocol()).await?;
+//! let token = CancellationToken::new();
+//! let job = worker.run(b"input".to_vec(), JobOptions::new().token(token.clone()).timeout(Duration::from_secs(30)));
+//! token.cancel(); // never blocks; the ladder runs in the worker's actor
+//! let report = job.await?;
+//! match report.outcome {
+//!     Outcome::Cancelled => println!("stopped cooperatively after {:?}", report.trace.cancel_to_end()),
+//!     other => println!("{}", other.name()),
+//! }
+//! # Ok(()) }
+//! ```
+//! A complete runnable program is `examples/src/bin/demo.rs`.
 #![warn(missing_docs)]
+
+mod error;
+pub mod escalation;
+mod ipc;
+mod outcome;
+mod process;
+mod worker;
+
+pub use error::{RunError, SpawnError};
+pub use escalation::{Action, Deadlines, Escalation, Stage};
+pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
+pub use process::{Command, ExitStatus, Stdio};
+pub use tokio_util::sync::CancellationToken;
+pub use warden_protocol::{CancelReason, JobId};
+pub use worker::{JobOptions, Progress, Worker, WorkerConfig, WorkerInfo};

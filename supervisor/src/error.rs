@@ -1,0 +1,107 @@
+//! Errors: `Err` means the supervisor itself could not do what was asked. A worker that was
+//! cancelled, killed or crashed is an [`Outcome`](crate::Outcome), not an error.
+
+use std::ffi::OsString;
+use std::io;
+use std::time::Duration;
+
+use thiserror::Error;
+use warden_protocol::HandshakeError;
+
+use crate::{ExitStatus, Violation};
+
+/// A worker could not be started.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// No such program (the shell's 127).
+    #[error("program not found: {program:?}")]
+    NotFound {
+        /// The program as given.
+        program: OsString,
+    },
+    /// The program exists but cannot be executed (the shell's 126).
+    #[error("program is not executable: {program:?}")]
+    NotExecutable {
+        /// The program as given.
+        program: OsString,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// The program could not be started for another reason.
+    #[error("could not start {program:?}")]
+    Launch {
+        /// The program as given.
+        program: OsString,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// The command holds a string no process can receive.
+    #[error("invalid {what}: it contains a NUL byte or an '=' in a variable name")]
+    InvalidCommand {
+        /// Which part of the command.
+        what: &'static str,
+    },
+    /// The socketpair for the worker's channel could not be created.
+    #[error("could not create the worker's channel")]
+    Channel(#[source] io::Error),
+    /// The worker did not send its hello in time; it has been killed.
+    #[error("worker {pid} did not complete the handshake within {timeout:?}")]
+    HandshakeTimeout {
+        /// The worker's pid (now reaped).
+        pid: u32,
+        /// The handshake timeout.
+        timeout: Duration,
+    },
+    /// The worker exited before completing the handshake.
+    #[error("worker {pid} exited during the handshake with {status}")]
+    ExitedDuringHandshake {
+        /// The worker's pid (now reaped).
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The worker speaks another protocol version; it was refused and killed.
+    #[error("worker {pid} speaks an incompatible protocol")]
+    IncompatibleVersion {
+        /// The worker's pid (now reaped).
+        pid: u32,
+        /// The versions.
+        #[source]
+        source: HandshakeError,
+    },
+    /// The worker broke the protocol during the handshake; it has been killed.
+    #[error("worker {pid} broke the protocol during the handshake")]
+    Protocol {
+        /// The worker's pid (now reaped).
+        pid: u32,
+        /// What it did.
+        #[source]
+        violation: Violation,
+    },
+}
+
+/// A job could not be run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The worker process is gone (it exited, was killed, or was shut down).
+    #[error("the worker is gone")]
+    WorkerGone {
+        /// How it ended, when known.
+        status: Option<ExitStatus>,
+    },
+    /// The payload does not fit in one frame.
+    #[error("payload of {len} bytes exceeds the frame limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Payload length.
+        len: usize,
+        /// The frame limit.
+        max: u32,
+    },
+    /// A plain program (no protocol) cannot receive a payload.
+    #[error("a plain program takes no payload")]
+    PayloadForPlainProgram,
+}

@@ -1,0 +1,359 @@
+//! How a job ended. Kept apart from errors: being killed at the deadline is a result.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use warden_protocol::{CancelReason, DecodeError, JobId};
+
+use crate::ExitStatus;
+use crate::escalation::Stage;
+
+/// How a job ended. The variants are never blurred: each says who stopped the work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The worker finished and returned this output (no cancel was requested). For a plain
+    /// program: it exited with status 0 (the output is empty).
+    Completed(Vec<u8>),
+    /// The worker finished and returned this output although a cancel had been requested: the
+    /// cancel came too late.
+    CompletedDespiteCancel(Vec<u8>),
+    /// The worker acknowledged the cancel and stopped.
+    Cancelled,
+    /// The job failed on its own.
+    Failed(Failure),
+    /// The polite signal (SIGTERM by default) ended the worker.
+    Terminated,
+    /// The supervisor killed the worker with SIGKILL (the deadline passed, or the worker broke
+    /// the protocol: see [`JobReport::violation`]).
+    Killed,
+    /// The worker died without being asked to: a signal nobody here sent, or a non-zero exit of
+    /// a protocol worker.
+    Crashed(ExitStatus),
+}
+
+impl Outcome {
+    /// Lower-case name used in reports: completed, cancelled, failed, terminated, killed, crashed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) | Outcome::CompletedDespiteCancel(_) => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed(_) => "failed",
+            Outcome::Terminated => "terminated",
+            Outcome::Killed => "killed",
+            Outcome::Crashed(_) => "crashed",
+        }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The worker reported this error.
+    Worker(String),
+    /// A protocol worker exited with status 0 without sending a result.
+    ExitedWithoutResult,
+    /// A plain program exited with this non-zero status.
+    ExitCode(i32),
+}
+
+/// A worker broke the protocol; it is killed at once.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A frame could not be decoded (oversized, truncated, unknown tag, trailing bytes...).
+    #[error("undecodable frame")]
+    Frame(#[source] DecodeError),
+    /// A message arrived before the worker's hello.
+    #[error("{kind} message before hello")]
+    BeforeHello {
+        /// The message kind.
+        kind: &'static str,
+    },
+    /// A second hello.
+    #[error("unexpected second hello")]
+    RepeatedHello,
+    /// A job message for a job that is not running (unknown, finished, or already answered).
+    #[error("{kind} message for {job}, which is not running")]
+    NotRunning {
+        /// The message kind.
+        kind: &'static str,
+        /// The job it named.
+        job: warden_protocol::JobId,
+    },
+    /// Part of a frame arrived and the rest did not come in time.
+    #[error("partial frame stalled for more than {timeout:?}")]
+    StalledFrame {
+        /// The frame timeout.
+        timeout: Duration,
+    },
+}
+
+/// When each step of a job happened, measured from the job's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// When the job started (the instant the others are measured from).
+    pub started: Instant,
+    /// Cancel requested (by the caller, the timeout or shutdown).
+    pub cancel_requested: Option<Duration>,
+    /// The polite signal was sent to the worker's process group.
+    pub signal_sent: Option<Duration>,
+    /// SIGKILL was sent to the worker's process group.
+    pub kill_sent: Option<Duration>,
+    /// The worker still lived `reap_timeout` after SIGKILL.
+    pub kill_pending: Option<Duration>,
+    /// The worker's terminal message arrived.
+    pub result_received: Option<Duration>,
+    /// The worker process exited.
+    pub exited: Option<Duration>,
+    /// The worker process was reaped.
+    pub reaped: Option<Duration>,
+    /// The outcome was decided.
+    pub ended: Duration,
+}
+
+impl Trace {
+    /// Time from the cancel request to the end of the job, if a cancel was requested.
+    pub fn cancel_to_end(&self) -> Option<Duration> {
+        self.cancel_requested.map(|c| self.ended.saturating_sub(c))
+    }
+}
+
+/// Everything known about how a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobReport {
+    /// The job's id on its worker's connection.
+    pub job: JobId,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why a cancel was requested, if one was.
+    pub reason: Option<CancelReason>,
+    /// The highest stage of the ladder that was reached.
+    pub stage: Option<Stage>,
+    /// How the worker process ended, if it ended during this job.
+    pub exit: Option<ExitStatus>,
+    /// The protocol violation that got the worker killed, if any.
+    pub violation: Option<Violation>,
+    /// False when the job was cancelled before it was handed to the worker.
+    pub started: bool,
+    /// Timings.
+    pub trace: Trace,
+}
+
+/// What the worker said about a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WorkerResult {
+    Completed(Vec<u8>),
+    Cancelled,
+    Failed(String),
+}
+
+/// Facts from which the outcome is decided.
+#[derive(Debug, Clone)]
+pub(crate) struct Facts {
+    pub protocol: bool,
+    pub result: Option<WorkerResult>,
+    pub cancelled: bool,
+    pub violation: bool,
+    pub signal_sent: bool,
+    pub kill_sent: bool,
+    pub exit: Option<ExitStatus>,
+}
+
+/// Decides the outcome. A result that arrived wins over anything that happened to the process
+/// afterwards; without one, the exit status and what we sent decide.
+pub(crate) fn classify(f: Facts) -> Outcome {
+    if let Some(result) = f.result {
+        return match result {
+            WorkerResult::Completed(out) if f.cancelled => Outcome::CompletedDespiteCancel(out),
+            WorkerResult::Completed(out) => Outcome::Completed(out),
+            WorkerResult::Cancelled => Outcome::Cancelled,
+            WorkerResult::Failed(e) => Outcome::Failed(Failure::Worker(e)),
+        };
+    }
+    if f.violation {
+        return Outcome::Killed;
+    }
+    let Some(status) = f.exit else {
+        // Still not reaped after SIGKILL (kill pending).
+        return Outcome::Killed;
+    };
+    if f.kill_sent && status.signal() == Some(libc::SIGKILL) {
+        return Outcome::Killed;
+    }
+    if f.signal_sent {
+        return Outcome::Terminated;
+    }
+    match status {
+        ExitStatus::Signal { .. } => Outcome::Crashed(status),
+        ExitStatus::Code(0) if f.protocol => Outcome::Failed(Failure::ExitedWithoutResult),
+        ExitStatus::Code(_) if f.protocol => Outcome::Crashed(status),
+        ExitStatus::Code(0) => Outcome::Completed(Vec::new()),
+        ExitStatus::Code(c) => Outcome::Failed(Failure::ExitCode(c)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            protocol: true,
+            result: None,
+            cancelled: false,
+            violation: false,
+            signal_sent: false,
+            kill_sent: false,
+            exit: None,
+        }
+    }
+    const KILLED: ExitStatus = ExitStatus::Signal {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    const TERMED: ExitStatus = ExitStatus::Signal {
+        signal: libc::SIGTERM,
+        core_dumped: false,
+    };
+
+    #[test]
+    fn a_result_wins_over_a_later_kill() {
+        let f = Facts {
+            result: Some(WorkerResult::Completed(b"x".to_vec())),
+            kill_sent: true,
+            signal_sent: true,
+            exit: Some(KILLED),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Completed(b"x".to_vec()));
+    }
+
+    #[test]
+    fn late_cancel_is_completed_despite_cancel() {
+        let f = Facts {
+            result: Some(WorkerResult::Completed(vec![])),
+            cancelled: true,
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::CompletedDespiteCancel(vec![]));
+    }
+
+    #[test]
+    fn acknowledged_and_failed() {
+        let f = Facts {
+            result: Some(WorkerResult::Cancelled),
+            cancelled: true,
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Cancelled);
+        let f = Facts {
+            result: Some(WorkerResult::Failed("e".into())),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Failed(Failure::Worker("e".into())));
+    }
+
+    #[test]
+    fn exit_without_result() {
+        assert_eq!(
+            classify(Facts {
+                exit: Some(ExitStatus::Code(0)),
+                ..facts()
+            }),
+            Outcome::Failed(Failure::ExitedWithoutResult)
+        );
+        assert_eq!(
+            classify(Facts {
+                exit: Some(ExitStatus::Code(3)),
+                ..facts()
+            }),
+            Outcome::Crashed(ExitStatus::Code(3))
+        );
+        let segv = ExitStatus::Signal {
+            signal: libc::SIGSEGV,
+            core_dumped: true,
+        };
+        assert_eq!(
+            classify(Facts {
+                exit: Some(segv),
+                ..facts()
+            }),
+            Outcome::Crashed(segv)
+        );
+    }
+
+    #[test]
+    fn escalation_outcomes() {
+        let f = Facts {
+            cancelled: true,
+            signal_sent: true,
+            exit: Some(TERMED),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Terminated);
+        let f = Facts {
+            cancelled: true,
+            signal_sent: true,
+            kill_sent: true,
+            exit: Some(KILLED),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Killed);
+        // Died of the polite signal just as the kill went out: the signal did it.
+        let f = Facts {
+            cancelled: true,
+            signal_sent: true,
+            kill_sent: true,
+            exit: Some(TERMED),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Terminated);
+        let f = Facts {
+            kill_sent: true,
+            exit: None,
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Killed);
+        let f = Facts {
+            violation: true,
+            kill_sent: true,
+            exit: Some(KILLED),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Killed);
+    }
+
+    #[test]
+    fn plain_programs() {
+        let plain = Facts {
+            protocol: false,
+            ..facts()
+        };
+        assert_eq!(
+            classify(Facts {
+                exit: Some(ExitStatus::Code(0)),
+                ..plain.clone()
+            }),
+            Outcome::Completed(vec![])
+        );
+        assert_eq!(
+            classify(Facts {
+                exit: Some(ExitStatus::Code(2)),
+                ..plain.clone()
+            }),
+            Outcome::Failed(Failure::ExitCode(2))
+        );
+        assert_eq!(
+            classify(Facts {
+                exit: Some(ExitStatus::Code(0)),
+                signal_sent: true,
+                cancelled: true,
+                ..plain
+            }),
+            Outcome::Terminated
+        );
+    }
+}

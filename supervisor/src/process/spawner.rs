@@ -1,0 +1,251 @@
+//! The spawning thread: every child is started from one long-lived thread.
+//!
+//! Why a thread of its own: `PR_SET_PDEATHSIG` (set by the exec shim) fires when the *thread*
+//! that spawned the child exits, and tokio retires its blocking-pool threads; one thread that
+//! lives as long as the process keeps that signal meaning "the supervisor died". It also keeps
+//! the posix_spawn call (which blocks until the child has exec'd) off the async workers.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use super::unix::{self, CHANNEL_FD, SpawnArgs};
+use super::{Child, Command, Stdio, pidfd};
+use crate::error::SpawnError;
+
+/// Environment variable that tells a worker which fd holds its channel.
+pub(crate) const CHANNEL_FD_ENV: &str = "WARDEN_FD";
+
+struct Prepared {
+    display: OsString,
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    channel: Option<OwnedFd>,
+    stdio: [Stdio; 3],
+}
+
+type Reply = io::Result<(libc::pid_t, Option<OwnedFd>)>;
+
+struct Request {
+    prepared: Prepared,
+    reply: oneshot::Sender<Reply>,
+}
+
+fn spawner() -> Option<&'static mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Request>>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Request>();
+            let started = std::thread::Builder::new().name("warden-spawner".into()).spawn(move || {
+                if let Err(e) = unix::reset_sigchld_if_ignored() {
+                    tracing::warn!(error = %e, "could not reset SIGCHLD to its default disposition");
+                }
+                for req in rx {
+                    let reply = spawn_now(&req.prepared);
+                    // The channel's child end is closed here, after the child has its copy.
+                    drop(req.prepared);
+                    let _ = req.reply.send(reply);
+                }
+            });
+            started.ok().map(|_| tx)
+        })
+        .as_ref()
+}
+
+fn spawn_now(p: &Prepared) -> Reply {
+    let args = SpawnArgs {
+        path: &p.path,
+        argv: &p.argv,
+        envp: &p.envp,
+        cwd: p.cwd.as_deref(),
+        channel: p.channel.as_ref().map(|fd| fd.as_raw_fd()),
+        stdin: p.stdio[0],
+        stdout: p.stdio[1],
+        stderr: p.stdio[2],
+    };
+    let pid = unix::posix_spawn(&args)?;
+    let fd = match pidfd::open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to the pid");
+            None
+        }
+    };
+    Ok((pid, fd))
+}
+
+fn cstring(bytes: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::InvalidCommand { what })
+}
+
+/// Finds `program` as execvp would: a name with a slash is used as given; otherwise the first
+/// executable regular file of that name in `path_var`'s directories.
+fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnError> {
+    if program.is_empty() {
+        return Err(SpawnError::NotFound {
+            program: program.to_owned(),
+        });
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let search = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut denied = false;
+    for dir in std::env::split_paths(search) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        match std::fs::metadata(&candidate) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
+                    return Ok(candidate);
+                }
+                denied = true;
+            }
+            Ok(_) => denied = true,
+            Err(_) => {}
+        }
+    }
+    if denied {
+        Err(SpawnError::NotExecutable {
+            program: program.to_owned(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        })
+    } else {
+        Err(SpawnError::NotFound {
+            program: program.to_owned(),
+        })
+    }
+}
+
+fn prepare(cmd: &Command, channel: Option<OwnedFd>) -> Result<Prepared, SpawnError> {
+    let mut env = cmd.resolved_env();
+    env.retain(|(k, _)| k != CHANNEL_FD_ENV);
+    if channel.is_some() {
+        env.push((CHANNEL_FD_ENV.into(), CHANNEL_FD.to_string().into()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    let path_var = path_var
+        .map(OsStr::to_owned)
+        .or_else(|| std::env::var_os("PATH"));
+    let path = resolve(&cmd.program, path_var.as_deref())?;
+    let mut argv = Vec::with_capacity(cmd.args.len() + 1);
+    argv.push(cstring(cmd.program.as_bytes(), "program")?);
+    for a in &cmd.args {
+        argv.push(cstring(a.as_bytes(), "argument")?);
+    }
+    let mut envp = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        if k.is_empty() || k.as_bytes().contains(&b'=') {
+            return Err(SpawnError::InvalidCommand {
+                what: "environment variable name",
+            });
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(cstring(kv, "environment variable")?);
+    }
+    let cwd = match &cmd.cwd {
+        Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), "working directory")?),
+        None => None,
+    };
+    Ok(Prepared {
+        display: cmd.program.clone(),
+        path: cstring(path.into_os_string().into_vec(), "program")?,
+        argv,
+        envp,
+        cwd,
+        channel,
+        stdio: [cmd.stdin, cmd.stdout, cmd.stderr],
+    })
+}
+
+fn classify(program: OsString, err: io::Error) -> SpawnError {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => SpawnError::NotFound { program },
+        Some(libc::EACCES | libc::EPERM | libc::EISDIR | libc::ENOEXEC) => {
+            SpawnError::NotExecutable {
+                program,
+                source: err,
+            }
+        }
+        _ => SpawnError::Launch {
+            program,
+            source: err,
+        },
+    }
+}
+
+/// Spawns `cmd` in its own process group, with `channel` (the child's end of the socketpair, if
+/// any) at fd 3 and `WARDEN_FD=3` in its environment.
+pub(crate) async fn spawn(cmd: &Command, channel: Option<OwnedFd>) -> Result<Child, SpawnError> {
+    let prepared = prepare(cmd, channel)?;
+    let display = prepared.display.clone();
+    let (reply, rx) = oneshot::channel();
+    let gone = || SpawnError::Launch {
+        program: display.clone(),
+        source: io::Error::other("the spawning thread is gone"),
+    };
+    spawner()
+        .ok_or_else(gone)?
+        .send(Request { prepared, reply })
+        .map_err(|_| gone())?;
+    let (pid, fd) = rx
+        .await
+        .map_err(|_| gone())?
+        .map_err(|e| classify(display.clone(), e))?;
+    Child::new(pid, fd).map_err(|source| SpawnError::Launch {
+        program: display,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(matches!(
+            resolve(OsStr::new(""), None),
+            Err(SpawnError::NotFound { .. })
+        ));
+        assert_eq!(resolve(OsStr::new("./x"), None).unwrap(), Path::new("./x"));
+        let found = resolve(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin"))).unwrap();
+        assert_eq!(found, Path::new("/bin/sh"));
+        assert!(matches!(
+            resolve(
+                OsStr::new("no-such-program-warden"),
+                Some(OsStr::new("/bin"))
+            ),
+            Err(SpawnError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_nul_bytes() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("a\0b");
+        assert!(matches!(
+            prepare(&cmd, None),
+            Err(SpawnError::InvalidCommand { what: "argument" })
+        ));
+    }
+}

@@ -1,0 +1,331 @@
+//! Unix primitives: posix_spawn, signals by pid and pgid, exit peeking and reaping.
+//!
+//! Contract for the rest of the crate:
+//! - [`posix_spawn`] starts a child in a new process group whose leader it is, with every signal
+//!   at its default disposition, an empty signal mask, the channel (if any) at fd 3 and no other
+//!   inherited descriptor above 2 (on glibc; elsewhere descriptors rely on close-on-exec).
+//!   It never forks the address space and never runs Rust code in the child.
+//! - [`kill_group`] and [`kill_pid`] are only called for children that are not yet reaped, so
+//!   the pid and the pgid (= the leader's pid) cannot have been recycled.
+//! - [`peek_exit`] observes an exit without reaping; [`reap`] reaps; each child has exactly one
+//!   reaper (its [`Child`](super::Child)).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::ExitStatus;
+use super::Stdio;
+
+/// The fd at which a worker finds its channel.
+pub(crate) const CHANNEL_FD: RawFd = 3;
+
+/// Everything `posix_spawn` needs, already converted to C strings.
+pub(crate) struct SpawnArgs<'a> {
+    pub path: &'a CStr,
+    pub argv: &'a [CString],
+    pub envp: &'a [CString],
+    pub cwd: Option<&'a CStr>,
+    pub channel: Option<RawFd>,
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Owns initialised posix_spawn file actions and attributes, destroying them on drop.
+struct SpawnState {
+    actions: MaybeUninit<libc::posix_spawn_file_actions_t>,
+    attr: MaybeUninit<libc::posix_spawnattr_t>,
+    actions_init: bool,
+    attr_init: bool,
+}
+
+impl Drop for SpawnState {
+    fn drop(&mut self) {
+        if self.actions_init {
+            // SAFETY: `actions` was initialised by posix_spawn_file_actions_init and is destroyed
+            // exactly once, here.
+            unsafe { libc::posix_spawn_file_actions_destroy(self.actions.as_mut_ptr()) };
+        }
+        if self.attr_init {
+            // SAFETY: as above, for the attribute object.
+            unsafe { libc::posix_spawnattr_destroy(self.attr.as_mut_ptr()) };
+        }
+    }
+}
+
+/// Starts a child with `posix_spawn` (vfork + exec in glibc: no copy of our address space, no
+/// Rust code in the child). Returns its pid. On `ENOEXEC` retries the file under `/bin/sh`, as
+/// `execvp` does.
+pub(crate) fn posix_spawn(args: &SpawnArgs<'_>) -> io::Result<libc::pid_t> {
+    match spawn_once(args.path, args.argv, args) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            let sh = c"/bin/sh";
+            let mut argv = Vec::with_capacity(args.argv.len() + 1);
+            argv.push(CString::from(sh));
+            argv.push(CString::from(args.path));
+            argv.extend(args.argv.iter().skip(1).cloned());
+            spawn_once(sh, &argv, args)
+        }
+        other => other,
+    }
+}
+
+fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result<libc::pid_t> {
+    let mut st = SpawnState {
+        actions: MaybeUninit::uninit(),
+        attr: MaybeUninit::uninit(),
+        actions_init: false,
+        attr_init: false,
+    };
+    // SAFETY: init functions take a pointer to uninitialised storage of the right type.
+    check(unsafe { libc::posix_spawn_file_actions_init(st.actions.as_mut_ptr()) })?;
+    st.actions_init = true;
+    // SAFETY: as above.
+    check(unsafe { libc::posix_spawnattr_init(st.attr.as_mut_ptr()) })?;
+    st.attr_init = true;
+    let fa = st.actions.as_mut_ptr();
+    let attr = st.attr.as_mut_ptr();
+
+    if let Some(fd) = args.channel {
+        debug_assert!(
+            fd > CHANNEL_FD,
+            "channel fd must not collide with its target"
+        );
+        // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
+        // dup2 onto another number clears FD_CLOEXEC on the child's copy only.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, CHANNEL_FD) })?;
+    }
+    for (target, stdio, flags) in [
+        (0, args.stdin, libc::O_RDONLY),
+        (1, args.stdout, libc::O_WRONLY),
+        (2, args.stderr, libc::O_WRONLY),
+    ] {
+        if stdio == Stdio::Null {
+            // SAFETY: `fa` is initialised; the path is a valid C string that outlives the call.
+            check(unsafe {
+                libc::posix_spawn_file_actions_addopen(fa, target, c"/dev/null".as_ptr(), flags, 0)
+            })?;
+        }
+    }
+    if let Some(cwd) = args.cwd {
+        add_chdir(fa, cwd)?;
+    }
+    add_closefrom(
+        fa,
+        if args.channel.is_some() {
+            CHANNEL_FD + 1
+        } else {
+            CHANNEL_FD
+        },
+    )?;
+
+    // Every catchable signal back to its default, nothing blocked: a worker must not inherit a
+    // supervisor's ignored SIGTERM or blocked mask (tini and systemd do the same).
+    let mut default_set = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut empty_set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset/sigemptyset/sigdelset initialise or update the sets they are given.
+    unsafe {
+        libc::sigfillset(default_set.as_mut_ptr());
+        libc::sigdelset(default_set.as_mut_ptr(), libc::SIGKILL);
+        libc::sigdelset(default_set.as_mut_ptr(), libc::SIGSTOP);
+        libc::sigemptyset(empty_set.as_mut_ptr());
+    }
+    let flags =
+        libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+    // SAFETY: `attr` is initialised; the sets were initialised just above.
+    unsafe {
+        check(libc::posix_spawnattr_setflags(attr, flags as _))?;
+        check(libc::posix_spawnattr_setpgroup(attr, 0))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            attr,
+            default_set.as_ptr(),
+        ))?;
+        check(libc::posix_spawnattr_setsigmask(attr, empty_set.as_ptr()))?;
+    }
+
+    let argv_ptrs: Vec<*mut libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect();
+    let envp_ptrs: Vec<*mut libc::c_char> = args
+        .envp
+        .iter()
+        .map(|a| a.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect();
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer is valid for the call: the path and the strings behind argv/envp
+    // live in `path`, `argv` and `args`, both pointer arrays are null-terminated, and `fa`/`attr`
+    // are initialised. posix_spawn does not keep any of them after it returns.
+    check(unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            fa,
+            attr,
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+        )
+    })?;
+    Ok(pid)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn add_chdir(fa: *mut libc::posix_spawn_file_actions_t, cwd: &CStr) -> io::Result<()> {
+    // SAFETY: `fa` is initialised; glibc copies the path.
+    check(unsafe { libc::posix_spawn_file_actions_addchdir_np(fa, cwd.as_ptr()) })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn add_chdir(_fa: *mut libc::posix_spawn_file_actions_t, _cwd: &CStr) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a working directory needs glibc's posix_spawn_file_actions_addchdir_np",
+    ))
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn add_closefrom(fa: *mut libc::posix_spawn_file_actions_t, from: RawFd) -> io::Result<()> {
+    // SAFETY: `fa` is initialised.
+    check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(fa, from) })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn add_closefrom(_fa: *mut libc::posix_spawn_file_actions_t, _from: RawFd) -> io::Result<()> {
+    // Elsewhere stray descriptors are closed only if they are close-on-exec, as Rust opens them.
+    Ok(())
+}
+
+/// A connected socket pair, both ends close-on-exec. The second (child) end is moved above fd 9
+/// so that dup2 onto fd 3 in the child always copies it (dup2 onto itself would keep
+/// close-on-exec and the worker would find fd 3 closed).
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let flags = SockFlag::SOCK_CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let flags = SockFlag::empty();
+    let (ours, theirs) =
+        nix::sys::socket::socketpair(AddressFamily::Unix, SockType::Stream, None, flags)?;
+    set_cloexec(&ours)?;
+    let theirs = if theirs.as_raw_fd() <= 9 {
+        let moved = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(moved) }
+    } else {
+        set_cloexec(&theirs)?;
+        theirs
+    };
+    Ok((ours, theirs))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// Sends `sig` to the process group `pgid`. Callers guarantee the group's leader is not reaped.
+pub(crate) fn kill_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: killpg has no memory-safety preconditions; the pgid is pinned by our unreaped leader.
+    if unsafe { libc::killpg(pgid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `sig` to the process `pid`. Callers guarantee it is not reaped.
+pub(crate) fn kill_pid(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions; the pid is pinned by being our unreaped child.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn waitid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t; P_PID with our own child's pid.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let (si_pid, status) = siginfo_parts(&info);
+        if si_pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitStatus::Code(status),
+            libc::CLD_DUMPED => ExitStatus::Signal {
+                signal: status,
+                core_dumped: true,
+            },
+            _ => ExitStatus::Signal {
+                signal: status,
+                core_dumped: false,
+            },
+        }));
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn siginfo_parts(info: &libc::siginfo_t) -> (libc::pid_t, libc::c_int) {
+    // SAFETY: after waitid the SIGCHLD fields of the union are the ones written.
+    unsafe { (info.si_pid(), info.si_status()) }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn siginfo_parts(info: &libc::siginfo_t) -> (libc::pid_t, libc::c_int) {
+    (info.si_pid, info.si_status)
+}
+
+/// Whether `pid` has exited, without reaping it (so its pid and pgid stay reserved).
+pub(crate) fn peek_exit(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    waitid(pid, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+}
+
+/// Reaps `pid`; with `block` false returns `None` if it has not exited yet.
+pub(crate) fn reap(pid: libc::pid_t, block: bool) -> io::Result<Option<ExitStatus>> {
+    waitid(pid, libc::WEXITED | if block { 0 } else { libc::WNOHANG })
+}
+
+/// A supervisor started with SIGCHLD ignored would have its children reaped by the kernel, and
+/// every wait would fail with ECHILD. Put the default back (only if it was ignored: a handler
+/// someone installed, such as tokio's, stays).
+pub(crate) fn reset_sigchld_if_ignored() -> io::Result<()> {
+    // SAFETY: zeroed sigaction is valid; querying with a null new action changes nothing.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; a null `act` only reads the current disposition.
+    if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if old.sa_sigaction == libc::SIG_IGN {
+        // SAFETY: zeroed sigaction with SIG_DFL is a valid disposition to install.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        new.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: valid pointers; installs SIG_DFL, which runs no code of ours.
+        if unsafe { libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! The task that owns a worker process and its channel and runs the ladder for each job.
+//!
+//! It is a thin loop around [`Escalation`]: turn events (exit, messages, tokens, timers) into
+//! `handle_*` calls, perform the actions the machine emits, and decide the outcome once the
+//! facts are in (a result for a reusable worker; otherwise exit observed AND channel drained).
+
+use std::future::pending;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Span;
+use warden_protocol::{
+    CancelReason, EncodeError, JobId, MAX_PROGRESS_TEXT, SupervisorMessage, WorkerMessage,
+};
+
+use super::config::{JobOptions, Progress, WorkerConfig};
+use crate::error::RunError;
+use crate::escalation::{Action, Escalation};
+use crate::ipc::{Channel, Event};
+use crate::outcome::{Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify};
+use crate::process::{Child, ExitStatus};
+
+type Reply = oneshot::Sender<Result<JobReport, RunError>>;
+
+pub(crate) enum Request {
+    Run {
+        payload: Vec<u8>,
+        options: JobOptions,
+        reply: Reply,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Option<ExitStatus>>,
+    },
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => pending().await,
+    }
+}
+
+async fn next_event(channel: &mut Option<Channel>) -> Event {
+    match channel {
+        Some(c) if !c.is_eof() => c.next_event().await,
+        _ => pending().await,
+    }
+}
+
+async fn reply_closed(reply: &mut Option<Reply>) {
+    match reply {
+        Some(r) => r.closed().await,
+        None => pending().await,
+    }
+}
+
+pub(crate) struct Actor {
+    child: Child,
+    channel: Option<Channel>,
+    config: WorkerConfig,
+    next_job: u64,
+    /// Set once the process is reaped (with its status) or given up on after SIGKILL.
+    gone: Option<Option<ExitStatus>>,
+    span: Span,
+}
+
+/// Per-job facts gathered while the job runs.
+struct JobState {
+    id: JobId,
+    started: Instant,
+    result: Option<WorkerResult>,
+    result_at: Option<Instant>,
+    violation: Option<Violation>,
+    drain_deadline: Option<Instant>,
+    reaped_at: Option<Instant>,
+    reply: Option<Reply>,
+}
+
+impl Actor {
+    pub(crate) fn new(
+        child: Child,
+        channel: Option<Channel>,
+        config: WorkerConfig,
+        span: Span,
+    ) -> Self {
+        Actor {
+            child,
+            channel,
+            config,
+            next_job: 1,
+            gone: None,
+            span,
+        }
+    }
+
+    fn channel_live(&self) -> bool {
+        self.channel.as_ref().is_some_and(|c| !c.is_eof())
+    }
+
+    fn stall_deadline(&self) -> Option<Instant> {
+        self.channel
+            .as_ref()
+            .and_then(|c| c.partial_since())
+            .map(|t| t + self.config.frame_timeout)
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut idle_eof_deadline: Option<Instant> = None;
+        loop {
+            if let Some(status) = self.gone {
+                match rx.recv().await {
+                    Some(Request::Run { reply, .. }) => {
+                        let _ = reply.send(Err(RunError::WorkerGone { status }));
+                    }
+                    Some(Request::Shutdown { reply }) => {
+                        let _ = reply.send(status);
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            let live = self.channel_live();
+            let stall = self.stall_deadline();
+            tokio::select! {
+                request = rx.recv() => match request {
+                    Some(Request::Run { payload, options, reply }) => self.job(payload, options, reply).await,
+                    Some(Request::Shutdown { reply }) => {
+                        let status = self.shutdown().await;
+                        let _ = reply.send(status);
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                event = next_event(&mut self.channel), if live => match event {
+                    Event::Message(WorkerMessage::Heartbeat) => {}
+                    Event::Message(m) => {
+                        let v = match (m.job(), &m) {
+                            (_, WorkerMessage::Hello { .. }) => Violation::RepeatedHello,
+                            (Some(job), _) => Violation::NotRunning { kind: m.kind(), job },
+                            (None, _) => Violation::NotRunning { kind: m.kind(), job: JobId(0) },
+                        };
+                        self.idle_violation(v);
+                    }
+                    Event::Invalid(e) => self.idle_violation(Violation::Frame(e)),
+                    // The worker hung up while idle: it is leaving. Give it the drain time to
+                    // exit on its own, then make sure.
+                    Event::Eof => idle_eof_deadline = Some(Instant::now() + self.config.drain_timeout),
+                },
+                status = self.child.wait_exit() => self.finish_process(status.ok()),
+                () = sleep_until(stall) => {
+                    self.idle_violation(Violation::StalledFrame { timeout: self.config.frame_timeout });
+                }
+                () = sleep_until(idle_eof_deadline) => {
+                    idle_eof_deadline = None;
+                    let _ = self.child.signal_group(libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn idle_violation(&mut self, violation: Violation) {
+        tracing::warn!(parent: &self.span, %violation, "worker broke the protocol while idle; killing it");
+        self.channel = None;
+        let _ = self.child.signal_group(libc::SIGKILL);
+        let _ = self.child.signal(libc::SIGKILL);
+    }
+
+    /// The process has exited: kill what is left of its group (nothing of a finished worker may
+    /// linger), then reap it.
+    fn finish_process(&mut self, status: Option<ExitStatus>) {
+        let _ = self.child.signal_group(libc::SIGKILL);
+        let reaped = self.child.reap().ok().or(status);
+        tracing::debug!(parent: &self.span, status = ?reaped, "worker reaped");
+        self.channel = None;
+        self.gone = Some(reaped);
+    }
+
+    fn perform(&mut self, action: Action, job: Option<JobId>) {
+        match action {
+            Action::SendCancel(reason) => {
+                if let Some(channel) = &mut self.channel {
+                    let msg = match job {
+                        Some(job) => SupervisorMessage::Cancel { job, reason },
+                        None => SupervisorMessage::Shutdown,
+                    };
+                    let _ = channel.send(&msg);
+                }
+                tracing::info!(parent: &self.span, ?job, %reason, "cancel sent");
+            }
+            Action::SignalGroup => {
+                if let Err(e) = self.child.signal_group(self.config.polite_signal) {
+                    tracing::warn!(parent: &self.span, error = %e, "polite signal failed");
+                }
+                // A stopped worker must wake to see the polite signal.
+                let _ = self.child.signal_group(libc::SIGCONT);
+                tracing::info!(parent: &self.span, signal = self.config.polite_signal, "polite signal sent");
+            }
+            Action::KillGroup => {
+                if let Err(e) = self.child.signal_group(libc::SIGKILL) {
+                    tracing::warn!(parent: &self.span, error = %e, "SIGKILL to the group failed");
+                }
+                let _ = self.child.signal(libc::SIGKILL);
+                tracing::info!(parent: &self.span, "SIGKILL sent");
+            }
+            Action::KillPending => {
+                tracing::warn!(parent: &self.span, "worker still alive after SIGKILL (kill pending)");
+            }
+        }
+    }
+
+    async fn job(&mut self, payload: Vec<u8>, options: JobOptions, reply: Reply) {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let span = tracing::info_span!(parent: &self.span, "job", job = %id);
+        let started = Instant::now();
+        if !self.config.protocol && !payload.is_empty() {
+            let _ = reply.send(Err(RunError::PayloadForPlainProgram));
+            return;
+        }
+        let deadlines = options.deadlines.unwrap_or(self.config.deadlines);
+        let mut esc = Escalation::new(deadlines, self.config.protocol);
+        let timeout_at = options.timeout.map(|t| started + t);
+
+        let early = if options.token.is_cancelled() {
+            Some(CancelReason::Requested)
+        } else if self.config.shutdown.is_cancelled() {
+            Some(CancelReason::Shutdown)
+        } else if options.timeout.is_some_and(|t| t.is_zero()) {
+            Some(CancelReason::Timeout)
+        } else {
+            None
+        };
+        if let Some(reason) = early {
+            tracing::info!(parent: &span, %reason, "cancelled before start");
+            let _ = reply.send(Ok(JobReport {
+                job: id,
+                outcome: Outcome::Cancelled,
+                reason: Some(reason),
+                stage: None,
+                exit: None,
+                violation: None,
+                started: false,
+                trace: Trace {
+                    started,
+                    cancel_requested: Some(started.elapsed()),
+                    signal_sent: None,
+                    kill_sent: None,
+                    kill_pending: None,
+                    result_received: None,
+                    exited: None,
+                    reaped: None,
+                    ended: started.elapsed(),
+                },
+            }));
+            return;
+        }
+        if let Some(channel) = &mut self.channel {
+            let start = SupervisorMessage::StartJob {
+                job: id,
+                deadline_ms: options
+                    .timeout
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                payload,
+            };
+            if let Err(e) = channel.send(&start) {
+                let (len, max) = match e {
+                    EncodeError::TooLarge { len, max } => (len, max),
+                    _ => (0, self.config.max_frame_len),
+                };
+                let _ = reply.send(Err(RunError::PayloadTooLarge { len, max }));
+                return;
+            }
+        }
+        tracing::info!(parent: &span, "job started");
+
+        let mut st = JobState {
+            id,
+            started,
+            result: None,
+            result_at: None,
+            violation: None,
+            drain_deadline: None,
+            reaped_at: None,
+            reply: Some(reply),
+        };
+        loop {
+            if st.result.is_some() && esc.worker_reusable() {
+                break;
+            }
+            let exited = self.child.exit_status().is_some();
+            if exited
+                && (!self.channel_live() || st.drain_deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                let status = self.child.exit_status();
+                self.finish_process(status);
+                st.reaped_at = Some(Instant::now());
+                break;
+            }
+            let live = self.channel_live() && st.violation.is_none();
+            let open = esc.reason().is_none() && !esc.is_finished() && st.violation.is_none();
+            let stall = if live { self.stall_deadline() } else { None };
+            let drain = if exited { st.drain_deadline } else { None };
+            let esc_deadline = esc.poll_timeout();
+            let waiting_timeout = if open { timeout_at } else { None };
+            tokio::select! {
+                status = self.child.wait_exit(), if !exited => {
+                    let now = Instant::now();
+                    esc.handle_exit(now);
+                    st.drain_deadline = Some(now + self.config.drain_timeout);
+                    // Leftovers in the worker's group die now, while the exited leader still
+                    // pins the group id; this also closes any copy of the channel they hold.
+                    let _ = self.child.signal_group(libc::SIGKILL);
+                    tracing::info!(parent: &span, status = ?status.ok(), "worker exited");
+                }
+                event = next_event(&mut self.channel), if live => {
+                    self.job_event(event, &mut st, &mut esc, &options, &span);
+                }
+                () = options.token.cancelled(), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
+                () = self.config.shutdown.cancelled(), if open => esc.handle_cancel(Instant::now(), CancelReason::Shutdown),
+                () = sleep_until(waiting_timeout) => esc.handle_cancel(Instant::now(), CancelReason::Timeout),
+                () = reply_closed(&mut st.reply), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
+                () = sleep_until(esc_deadline) => esc.handle_timeout(Instant::now()),
+                () = sleep_until(stall) => {
+                    self.violation(&mut st, &mut esc, Violation::StalledFrame { timeout: self.config.frame_timeout }, &span);
+                }
+                () = sleep_until(drain) => {}
+            }
+            while let Some(action) = esc.poll_action() {
+                self.perform(action, Some(id));
+                if action == Action::KillPending {
+                    // Report now rather than hang the caller; reaping goes on in this loop.
+                    let report = self.report(&st, &esc);
+                    if let Some(reply) = st.reply.take() {
+                        let _ = reply.send(Ok(report));
+                    }
+                }
+            }
+        }
+        let report = self.report(&st, &esc);
+        tracing::info!(parent: &span, outcome = report.outcome.name(), stage = ?report.stage, reason = ?report.reason, "job ended");
+        if let Some(reply) = st.reply.take() {
+            let _ = reply.send(Ok(report));
+        }
+    }
+
+    fn violation(&mut self, st: &mut JobState, esc: &mut Escalation, v: Violation, span: &Span) {
+        if st.violation.is_none() {
+            tracing::warn!(parent: span, violation = %v, "worker broke the protocol; killing it");
+            st.violation = Some(v);
+            esc.handle_kill(Instant::now());
+            // Stop reading: nothing more it says can be trusted; it sees EOF.
+            self.channel = None;
+        }
+    }
+
+    fn job_event(
+        &mut self,
+        event: Event,
+        st: &mut JobState,
+        esc: &mut Escalation,
+        options: &JobOptions,
+        span: &Span,
+    ) {
+        let msg = match event {
+            Event::Message(m) => m,
+            Event::Eof => return,
+            Event::Invalid(e) => return self.violation(st, esc, Violation::Frame(e), span),
+        };
+        let running = st.result.is_none();
+        match msg {
+            WorkerMessage::Heartbeat => {}
+            WorkerMessage::Hello { .. } => self.violation(st, esc, Violation::RepeatedHello, span),
+            WorkerMessage::Progress {
+                job,
+                fraction,
+                text,
+            } if job == st.id && running => {
+                if let Some(f) = &options.on_progress {
+                    let fraction = fraction
+                        .filter(|f| f.is_finite())
+                        .map(|f| f.clamp(0.0, 1.0));
+                    let text = text.map(|mut t| {
+                        if t.len() > MAX_PROGRESS_TEXT {
+                            let mut end = MAX_PROGRESS_TEXT;
+                            while !t.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            t.truncate(end);
+                        }
+                        t
+                    });
+                    f(Progress {
+                        job,
+                        fraction,
+                        text,
+                    });
+                }
+            }
+            WorkerMessage::Completed { job, output } if job == st.id && running => {
+                self.result(st, esc, WorkerResult::Completed(output));
+            }
+            WorkerMessage::Cancelled { job } if job == st.id && running => {
+                self.result(st, esc, WorkerResult::Cancelled);
+            }
+            WorkerMessage::Failed { job, error } if job == st.id && running => {
+                self.result(st, esc, WorkerResult::Failed(error));
+            }
+            other => {
+                let v = Violation::NotRunning {
+                    kind: other.kind(),
+                    job: other.job().unwrap_or(JobId(0)),
+                };
+                self.violation(st, esc, v, span);
+            }
+        }
+    }
+
+    fn result(&self, st: &mut JobState, esc: &mut Escalation, result: WorkerResult) {
+        let now = Instant::now();
+        st.result = Some(result);
+        st.result_at = Some(now);
+        esc.handle_result(now);
+    }
+
+    fn report(&self, st: &JobState, esc: &Escalation) -> JobReport {
+        let trace = esc.trace();
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(st.started));
+        let exit = self.child.exit_status();
+        let outcome = classify(Facts {
+            protocol: self.config.protocol,
+            result: st.result.clone(),
+            cancelled: esc.reason().is_some(),
+            violation: st.violation.is_some(),
+            signal_sent: trace.signal_sent.is_some(),
+            kill_sent: trace.kill_sent.is_some(),
+            exit,
+        });
+        JobReport {
+            job: st.id,
+            outcome,
+            reason: esc.reason(),
+            stage: esc.stage(),
+            exit,
+            violation: st.violation.clone(),
+            started: true,
+            trace: Trace {
+                started: st.started,
+                cancel_requested: since(trace.cancel_requested),
+                signal_sent: since(trace.signal_sent),
+                kill_sent: since(trace.kill_sent),
+                kill_pending: since(trace.kill_pending),
+                result_received: since(st.result_at),
+                exited: since(trace.exited),
+                reaped: since(st.reaped_at),
+                ended: st.started.elapsed(),
+            },
+        }
+    }
+
+    /// Stops an idle worker: `Shutdown` message (protocol) or the polite signal (plain), then
+    /// the rest of the ladder. Returns how it ended, `None` if it outlived the kill.
+    async fn shutdown(&mut self) -> Option<ExitStatus> {
+        if let Some(gone) = self.gone {
+            return gone;
+        }
+        let mut esc = Escalation::new(self.config.deadlines, self.channel_live());
+        esc.handle_cancel(Instant::now(), CancelReason::Shutdown);
+        loop {
+            while let Some(action) = esc.poll_action() {
+                if action == Action::KillPending {
+                    return None;
+                }
+                self.perform(action, None);
+            }
+            let live = self.channel_live();
+            tokio::select! {
+                status = self.child.wait_exit() => {
+                    esc.handle_exit(Instant::now());
+                    self.finish_process(status.ok());
+                    return self.gone.flatten();
+                }
+                // Whatever an exiting worker still says no longer matters.
+                _ = next_event(&mut self.channel), if live => {}
+                () = sleep_until(esc.poll_timeout()) => esc.handle_timeout(Instant::now()),
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Settings for workers and jobs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use warden_protocol::JobId;
+
+use crate::escalation::Deadlines;
+
+/// How a worker is run and stopped.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The program speaks warden's protocol (links the worker SDK). A plain program gets no
+    /// channel, runs exactly one job (its whole life), and its ladder starts at the signal stage.
+    pub protocol: bool,
+    /// How long the worker has to complete the handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// The ladder's deadlines for every job (a job may override them).
+    pub deadlines: Deadlines,
+    /// The polite signal (default SIGTERM). SIGCONT always follows it.
+    pub polite_signal: i32,
+    /// Largest frame body in either direction (default 1 MiB).
+    pub max_frame_len: u32,
+    /// How often the worker should send heartbeats; `None` (default) asks for none.
+    pub heartbeat_interval: Option<Duration>,
+    /// How long part of a frame may wait for the rest before the worker is killed (default 5 s).
+    pub frame_timeout: Duration,
+    /// After the worker exits, how long to wait for the channel to reach EOF so that a result
+    /// written just before exit is read (default 1 s). A descendant holding the channel open
+    /// cannot stall the job longer than this.
+    pub drain_timeout: Duration,
+    /// Cancelled when the supervisor shuts down: every job on this worker is cancelled with
+    /// reason `shutdown`.
+    pub shutdown: CancellationToken,
+}
+
+impl WorkerConfig {
+    /// Settings for a program that links the worker SDK.
+    pub fn protocol() -> Self {
+        WorkerConfig {
+            protocol: true,
+            handshake_timeout: Duration::from_secs(5),
+            deadlines: Deadlines::default(),
+            polite_signal: libc::SIGTERM,
+            max_frame_len: warden_protocol::DEFAULT_MAX_FRAME_LEN,
+            heartbeat_interval: None,
+            frame_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(1),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Settings for a plain program: no channel, the ladder starts with the polite signal.
+    pub fn plain() -> Self {
+        WorkerConfig {
+            protocol: false,
+            ..Self::protocol()
+        }
+    }
+
+    /// Sets the ladder's deadlines.
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the polite signal.
+    pub fn polite_signal(mut self, signal: i32) -> Self {
+        self.polite_signal = signal;
+        self
+    }
+
+    /// Links the worker's jobs to a shutdown token.
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// Sets the frame limit.
+    pub fn max_frame_len(mut self, len: u32) -> Self {
+        self.max_frame_len = len;
+        self
+    }
+}
+
+/// Progress a worker reported for a job.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The job.
+    pub job: JobId,
+    /// Fraction done, 0.0 to 1.0.
+    pub fraction: Option<f32>,
+    /// A short status text.
+    pub text: Option<String>,
+}
+
+type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Per-job settings: the caller's token, a timeout, deadlines and a progress callback.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Cancelling it cancels the job with reason `requested`.
+    pub token: CancellationToken,
+    /// After this long the job is cancelled with reason `timeout`.
+    pub timeout: Option<Duration>,
+    /// Overrides the worker's deadlines for this job.
+    pub deadlines: Option<Deadlines>,
+    pub(crate) on_progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobOptions")
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("deadlines", &self.deadlines)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+impl JobOptions {
+    /// Defaults: a fresh token, no timeout, the worker's deadlines, no progress callback.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses the caller's token (link it to others with `child_token` as with .NET linked
+    /// token sources).
+    pub fn token(mut self, token: CancellationToken) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Cancels the job with reason `timeout` after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Overrides the ladder's deadlines.
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = Some(deadlines);
+        self
+    }
+
+    /// Calls `f` with every progress report (from the worker's actor task: keep it quick).
+    pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+}

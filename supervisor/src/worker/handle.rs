@@ -1,0 +1,205 @@
+//! The handle a caller holds, and spawning with the handshake.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use warden_protocol::{SupervisorMessage, WorkerMessage, check_version};
+
+use super::actor::{Actor, Request, sleep_until};
+use super::config::{JobOptions, WorkerConfig};
+use crate::error::{RunError, SpawnError};
+use crate::ipc::{Channel, Event};
+use crate::outcome::{JobReport, Violation};
+use crate::process::{self, Child, Command, ExitStatus};
+
+/// What the worker said about itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The worker's process id (also its process group id).
+    pub pid: u32,
+    /// The protocol version agreed on; `None` for a plain program.
+    pub protocol_version: Option<u16>,
+    /// The SDK (or other implementation) the worker announced; `None` for a plain program.
+    pub sdk_version: Option<String>,
+}
+
+/// A running worker process.
+///
+/// Jobs run one at a time; [`run`](Self::run) calls made while a job runs wait their turn.
+///
+/// # Drop
+/// Dropping the handle shuts the worker down in the background as [`shutdown`](Self::shutdown)
+/// does: a `Shutdown` message, then the ladder (polite signal, SIGKILL) with the worker's
+/// deadlines. If the runtime itself goes away first, the process group is SIGKILLed and reaped.
+#[derive(Debug)]
+pub struct Worker {
+    tx: mpsc::UnboundedSender<Request>,
+    info: WorkerInfo,
+}
+
+impl Worker {
+    /// Starts `cmd` in its own process group and, for a protocol worker, completes the
+    /// handshake within `config.handshake_timeout`. On any handshake failure the process is
+    /// killed and reaped before the error is returned.
+    ///
+    /// Must be called within a tokio runtime (with time and I/O enabled).
+    pub async fn spawn(cmd: &Command, config: WorkerConfig) -> Result<Worker, SpawnError> {
+        let span = tracing::info_span!("worker", program = ?cmd.get_program(), pid = tracing::field::Empty);
+        let (ours, theirs) = if config.protocol {
+            let (a, b) = process::socketpair().map_err(SpawnError::Channel)?;
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let mut child = process::spawn(cmd, theirs).instrument(span.clone()).await?;
+        let pid = child.pid();
+        span.record("pid", pid);
+        let mut info = WorkerInfo {
+            pid,
+            protocol_version: None,
+            sdk_version: None,
+        };
+        let channel = match ours {
+            Some(fd) => {
+                let result = match Channel::new(fd, config.max_frame_len) {
+                    Ok(mut channel) => handshake(&mut child, &mut channel, &config)
+                        .instrument(span.clone())
+                        .await
+                        .map(|(version, sdk)| {
+                            info.protocol_version = Some(version);
+                            info.sdk_version = Some(sdk);
+                            channel
+                        }),
+                    Err(e) => Err(SpawnError::Channel(e)),
+                };
+                match result {
+                    Ok(channel) => Some(channel),
+                    Err(e) => {
+                        stop_now(&mut child, &config).await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        tracing::debug!(parent: &span, group_signal = child.group_signal_method(), "worker ready");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let actor = Actor::new(child, channel, config, span.clone());
+        tokio::spawn(actor.run(rx).instrument(span));
+        Ok(Worker { tx, info })
+    }
+
+    /// The worker's pid (also its process group id). Valid only while the worker runs: do not
+    /// signal it yourself.
+    pub fn pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    /// What the handshake told.
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    /// Runs one job and returns how it ended. For a plain program the "job" is the program's
+    /// whole run and `payload` must be empty.
+    ///
+    /// Cancelling `options.token` (never blocks), the timeout, or the worker's shutdown token
+    /// starts the ladder: cancel message, grace, polite signal + SIGCONT, kill_after, SIGKILL.
+    ///
+    /// # Cancel safety
+    /// Dropping the returned future cancels the job (reason `requested`); the ladder then runs
+    /// to its end in the background.
+    pub async fn run(&self, payload: Vec<u8>, options: JobOptions) -> Result<JobReport, RunError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Run {
+                payload,
+                options,
+                reply,
+            })
+            .map_err(|_| RunError::WorkerGone { status: None })?;
+        rx.await
+            .map_err(|_| RunError::WorkerGone { status: None })?
+    }
+
+    /// Asks the worker to exit (a `Shutdown` message; for a plain program the polite signal),
+    /// escalating along the ladder, and waits until it is reaped. Returns how it ended, or
+    /// `None` if it was still not gone after SIGKILL and `reap_timeout` (it is reaped in the
+    /// background once it dies).
+    pub async fn shutdown(self) -> Option<ExitStatus> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Shutdown { reply }).is_err() {
+            return None;
+        }
+        rx.await.unwrap_or(None)
+    }
+}
+
+/// Waits for the worker's hello, answers it, and returns the agreed version and SDK name.
+async fn handshake(
+    child: &mut Child,
+    channel: &mut Channel,
+    config: &WorkerConfig,
+) -> Result<(u16, String), SpawnError> {
+    let pid = child.pid();
+    let deadline = Instant::now() + config.handshake_timeout;
+    loop {
+        tokio::select! {
+            status = child.wait_exit() => {
+                return Err(match status {
+                    Ok(status) => SpawnError::ExitedDuringHandshake { pid, status },
+                    Err(source) => SpawnError::Launch { program: pid.to_string().into(), source },
+                });
+            }
+            event = channel.next_event(), if !channel.is_eof() => match event {
+                Event::Message(WorkerMessage::Hello { protocol_version, sdk_version, .. }) => {
+                    return match check_version(protocol_version) {
+                        Ok(version) => {
+                            let hello = SupervisorMessage::Hello {
+                                protocol_version: version,
+                                supervisor_version: concat!("warden ", env!("CARGO_PKG_VERSION")).into(),
+                                max_frame_len: config.max_frame_len,
+                                heartbeat_interval_ms: config
+                                    .heartbeat_interval
+                                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)),
+                            };
+                            // Cannot fail: the message is far below any sane frame limit.
+                            let _ = channel.send(&hello);
+                            tracing::debug!(pid, version, sdk = %sdk_version, "handshake complete");
+                            Ok((version, sdk_version))
+                        }
+                        Err(source) => {
+                            let _ = channel.send(&SupervisorMessage::Refuse { reason: source.to_string() });
+                            Err(SpawnError::IncompatibleVersion { pid, source })
+                        }
+                    };
+                }
+                Event::Message(other) => {
+                    return Err(SpawnError::Protocol { pid, violation: Violation::BeforeHello { kind: other.kind() } });
+                }
+                Event::Invalid(e) => return Err(SpawnError::Protocol { pid, violation: Violation::Frame(e) }),
+                Event::Eof => {}
+            },
+            () = sleep_until(Some(deadline)) => {
+                return Err(SpawnError::HandshakeTimeout { pid, timeout: config.handshake_timeout });
+            }
+        }
+    }
+}
+
+/// SIGKILLs the child's group and reaps it, waiting at most `reap_timeout`; past that the
+/// child's drop reaps it in the background.
+async fn stop_now(child: &mut Child, config: &WorkerConfig) {
+    let _ = child.signal_group(libc::SIGKILL);
+    let _ = child.signal(libc::SIGKILL);
+    let reap_timeout = config.deadlines.reap_timeout;
+    if tokio::time::timeout(reap_timeout, child.wait_exit())
+        .await
+        .is_ok()
+    {
+        let _ = child.signal_group(libc::SIGKILL);
+        let _ = child.reap();
+    }
+}

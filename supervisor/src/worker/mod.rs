@@ -1,0 +1,8 @@
+//! Workers: the handle callers hold and the actor task that owns the process and its channel.
+
+mod actor;
+mod config;
+mod handle;
+
+pub use config::{JobOptions, Progress, WorkerConfig};
+pub use handle::{Worker, WorkerInfo};
