@@ -44,6 +44,12 @@ pub enum SpawnError {
         /// Which part of the command.
         what: &'static str,
     },
+    /// The requested containment is not available on this machine.
+    #[error("{requested} containment is not available here")]
+    ContainmentUnavailable {
+        /// The containment asked for.
+        requested: &'static str,
+    },
     /// The socketpair for the worker's channel could not be created.
     #[error("could not create the worker's channel")]
     Channel(#[source] io::Error),

@@ -71,7 +71,10 @@ mod worker;
 pub use error::{RunError, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
-pub use process::{Command, ExitStatus, Stdio};
+pub use process::shim;
+pub use process::{
+    Command, Containment, ContainmentMode, ExitStatus, Stdio, Tree, TreeOptions, TreeReport,
+};
 pub use tokio_util::sync::CancellationToken;
 pub use warden_protocol::{CancelReason, JobId};
 pub use worker::{JobOptions, Progress, Worker, WorkerConfig, WorkerInfo};

@@ -9,4 +9,7 @@
 )]
 mod cli;
 
-fn main() {}
+fn main() {
+    // First: when started as warden's exec shim this execs the target and never returns.
+    warden::shim::run_if_shim();
+}

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use warden_protocol::{CancelReason, DecodeError, JobId};
 
-use crate::ExitStatus;
 use crate::escalation::Stage;
+use crate::{ContainmentMode, ExitStatus};
 
 /// How a job ended. The variants are never blurred: each says who stopped the work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +138,10 @@ pub struct JobReport {
     pub violation: Option<Violation>,
     /// False when the job was cancelled before it was handed to the worker.
     pub started: bool,
+    /// How the worker's process tree was contained.
+    pub containment: ContainmentMode,
+    /// Descendants found outside the worker's process group and signalled (by pid).
+    pub escaped: Vec<u32>,
     /// Timings.
     pub trace: Trace,
 }

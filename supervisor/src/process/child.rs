@@ -55,14 +55,6 @@ impl Child {
         self.pid as u32
     }
 
-    /// How group signals are delivered, for reports and logs.
-    pub(crate) fn group_signal_method(&self) -> &'static str {
-        match (&self.watch, self.group_via_pidfd) {
-            (Watch::Pidfd(_), true) => "pidfd-process-group",
-            _ => "killpg",
-        }
-    }
-
     /// Sends `sig` to the child's whole process group. A no-op once reaped.
     pub(crate) fn signal_group(&self, sig: libc::c_int) -> io::Result<()> {
         if self.reaped {
@@ -146,12 +138,20 @@ impl Child {
         if !self.reaped {
             let status = unix::reap(self.pid, true)?;
             self.reaped = true;
+            super::sweep::owned().remove(&self.pid);
             if self.exited.is_none() {
                 self.exited = status;
             }
         }
         self.exited
             .ok_or_else(|| io::Error::other("reaped child had no exit status"))
+    }
+}
+
+impl Child {
+    /// True once reaped.
+    pub(crate) fn is_reaped(&self) -> bool {
+        self.reaped
     }
 }
 
@@ -164,7 +164,9 @@ impl Drop for Child {
         let _ = self.signal(libc::SIGKILL);
         let pid = self.pid;
         match unix::reap(pid, false) {
-            Ok(Some(_)) => {}
+            Ok(Some(_)) => {
+                super::sweep::owned().remove(&pid);
+            }
             // Not dead yet (SIGKILL is asynchronous; a D-state process may take long): reap it
             // on its own thread rather than block whoever dropped us.
             Ok(None) => {
@@ -172,6 +174,7 @@ impl Drop for Child {
                     .name("warden-reap".into())
                     .spawn(move || {
                         let _ = unix::reap(pid, true);
+                        super::sweep::owned().remove(&pid);
                     });
                 if spawned.is_err() {
                     tracing::warn!(
@@ -180,7 +183,10 @@ impl Drop for Child {
                     );
                 }
             }
-            Err(e) => tracing::warn!(pid, error = %e, "reaping a dropped child failed"),
+            Err(e) => {
+                super::sweep::owned().remove(&pid);
+                tracing::warn!(pid, error = %e, "reaping a dropped child failed");
+            }
         }
     }
 }

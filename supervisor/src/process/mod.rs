@@ -1,17 +1,26 @@
 //! Processes: spawn on the posix_spawn path from one long-lived thread, hold each child as a pidfd
-//! where the kernel has them, signal its process group without pid-reuse races, and reap it
-//! exactly once.
+//! where the kernel has them, signal its process group without pid-reuse races, reap it exactly
+//! once, and contain whole trees (cgroup v2 leaf, else child subreaper, else process group).
 //!
-//! Platform contract: `unix.rs` provides spawning, group signalling by pgid and `waitid`-based
-//! exit peeking and reaping for every Unix; `linux.rs` adds pidfds (`pidfd_open`,
+//! Platform contract: `unix.rs` provides spawning, group signalling by pgid, `waitid`-based exit
+//! peeking and reaping, and exec for every Unix; `linux.rs` adds pidfds (`pidfd_open`,
 //! `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`) and reports at runtime whether the
-//! kernel supports them. Elsewhere `pidfd.rs` stands in and always reports "unsupported".
+//! kernel supports them; `cgroup.rs` manages cgroup v2 leaves. Elsewhere `no_pidfd.rs` and
+//! `no_cgroup.rs` stand in and always report "unsupported".
 
 mod child;
 mod command;
 mod exit;
+pub mod shim;
 mod spawner;
+mod sweep;
+mod tree;
 mod unix;
+
+#[cfg(target_os = "linux")]
+mod cgroup;
+#[cfg(not(target_os = "linux"))]
+mod no_cgroup;
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -23,5 +32,5 @@ mod pidfd;
 pub(crate) use child::Child;
 pub use command::{Command, Stdio};
 pub use exit::ExitStatus;
-pub(crate) use spawner::spawn;
+pub use tree::{Containment, ContainmentMode, Tree, TreeOptions, TreeReport};
 pub(crate) use unix::socketpair;

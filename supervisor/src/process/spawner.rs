@@ -16,6 +16,7 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+use super::shim::ShimPlan;
 use super::unix::{self, CHANNEL_FD, SpawnArgs};
 use super::{Child, Command, Stdio, pidfd};
 use crate::error::SpawnError;
@@ -23,8 +24,22 @@ use crate::error::SpawnError;
 /// Environment variable that tells a worker which fd holds its channel.
 pub(crate) const CHANNEL_FD_ENV: &str = "WARDEN_FD";
 
+/// How to spawn, beyond the command itself.
+#[derive(Debug, Default)]
+pub(crate) struct SpawnOptions {
+    /// The child's end of the socketpair, placed at fd 3.
+    pub channel: Option<OwnedFd>,
+    /// Keep the child in the supervisor's process group (GNU timeout's `--foreground`).
+    pub same_group: bool,
+    /// Setup to run in the exec shim; `None` spawns the program directly.
+    pub shim: Option<ShimPlan>,
+    /// Variables added to the child's environment.
+    pub extra_env: Vec<(OsString, OsString)>,
+}
+
 struct Prepared {
     display: OsString,
+    new_group: bool,
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -71,8 +86,13 @@ fn spawn_now(p: &Prepared) -> Reply {
         stdin: p.stdio[0],
         stdout: p.stdio[1],
         stderr: p.stdio[2],
+        new_group: p.new_group,
     };
+    // Registered under the lock the orphan sweeper takes, so it can never reap this pid.
+    let mut owned = super::sweep::owned();
     let pid = unix::posix_spawn(&args)?;
+    owned.insert(pid);
+    drop(owned);
     let fd = match pidfd::open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -130,9 +150,16 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnEr
     }
 }
 
-fn prepare(cmd: &Command, channel: Option<OwnedFd>) -> Result<Prepared, SpawnError> {
+fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
+    let SpawnOptions {
+        channel,
+        same_group,
+        shim,
+        extra_env,
+    } = opts;
     let mut env = cmd.resolved_env();
-    env.retain(|(k, _)| k != CHANNEL_FD_ENV);
+    env.retain(|(k, _)| k != CHANNEL_FD_ENV && !extra_env.iter().any(|(e, _)| e == k));
+    env.extend(extra_env);
     if channel.is_some() {
         env.push((CHANNEL_FD_ENV.into(), CHANNEL_FD.to_string().into()));
     }
@@ -165,9 +192,15 @@ fn prepare(cmd: &Command, channel: Option<OwnedFd>) -> Result<Prepared, SpawnErr
         Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), "working directory")?),
         None => None,
     };
+    let mut path = cstring(path.into_os_string().into_vec(), "program")?;
+    if let Some(plan) = shim {
+        argv = plan.argv(&path, &argv);
+        path = super::shim::executable();
+    }
     Ok(Prepared {
         display: cmd.program.clone(),
-        path: cstring(path.into_os_string().into_vec(), "program")?,
+        new_group: !same_group,
+        path,
         argv,
         envp,
         cwd,
@@ -192,10 +225,10 @@ fn classify(program: OsString, err: io::Error) -> SpawnError {
     }
 }
 
-/// Spawns `cmd` in its own process group, with `channel` (the child's end of the socketpair, if
-/// any) at fd 3 and `WARDEN_FD=3` in its environment.
-pub(crate) async fn spawn(cmd: &Command, channel: Option<OwnedFd>) -> Result<Child, SpawnError> {
-    let prepared = prepare(cmd, channel)?;
+/// Spawns `cmd` (in its own process group unless `opts.same_group`), with `opts.channel` (the
+/// child's end of the socketpair, if any) at fd 3 and `WARDEN_FD=3` in its environment.
+pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, SpawnError> {
+    let prepared = prepare(cmd, opts)?;
     let display = prepared.display.clone();
     let (reply, rx) = oneshot::channel();
     let gone = || SpawnError::Launch {
@@ -244,7 +277,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.arg("a\0b");
         assert!(matches!(
-            prepare(&cmd, None),
+            prepare(&cmd, SpawnOptions::default()),
             Err(SpawnError::InvalidCommand { what: "argument" })
         ));
     }

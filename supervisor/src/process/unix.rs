@@ -31,6 +31,8 @@ pub(crate) struct SpawnArgs<'a> {
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
+    /// Put the child in a new process group of its own (GNU timeout's `--foreground` does not).
+    pub new_group: bool,
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -140,8 +142,10 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
         libc::sigdelset(default_set.as_mut_ptr(), libc::SIGSTOP);
         libc::sigemptyset(empty_set.as_mut_ptr());
     }
-    let flags =
-        libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+    let mut flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+    if args.new_group {
+        flags |= libc::POSIX_SPAWN_SETPGROUP;
+    }
     // SAFETY: `attr` is initialised; the sets were initialised just above.
     unsafe {
         check(libc::posix_spawnattr_setflags(attr, flags as _))?;
@@ -328,4 +332,35 @@ pub(crate) fn reset_sigchld_if_ignored() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Restores the default disposition of `sig` (the shim uses it for SIGPIPE, which Rust's
+/// runtime ignores and which an exec would otherwise pass on ignored).
+pub(crate) fn reset_signal_default(sig: libc::c_int) {
+    // SAFETY: installing SIG_DFL runs no code of ours in a handler; single-threaded shim.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+}
+
+/// Replaces this process with `path` (argv as given), falling back to `/bin/sh path args...`
+/// on ENOEXEC as execvp does. Returns only on failure.
+pub(crate) fn exec(path: &std::ffi::OsStr, argv: &[std::ffi::OsString]) -> io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let to_c = |s: &std::ffi::OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (cpath, cargv) = match (
+        to_c(path),
+        argv.iter().map(|a| to_c(a)).collect::<io::Result<Vec<_>>>(),
+    ) {
+        (Ok(p), Ok(a)) => (p, a),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let Err(err) = nix::unistd::execv(&cpath, &cargv);
+    if err == nix::errno::Errno::ENOEXEC {
+        let mut sh_argv = vec![c"/bin/sh".to_owned(), cpath];
+        sh_argv.extend(cargv.into_iter().skip(1));
+        let Err(e) = nix::unistd::execv(c"/bin/sh", &sh_argv);
+        return io::Error::from(e);
+    }
+    io::Error::from(err)
 }

@@ -18,7 +18,7 @@ use crate::error::RunError;
 use crate::escalation::{Action, Escalation};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify};
-use crate::process::{Child, ExitStatus};
+use crate::process::{ExitStatus, Tree};
 
 type Reply = oneshot::Sender<Result<JobReport, RunError>>;
 
@@ -56,7 +56,7 @@ async fn reply_closed(reply: &mut Option<Reply>) {
 }
 
 pub(crate) struct Actor {
-    child: Child,
+    tree: Tree,
     channel: Option<Channel>,
     config: WorkerConfig,
     next_job: u64,
@@ -79,13 +79,13 @@ struct JobState {
 
 impl Actor {
     pub(crate) fn new(
-        child: Child,
+        tree: Tree,
         channel: Option<Channel>,
         config: WorkerConfig,
         span: Span,
     ) -> Self {
         Actor {
-            child,
+            tree,
             channel,
             config,
             next_job: 1,
@@ -149,13 +149,13 @@ impl Actor {
                     // exit on its own, then make sure.
                     Event::Eof => idle_eof_deadline = Some(Instant::now() + self.config.drain_timeout),
                 },
-                status = self.child.wait_exit() => self.finish_process(status.ok()),
+                status = self.tree.wait() => self.finish_process(status.ok()).await,
                 () = sleep_until(stall) => {
                     self.idle_violation(Violation::StalledFrame { timeout: self.config.frame_timeout });
                 }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
-                    let _ = self.child.signal_group(libc::SIGKILL);
+                    let _ = self.tree.kill_tree();
                 }
             }
         }
@@ -164,15 +164,17 @@ impl Actor {
     fn idle_violation(&mut self, violation: Violation) {
         tracing::warn!(parent: &self.span, %violation, "worker broke the protocol while idle; killing it");
         self.channel = None;
-        let _ = self.child.signal_group(libc::SIGKILL);
-        let _ = self.child.signal(libc::SIGKILL);
+        let _ = self.tree.kill_tree();
     }
 
-    /// The process has exited: kill what is left of its group (nothing of a finished worker may
+    /// The process has exited: kill what is left of its tree (nothing of a finished worker may
     /// linger), then reap it.
-    fn finish_process(&mut self, status: Option<ExitStatus>) {
-        let _ = self.child.signal_group(libc::SIGKILL);
-        let reaped = self.child.reap().ok().or(status);
+    async fn finish_process(&mut self, status: Option<ExitStatus>) {
+        let reaped = self
+            .tree
+            .settle(self.config.deadlines.reap_timeout)
+            .await
+            .or(status);
         tracing::debug!(parent: &self.span, status = ?reaped, "worker reaped");
         self.channel = None;
         self.gone = Some(reaped);
@@ -191,18 +193,17 @@ impl Actor {
                 tracing::info!(parent: &self.span, ?job, %reason, "cancel sent");
             }
             Action::SignalGroup => {
-                if let Err(e) = self.child.signal_group(self.config.polite_signal) {
+                if let Err(e) = self.tree.signal_tree(self.config.polite_signal) {
                     tracing::warn!(parent: &self.span, error = %e, "polite signal failed");
                 }
                 // A stopped worker must wake to see the polite signal.
-                let _ = self.child.signal_group(libc::SIGCONT);
+                let _ = self.tree.signal_tree(libc::SIGCONT);
                 tracing::info!(parent: &self.span, signal = self.config.polite_signal, "polite signal sent");
             }
             Action::KillGroup => {
-                if let Err(e) = self.child.signal_group(libc::SIGKILL) {
-                    tracing::warn!(parent: &self.span, error = %e, "SIGKILL to the group failed");
+                if let Err(e) = self.tree.kill_tree() {
+                    tracing::warn!(parent: &self.span, error = %e, "SIGKILL to the tree failed");
                 }
-                let _ = self.child.signal(libc::SIGKILL);
                 tracing::info!(parent: &self.span, "SIGKILL sent");
             }
             Action::KillPending => {
@@ -243,6 +244,8 @@ impl Actor {
                 exit: None,
                 violation: None,
                 started: false,
+                containment: self.tree.containment(),
+                escaped: Vec::new(),
                 trace: Trace {
                     started,
                     cancel_requested: Some(started.elapsed()),
@@ -290,12 +293,12 @@ impl Actor {
             if st.result.is_some() && esc.worker_reusable() {
                 break;
             }
-            let exited = self.child.exit_status().is_some();
+            let exited = self.tree.exit_status().is_some();
             if exited
                 && (!self.channel_live() || st.drain_deadline.is_some_and(|d| Instant::now() >= d))
             {
-                let status = self.child.exit_status();
-                self.finish_process(status);
+                let status = self.tree.exit_status();
+                self.finish_process(status).await;
                 st.reaped_at = Some(Instant::now());
                 break;
             }
@@ -306,13 +309,13 @@ impl Actor {
             let esc_deadline = esc.poll_timeout();
             let waiting_timeout = if open { timeout_at } else { None };
             tokio::select! {
-                status = self.child.wait_exit(), if !exited => {
+                status = self.tree.wait(), if !exited => {
                     let now = Instant::now();
                     esc.handle_exit(now);
                     st.drain_deadline = Some(now + self.config.drain_timeout);
-                    // Leftovers in the worker's group die now, while the exited leader still
+                    // Leftovers in the worker's tree die now, while the exited leader still
                     // pins the group id; this also closes any copy of the channel they hold.
-                    let _ = self.child.signal_group(libc::SIGKILL);
+                    let _ = self.tree.kill_tree();
                     tracing::info!(parent: &span, status = ?status.ok(), "worker exited");
                 }
                 event = next_event(&mut self.channel), if live => {
@@ -428,7 +431,7 @@ impl Actor {
     fn report(&self, st: &JobState, esc: &Escalation) -> JobReport {
         let trace = esc.trace();
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(st.started));
-        let exit = self.child.exit_status();
+        let exit = self.tree.exit_status();
         let outcome = classify(Facts {
             protocol: self.config.protocol,
             result: st.result.clone(),
@@ -446,6 +449,8 @@ impl Actor {
             exit,
             violation: st.violation.clone(),
             started: true,
+            containment: self.tree.containment(),
+            escaped: self.tree.escaped(),
             trace: Trace {
                 started: st.started,
                 cancel_requested: since(trace.cancel_requested),
@@ -477,9 +482,9 @@ impl Actor {
             }
             let live = self.channel_live();
             tokio::select! {
-                status = self.child.wait_exit() => {
+                status = self.tree.wait() => {
                     esc.handle_exit(Instant::now());
-                    self.finish_process(status.ok());
+                    self.finish_process(status.ok()).await;
                     return self.gone.flatten();
                 }
                 // Whatever an exiting worker still says no longer matters.

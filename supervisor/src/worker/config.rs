@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use warden_protocol::JobId;
 
 use crate::escalation::Deadlines;
+use crate::process::TreeOptions;
 
 /// How a worker is run and stopped.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct WorkerConfig {
     /// Cancelled when the supervisor shuts down: every job on this worker is cancelled with
     /// reason `shutdown`.
     pub shutdown: CancellationToken,
+    /// How the worker's process tree is contained (default: the strongest available).
+    pub tree: TreeOptions,
 }
 
 impl WorkerConfig {
@@ -50,6 +53,7 @@ impl WorkerConfig {
             frame_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
+            tree: TreeOptions::default(),
         }
     }
 
@@ -82,6 +86,12 @@ impl WorkerConfig {
     /// Links the worker's jobs to a shutdown token.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
+        self
+    }
+
+    /// Sets how the worker's process tree is contained.
+    pub fn tree(mut self, tree: TreeOptions) -> Self {
+        self.tree = tree;
         self
     }
 

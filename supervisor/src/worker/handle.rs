@@ -11,7 +11,7 @@ use super::config::{JobOptions, WorkerConfig};
 use crate::error::{RunError, SpawnError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{JobReport, Violation};
-use crate::process::{self, Child, Command, ExitStatus};
+use crate::process::{self, Child, Command, ExitStatus, Tree};
 
 /// What the worker said about itself in the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +53,10 @@ impl Worker {
         } else {
             (None, None)
         };
-        let mut child = process::spawn(cmd, theirs).instrument(span.clone()).await?;
-        let pid = child.pid();
+        let mut tree = Tree::spawn_with(cmd, &config.tree, theirs)
+            .instrument(span.clone())
+            .await?;
+        let pid = tree.pid();
         span.record("pid", pid);
         let mut info = WorkerInfo {
             pid,
@@ -64,7 +66,7 @@ impl Worker {
         let channel = match ours {
             Some(fd) => {
                 let result = match Channel::new(fd, config.max_frame_len) {
-                    Ok(mut channel) => handshake(&mut child, &mut channel, &config)
+                    Ok(mut channel) => handshake(tree.child_mut(), &mut channel, &config)
                         .instrument(span.clone())
                         .await
                         .map(|(version, sdk)| {
@@ -77,16 +79,16 @@ impl Worker {
                 match result {
                     Ok(channel) => Some(channel),
                     Err(e) => {
-                        stop_now(&mut child, &config).await;
+                        tree.settle(config.deadlines.reap_timeout).await;
                         return Err(e);
                     }
                 }
             }
             None => None,
         };
-        tracing::debug!(parent: &span, group_signal = child.group_signal_method(), "worker ready");
+        tracing::debug!(parent: &span, containment = tree.containment().as_str(), "worker ready");
         let (tx, rx) = mpsc::unbounded_channel();
-        let actor = Actor::new(child, channel, config, span.clone());
+        let actor = Actor::new(tree, channel, config, span.clone());
         tokio::spawn(actor.run(rx).instrument(span));
         Ok(Worker { tx, info })
     }
@@ -186,20 +188,5 @@ async fn handshake(
                 return Err(SpawnError::HandshakeTimeout { pid, timeout: config.handshake_timeout });
             }
         }
-    }
-}
-
-/// SIGKILLs the child's group and reaps it, waiting at most `reap_timeout`; past that the
-/// child's drop reaps it in the background.
-async fn stop_now(child: &mut Child, config: &WorkerConfig) {
-    let _ = child.signal_group(libc::SIGKILL);
-    let _ = child.signal(libc::SIGKILL);
-    let reap_timeout = config.deadlines.reap_timeout;
-    if tokio::time::timeout(reap_timeout, child.wait_exit())
-        .await
-        .is_ok()
-    {
-        let _ = child.signal_group(libc::SIGKILL);
-        let _ = child.reap();
     }
 }

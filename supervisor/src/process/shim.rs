@@ -1,0 +1,135 @@
+//! The exec shim: setup that must happen in the child between spawn and exec, without giving up
+//! the posix_spawn path (a `pre_exec` closure would force a fork of the whole supervisor).
+//!
+//! A binary that spawns trees calls [`run_if_shim`] first thing in `main`. Spawning then starts
+//! `/proc/self/exe __warden_shim ...`; that process sets `PR_SET_PDEATHSIG` (SIGKILL when the
+//! spawning thread, which lives as long as the supervisor, goes away), checks its parent is
+//! still there, joins the worker's cgroup (so not even its first fork can escape), restores
+//! SIGPIPE (Rust's runtime ignores it, and an ignored signal would survive exec), and execs the
+//! real program. Binaries that never call [`run_if_shim`] are spawned directly: the cgroup is
+//! then joined from the supervisor right after spawn, and PDEATHSIG is not available.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// argv[1] that marks a shim invocation.
+pub(crate) const SHIM_ARG: &str = "__warden_shim";
+
+static SHIM_CAPABLE: AtomicBool = AtomicBool::new(false);
+static EXTERNAL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Whether a shim is available: this binary called [`run_if_shim`], or [`use_external`] named
+/// another binary that does (such as `warden` itself).
+pub(crate) fn available() -> bool {
+    cfg!(target_os = "linux") && (SHIM_CAPABLE.load(Ordering::Relaxed) || EXTERNAL.get().is_some())
+}
+
+/// Uses `binary` (which must call [`run_if_shim`] first in its `main`, as the `warden` CLI
+/// does) as the exec shim, for hosts whose own `main` cannot (test harnesses, for one).
+/// The first call wins; later calls are ignored.
+pub fn use_external(binary: impl Into<std::path::PathBuf>) {
+    let _ = EXTERNAL.set(binary.into());
+}
+
+/// The shim executable: this binary if it can serve, else the external one.
+pub(crate) fn executable() -> CString {
+    if !SHIM_CAPABLE.load(Ordering::Relaxed)
+        && let Some(path) = EXTERNAL.get()
+        && let Ok(c) = CString::new(path.clone().into_os_string().into_vec())
+    {
+        return c;
+    }
+    c"/proc/self/exe".to_owned()
+}
+
+/// What the shim must do before exec.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShimPlan {
+    /// Ask for SIGKILL when the spawning thread dies.
+    pub pdeathsig: bool,
+    /// Write our pid to this `cgroup.procs` before exec.
+    pub cgroup_procs: Option<std::path::PathBuf>,
+}
+
+impl ShimPlan {
+    /// The shim's argv: `[exe, SHIM_ARG, ppid, pdeathsig, cgroup.procs|-, program path, argv...]`.
+    pub(crate) fn argv(&self, path: &CString, argv: &[CString]) -> Vec<CString> {
+        let mut out = Vec::with_capacity(argv.len() + 6);
+        out.push(c"warden-shim".to_owned());
+        out.push(CString::new(SHIM_ARG).unwrap_or_default());
+        out.push(CString::new(std::process::id().to_string()).unwrap_or_default());
+        out.push(if self.pdeathsig {
+            c"1".to_owned()
+        } else {
+            c"0".to_owned()
+        });
+        out.push(match &self.cgroup_procs {
+            Some(p) => CString::new(p.clone().into_os_string().into_vec())
+                .unwrap_or_else(|_| c"-".to_owned()),
+            None => c"-".to_owned(),
+        });
+        out.push(path.clone());
+        out.extend(argv.iter().cloned());
+        out
+    }
+}
+
+/// Call first thing in `main` of a binary that spawns workers or trees. When the process was
+/// started as warden's exec shim it does the shim's work and execs the target program (it never
+/// returns); otherwise it returns at once and records that this binary can serve as its own
+/// shim, which enables PDEATHSIG and race-free cgroup placement for the trees it spawns.
+pub fn run_if_shim() {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() != Some(std::ffi::OsStr::new(SHIM_ARG)) {
+        SHIM_CAPABLE.store(true, Ordering::Relaxed);
+        return;
+    }
+    let rest: Vec<OsString> = args.collect();
+    let code = shim_main(rest);
+    std::process::exit(code);
+}
+
+fn shim_main(args: Vec<OsString>) -> i32 {
+    // [ppid, pdeathsig, cgroup.procs|-, path, argv0, args...]
+    if args.len() < 5 {
+        eprintln!("warden: malformed shim invocation");
+        return 125;
+    }
+    let mut it = args.into_iter();
+    let ppid: i32 = it
+        .next()
+        .and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let pdeathsig = it.next().is_some_and(|s| s == "1");
+    let cgroup = it.next().filter(|s| s != "-");
+    let Some(path) = it.next() else { return 125 };
+    let argv: Vec<OsString> = it.collect();
+
+    #[cfg(target_os = "linux")]
+    if pdeathsig {
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+        // The supervisor may have died before the line above: then nobody would kill us.
+        if nix::unistd::getppid().as_raw() != ppid {
+            return 137;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (pdeathsig, ppid);
+    if let Some(procs) = cgroup
+        && let Err(e) = std::fs::write(&procs, b"0\n")
+    {
+        eprintln!(
+            "warden: cannot join cgroup {}: {e}",
+            procs.to_string_lossy()
+        );
+        return 125;
+    }
+    super::unix::reset_signal_default(libc::SIGPIPE);
+    let err = super::unix::exec(&path, &argv);
+    eprintln!("warden: {}: {err}", path.to_string_lossy());
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => 127,
+        _ => 126,
+    }
+}

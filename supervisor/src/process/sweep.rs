@@ -1,0 +1,129 @@
+//! Finding a tree's processes through /proc, and reaping orphans we adopted as a subreaper.
+//!
+//! # Invariants
+//! - One reaper per pid: [`OWNED`] holds every pid a [`Child`](super::Child) will reap; the
+//!   orphan sweeper reaps only zombies among our children that are not in it, and holds the
+//!   same lock the spawner holds from `posix_spawn` until the new pid is registered.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// Pids whose reaping belongs to a `Child`.
+pub(crate) fn owned() -> MutexGuard<'static, HashSet<i32>> {
+    static OWNED: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    OWNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// What /proc/<pid>/stat says about a process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stat {
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub zombie: bool,
+}
+
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Stat {
+        ppid,
+        pgrp,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+fn all_pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Live descendants of `root` (not `root` itself), from one snapshot of /proc.
+pub(crate) fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for pid in all_pids() {
+        if let Some(st) = stat(pid)
+            && !st.zombie
+        {
+            children.entry(st.ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Live members of process group `pgid`, from one snapshot of /proc.
+pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != pgid && stat(p).is_some_and(|s| s.pgrp == pgid && !s.zombie))
+        .collect()
+}
+
+/// Whether /proc/<pid>/environ holds `entry` (`KEY=VALUE`).
+pub(crate) fn has_env(pid: i32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Reaps zombies among our children that no `Child` owns (orphans adopted while we are a
+/// child subreaper, or PID 1). Returns how many were reaped.
+pub(crate) fn reap_orphans() -> usize {
+    let me = std::process::id() as i32;
+    let owned = owned();
+    let mut reaped = 0;
+    for pid in all_pids() {
+        if owned.contains(&pid) {
+            continue;
+        }
+        if let Some(st) = stat(pid)
+            && st.ppid == me
+            && st.zombie
+            && matches!(super::unix::reap(pid, false), Ok(Some(_)))
+        {
+            reaped += 1;
+        }
+    }
+    reaped
+}
+
+/// Starts (once) a thread that reaps adopted orphans every 100 ms. A library cannot own
+/// SIGCHLD delivery (tokio and the caller may use it), so this polls; a zombie lingers at most
+/// one period.
+pub(crate) fn start_orphan_reaper() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let started = std::thread::Builder::new()
+            .name("warden-orphans".into())
+            .spawn(|| {
+                loop {
+                    reap_orphans();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "could not start the orphan reaper");
+        }
+    });
+}

@@ -1,0 +1,410 @@
+//! A process tree under containment: the program, everything it starts, and nothing else.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::spawner::{SpawnOptions, spawn};
+use super::{Child, Command, ExitStatus, pidfd, sweep};
+use crate::error::SpawnError;
+
+#[cfg(target_os = "linux")]
+use super::cgroup::Cgroup;
+#[cfg(not(target_os = "linux"))]
+use super::no_cgroup::Cgroup;
+
+/// Which containment to use for a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Containment {
+    /// The strongest available: a cgroup v2 leaf, else child subreaper, else process group.
+    #[default]
+    Auto,
+    /// A cgroup v2 leaf; spawning fails if none can be created.
+    Cgroup,
+    /// Child subreaper, process group, and a /proc sweep of descendants (Linux).
+    Subreaper,
+    /// The process group only: descendants that call setsid or setpgid escape.
+    ProcessGroup,
+}
+
+/// The containment a tree actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContainmentMode {
+    /// A cgroup v2 leaf: every descendant, however it detaches, is killed with `cgroup.kill`.
+    Cgroup,
+    /// warden is a child subreaper: orphaned descendants are re-parented to it, found through
+    /// /proc (by ancestry or by the tree's environment tag) and killed with the process group.
+    /// A descendant that both detaches and scrubs its environment can escape.
+    Subreaper,
+    /// Process group only: descendants that leave the group escape.
+    ProcessGroup,
+}
+
+impl ContainmentMode {
+    /// The name used in reports: `cgroup`, `subreaper`, `process_group`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainmentMode::Cgroup => "cgroup",
+            ContainmentMode::Subreaper => "subreaper",
+            ContainmentMode::ProcessGroup => "process_group",
+        }
+    }
+}
+
+/// How to start a tree.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TreeOptions {
+    /// Which containment to use (default: the strongest available).
+    pub containment: Containment,
+    /// Start the program in a process group of its own (default). `false` keeps it in the
+    /// supervisor's group, as GNU timeout's `--foreground` does: then only the program itself
+    /// is ever signalled, and its descendants are left alone while it runs.
+    pub new_process_group: bool,
+    /// SIGKILL the program if the supervisor dies (`PR_SET_PDEATHSIG` from the exec shim;
+    /// needs [`crate::shim::run_if_shim`] in `main`). Default true.
+    pub die_with_supervisor: bool,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions {
+            containment: Containment::Auto,
+            new_process_group: true,
+            die_with_supervisor: true,
+        }
+    }
+}
+
+impl TreeOptions {
+    /// The defaults: strongest containment, own process group, die with the supervisor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the containment.
+    pub fn containment(mut self, containment: Containment) -> Self {
+        self.containment = containment;
+        self
+    }
+
+    /// Starts the program in a process group of its own (`true`, default) or in ours.
+    pub fn new_process_group(mut self, yes: bool) -> Self {
+        self.new_process_group = yes;
+        self
+    }
+
+    /// SIGKILLs the program when the supervisor dies (needs the exec shim).
+    pub fn die_with_supervisor(mut self, yes: bool) -> Self {
+        self.die_with_supervisor = yes;
+        self
+    }
+}
+
+/// What [`Tree::finish`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TreeReport {
+    /// How the program (the tree's root) ended; `None` if it could not be reaped in time.
+    pub status: Option<ExitStatus>,
+    /// The containment the tree had.
+    pub containment: ContainmentMode,
+    /// Descendants found outside the program's process group (setsid, setpgid, daemons) and
+    /// signalled or killed, by pid.
+    pub escaped: Vec<u32>,
+}
+
+/// Environment variable tagging every process of a tree (used to find adopted orphans).
+pub(crate) const TREE_TAG_ENV: &str = "WARDEN_TREE";
+
+/// A program and all its descendants, held so that signals reach the whole tree and nothing
+/// outside it.
+#[derive(Debug)]
+pub struct Tree {
+    child: Child,
+    mode: ContainmentMode,
+    cgroup: Option<Cgroup>,
+    new_group: bool,
+    tag: String,
+    escaped: BTreeSet<u32>,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child").field("pid", &self.pid()).finish()
+    }
+}
+
+fn become_subreaper() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => {
+                sweep::start_orphan_reaper();
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot become a child subreaper");
+                false
+            }
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+impl Tree {
+    /// Starts `cmd` under containment. Must be called within a tokio runtime.
+    pub async fn spawn(cmd: &Command, options: TreeOptions) -> Result<Tree, SpawnError> {
+        Self::spawn_with(cmd, &options, None).await
+    }
+
+    pub(crate) async fn spawn_with(
+        cmd: &Command,
+        options: &TreeOptions,
+        channel: Option<OwnedFd>,
+    ) -> Result<Tree, SpawnError> {
+        let (mode, cgroup) = match options.containment {
+            // Without the exec shim a cgroup can only be joined after exec, when the program
+            // may already have forked: then the subreaper is the stronger choice.
+            Containment::Auto => match super::shim::available().then(Cgroup::create).flatten() {
+                Some(cg) => (ContainmentMode::Cgroup, Some(cg)),
+                None if become_subreaper() => (ContainmentMode::Subreaper, None),
+                None => (ContainmentMode::ProcessGroup, None),
+            },
+            Containment::Cgroup => match Cgroup::create() {
+                Some(cg) => (ContainmentMode::Cgroup, Some(cg)),
+                None => {
+                    return Err(SpawnError::ContainmentUnavailable {
+                        requested: "cgroup",
+                    });
+                }
+            },
+            Containment::Subreaper if become_subreaper() => (ContainmentMode::Subreaper, None),
+            Containment::Subreaper => {
+                return Err(SpawnError::ContainmentUnavailable {
+                    requested: "subreaper",
+                });
+            }
+            Containment::ProcessGroup => (ContainmentMode::ProcessGroup, None),
+        };
+        let tag = next_tag();
+        let use_shim = super::shim::available();
+        let shim = use_shim.then(|| super::shim::ShimPlan {
+            pdeathsig: options.die_with_supervisor,
+            cgroup_procs: cgroup.as_ref().map(Cgroup::procs_file),
+        });
+        let opts = SpawnOptions {
+            channel,
+            same_group: !options.new_process_group,
+            shim,
+            extra_env: vec![(TREE_TAG_ENV.into(), tag.clone().into())],
+        };
+        let child = spawn(cmd, opts).await?;
+        if !use_shim
+            && let Some(cg) = &cgroup
+            && let Err(e) = cg.add(child.pid())
+        {
+            // Too late for a clean placement: fall back to what still holds.
+            tracing::warn!(error = %e, "could not move the program into its cgroup");
+        }
+        Ok(Tree {
+            child,
+            mode,
+            cgroup,
+            new_group: options.new_process_group,
+            tag,
+            escaped: BTreeSet::new(),
+        })
+    }
+
+    /// The program's pid (also its process group id unless started without a new group).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The containment this tree got.
+    pub fn containment(&self) -> ContainmentMode {
+        self.mode
+    }
+
+    /// Signals the program only.
+    pub fn signal_leader(&self, sig: i32) -> io::Result<()> {
+        self.child.signal(sig)
+    }
+
+    /// Signals every process of the tree: the program's process group, plus descendants that
+    /// left it (found through the cgroup or, as a subreaper, through /proc). Without a process
+    /// group of its own (`new_process_group: false`) only the program is signalled.
+    pub fn signal_tree(&mut self, sig: i32) -> io::Result<()> {
+        if !self.new_group {
+            return self.child.signal(sig);
+        }
+        let result = self.child.signal_group(sig);
+        for pid in self.outside_group() {
+            if signal_member(pid, sig, |p| self.is_member(p)) {
+                self.escaped.insert(pid as u32);
+            }
+        }
+        result
+    }
+
+    /// SIGKILLs the whole tree (atomically with `cgroup.kill` when in a cgroup).
+    pub fn kill_tree(&mut self) -> io::Result<()> {
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill();
+        }
+        if self.new_group {
+            self.signal_tree(libc::SIGKILL)
+        } else {
+            self.child.signal(libc::SIGKILL)
+        }
+    }
+
+    /// Waits until the program exits (without reaping it, so its group can still be signalled).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait_exit().await
+    }
+
+    /// The program's exit status, if its exit was observed.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.child.exit_status()
+    }
+
+    /// Ends the tree: SIGKILLs whatever is left of it, reaps the program, waits (up to
+    /// `reap_timeout`) until every other member is gone, reaps adopted orphans and removes the
+    /// cgroup. Call it after [`wait`](Self::wait) to clean up after a program that exited, or
+    /// at any time to end everything.
+    pub async fn finish(mut self, reap_timeout: Duration) -> TreeReport {
+        let status = self.settle(reap_timeout).await;
+        TreeReport {
+            status,
+            containment: self.mode,
+            escaped: self.escaped(),
+        }
+    }
+
+    /// [`finish`](Self::finish) without giving up the tree (the worker actor keeps it).
+    pub(crate) async fn settle(&mut self, reap_timeout: Duration) -> Option<ExitStatus> {
+        if self.child.is_reaped() {
+            return self.child.exit_status();
+        }
+        self.kill_leftovers();
+        let deadline = Instant::now() + reap_timeout;
+        let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
+            Ok(Ok(_)) => {
+                // Members die while the exited, unreaped leader still pins the group id.
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    self.kill_leftovers();
+                    if !self.has_members() || Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                self.child.reap().ok()
+            }
+            _ => None,
+        };
+        if self.mode == ContainmentMode::Subreaper {
+            sweep::reap_orphans();
+        }
+        status
+    }
+
+    /// Pids of descendants found outside the process group and signalled so far.
+    pub fn escaped(&self) -> Vec<u32> {
+        self.escaped.iter().copied().collect()
+    }
+
+    /// Kills what remains of the tree once the program has exited (or at the end).
+    pub(crate) fn kill_leftovers(&mut self) {
+        let _ = self.kill_tree();
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Whether any member other than the (exited) program is still alive.
+    fn has_members(&self) -> bool {
+        match &self.cgroup {
+            Some(cg) => cg.populated(),
+            None => !self.outside_group().is_empty() || self.group_alive(),
+        }
+    }
+
+    fn group_alive(&self) -> bool {
+        self.new_group
+            && !self.child.is_reaped()
+            && !sweep::group_members(self.child.pid() as i32).is_empty()
+    }
+
+    fn is_member(&self, pid: i32) -> bool {
+        match &self.cgroup {
+            Some(cg) => cg.pids().contains(&(pid as u32)),
+            None => {
+                sweep::has_env(pid, &format!("{TREE_TAG_ENV}={}", self.tag))
+                    || sweep::descendants(self.child.pid() as i32).contains(&pid)
+            }
+        }
+    }
+
+    /// Live members outside the program's process group.
+    fn outside_group(&self) -> Vec<i32> {
+        let leader = self.child.pid() as i32;
+        let me = std::process::id() as i32;
+        let candidates: Vec<i32> = match (&self.cgroup, self.mode) {
+            (Some(cg), _) => cg.pids().into_iter().map(|p| p as i32).collect(),
+            (None, ContainmentMode::Subreaper) => {
+                let tag = format!("{TREE_TAG_ENV}={}", self.tag);
+                let mut c = sweep::descendants(leader);
+                // Orphans re-parented to us: ours if they carry the tree's tag.
+                for p in sweep::descendants(me) {
+                    if !c.contains(&p) && p != leader && sweep::has_env(p, &tag) {
+                        c.push(p);
+                    }
+                }
+                c
+            }
+            _ => Vec::new(),
+        };
+        candidates
+            .into_iter()
+            .filter(|&p| {
+                p != leader && sweep::stat(p).is_some_and(|s| !s.zombie && s.pgrp != leader)
+            })
+            .collect()
+    }
+}
+
+fn next_tag() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Signals `pid` through a pidfd opened first and membership checked after, so a pid recycled
+/// between the scan and the signal is never hit. Returns whether it was signalled.
+fn signal_member(pid: i32, sig: i32, is_member: impl Fn(i32) -> bool) -> bool {
+    let Ok(Some(fd)) = pidfd::open(pid) else {
+        return false;
+    };
+    if !is_member(pid) {
+        return false;
+    }
+    pidfd::send_signal(&fd, sig, false).is_ok()
+}
