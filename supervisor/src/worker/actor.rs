@@ -310,6 +310,14 @@ impl Actor {
             let waiting_timeout = if open { timeout_at } else { None };
             tokio::select! {
                 status = self.tree.wait(), if !exited => {
+                    if let Err(e) = &status {
+                        // Cannot happen while we are the only reaper; never spin on it.
+                        tracing::error!(parent: &span, error = %e, "lost track of the worker process");
+                        let _ = self.tree.kill_tree();
+                        self.gone = Some(None);
+                        self.channel = None;
+                        break;
+                    }
                     let now = Instant::now();
                     esc.handle_exit(now);
                     st.drain_deadline = Some(now + self.config.drain_timeout);
