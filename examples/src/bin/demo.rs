@@ -85,9 +85,18 @@ async fn cancel_when_ready(
         }
         ready = ready => ready?,
     }
+    // `run` only queued the job for the worker's actor task, and warden reports a token
+    // cancelled before the actor picks the job up as "cancelled before start" without touching
+    // the process. An SDK worker's progress proves its job started; a plain program's readiness
+    // does not. On this current-thread runtime, yielding once lets the actor (already woken by
+    // the queued job) take it before the cancel; the `started` check below catches any change.
+    tokio::task::yield_now().await;
     let cancelled_at = Instant::now();
     token.cancel();
     let report = within(WAIT, &format!("{name}'s report"), job).await??;
+    if !report.started {
+        return Err(format!("{name}: the cancel reached warden before the job was started").into());
+    }
     Ok((report, cancelled_at.elapsed()))
 }
 
@@ -351,7 +360,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let scratch = Scratch(dir);
-    let result = tokio::runtime::Runtime::new()
+    // One thread is plenty for the supervisor side, and it orders the actor's start of the
+    // plain program's job before the cancel (see `cancel_when_ready`).
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(BoxError::from)
         .and_then(|runtime| runtime.block_on(run(&scratch.0)));
     match result {
