@@ -38,6 +38,11 @@
 mod sys;
 pub mod workers;
 
+/// The README's code blocks, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 
