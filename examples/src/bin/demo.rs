@@ -345,6 +345,8 @@ impl Drop for Scratch {
 }
 
 fn main() -> ExitCode {
+    // Lets this binary serve as warden's exec shim: cgroup placement before exec, PDEATHSIG.
+    warden::shim::run_if_shim();
     if let Some(code) = workers::run_if_worker() {
         return code;
     }

@@ -382,6 +382,8 @@ async fn bench(o: Options) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
+    // Lets this binary serve as warden's exec shim: cgroup placement before exec, PDEATHSIG.
+    warden::shim::run_if_shim();
     if let Some(code) = workers::run_if_worker() {
         return code;
     }

@@ -225,7 +225,11 @@ impl Actor {
         let mut esc = Escalation::new(deadlines, self.config.protocol);
         let timeout_at = options.timeout.map(|t| started + t);
 
-        let early = if options.token.is_cancelled() {
+        // A protocol job not yet handed over can be cancelled outright. A plain program's job
+        // is its whole run, which began at spawn: its cancel must go through the ladder.
+        let early = if !self.config.protocol {
+            None
+        } else if options.token.is_cancelled() {
             Some(CancelReason::Requested)
         } else if self.config.shutdown.is_cancelled() {
             Some(CancelReason::Shutdown)
