@@ -41,24 +41,34 @@
 //! child's process group is SIGKILLed and reaped.
 //!
 //! # Example
-//! ```no_run
+//! A plain program (no SDK) that would sleep for a minute, cancelled through its token: its
+//! ladder starts at the polite signal, which ends it.
+//! ```
 //! use std::time::Duration;
-//! use tokio_util::sync::CancellationToken;
-//! use warden::{Command, JobOptions, Outcome, Worker, WorkerConfig};
+//! use warden::{CancellationToken, Command, Deadlines, JobOptions, Outcome, Stage, Worker, WorkerConfig};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let worker = Worker::spawn(&Command::new("my-sdk-worker"), WorkerConfig::protocol()).await?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! warden::shim::run_if_shim(); // first in main: lets this binary be its own exec shim
+//! let mut sleep = Command::new("sleep");
+//! sleep.arg("60");
+//! let config = WorkerConfig::plain().deadlines(Deadlines {
+//!     grace: Duration::from_secs(5),
+//!     kill_after: Duration::from_secs(5),
+//!     reap_timeout: Duration::from_secs(5),
+//! });
+//! let worker = Worker::spawn(&sleep, config).await?;
 //! let token = CancellationToken::new();
-//! let job = worker.run(b"input".to_vec(), JobOptions::new().token(token.clone()).timeout(Duration::from_secs(30)));
-//! token.cancel(); // never blocks; the ladder runs in the worker's actor
-//! let report = job.await?;
-//! match report.outcome {
-//!     Outcome::Cancelled => println!("stopped cooperatively after {:?}", report.trace.cancel_to_end()),
-//!     other => println!("{}", other.name()),
-//! }
+//! token.cancel(); // never blocks; the worker's actor runs the ladder
+//! let report = worker.run(Vec::new(), JobOptions::new().token(token)).await?;
+//! assert_eq!(report.outcome, Outcome::Terminated);
+//! assert_eq!(report.stage, Some(Stage::Signal));
+//! println!("{} after {:?}, contained by {}", report.outcome.name(), report.trace.cancel_to_end(), report.containment.as_str());
 //! # Ok(()) }
 //! ```
-//! A complete runnable program is `examples/src/bin/demo.rs`.
+//! A worker that links the `warden-worker` SDK is spawned with [`WorkerConfig::protocol`]; its
+//! ladder starts with a cancel message that trips the token inside the worker.
+//! `examples/src/bin/demo.rs` runs all kinds side by side.
 #![warn(missing_docs)]
 
 mod error;
