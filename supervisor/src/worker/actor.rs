@@ -98,13 +98,6 @@ impl Actor {
         self.channel.as_ref().is_some_and(|c| !c.is_eof())
     }
 
-    fn stall_deadline(&self) -> Option<Instant> {
-        self.channel
-            .as_ref()
-            .and_then(|c| c.partial_since())
-            .map(|t| t + self.config.frame_timeout)
-    }
-
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let mut idle_eof_deadline: Option<Instant> = None;
         loop {
@@ -121,7 +114,6 @@ impl Actor {
                 continue;
             }
             let live = self.channel_live();
-            let stall = self.stall_deadline();
             tokio::select! {
                 request = rx.recv() => match request {
                     Some(Request::Run { payload, options, reply }) => self.job(payload, options, reply).await,
@@ -145,19 +137,23 @@ impl Actor {
                         self.idle_violation(v);
                     }
                     Event::Invalid(e) => self.idle_violation(Violation::Frame(e)),
+                    Event::Stalled => self.idle_violation(self.stalled()),
                     // The worker hung up while idle: it is leaving. Give it the drain time to
                     // exit on its own, then make sure.
                     Event::Eof => idle_eof_deadline = Some(Instant::now() + self.config.drain_timeout),
                 },
                 status = self.child.wait_exit() => self.finish_process(status.ok()),
-                () = sleep_until(stall) => {
-                    self.idle_violation(Violation::StalledFrame { timeout: self.config.frame_timeout });
-                }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
                     let _ = self.child.signal_group(libc::SIGKILL);
                 }
             }
+        }
+    }
+
+    fn stalled(&self) -> Violation {
+        Violation::StalledFrame {
+            timeout: self.config.frame_timeout,
         }
     }
 
@@ -301,7 +297,6 @@ impl Actor {
             }
             let live = self.channel_live() && st.violation.is_none();
             let open = esc.reason().is_none() && !esc.is_finished() && st.violation.is_none();
-            let stall = if live { self.stall_deadline() } else { None };
             let drain = if exited { st.drain_deadline } else { None };
             let esc_deadline = esc.poll_timeout();
             let waiting_timeout = if open { timeout_at } else { None };
@@ -323,9 +318,6 @@ impl Actor {
                 () = sleep_until(waiting_timeout) => esc.handle_cancel(Instant::now(), CancelReason::Timeout),
                 () = reply_closed(&mut st.reply), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
                 () = sleep_until(esc_deadline) => esc.handle_timeout(Instant::now()),
-                () = sleep_until(stall) => {
-                    self.violation(&mut st, &mut esc, Violation::StalledFrame { timeout: self.config.frame_timeout }, &span);
-                }
                 () = sleep_until(drain) => {}
             }
             while let Some(action) = esc.poll_action() {
@@ -368,6 +360,7 @@ impl Actor {
             Event::Message(m) => m,
             Event::Eof => return,
             Event::Invalid(e) => return self.violation(st, esc, Violation::Frame(e), span),
+            Event::Stalled => return self.violation(st, esc, self.stalled(), span),
         };
         let running = st.result.is_none();
         match msg {

@@ -63,7 +63,7 @@ impl Worker {
         };
         let channel = match ours {
             Some(fd) => {
-                let result = match Channel::new(fd, config.max_frame_len) {
+                let result = match Channel::new(fd, config.max_frame_len, config.frame_timeout) {
                     Ok(mut channel) => handshake(&mut child, &mut channel, &config)
                         .instrument(span.clone())
                         .await
@@ -180,6 +180,10 @@ async fn handshake(
                     return Err(SpawnError::Protocol { pid, violation: Violation::BeforeHello { kind: other.kind() } });
                 }
                 Event::Invalid(e) => return Err(SpawnError::Protocol { pid, violation: Violation::Frame(e) }),
+                Event::Stalled => {
+                    let violation = Violation::StalledFrame { timeout: config.frame_timeout };
+                    return Err(SpawnError::Protocol { pid, violation });
+                }
                 Event::Eof => {}
             },
             () = sleep_until(Some(deadline)) => {
