@@ -62,6 +62,8 @@ pub(crate) struct Actor {
     next_job: u64,
     /// Set once the process is reaped (with its status) or given up on after SIGKILL.
     gone: Option<Option<ExitStatus>>,
+    /// A plain program's one job (its whole run) has been handed out.
+    plain_run_taken: bool,
     span: Span,
 }
 
@@ -90,6 +92,7 @@ impl Actor {
             config,
             next_job: 1,
             gone: None,
+            plain_run_taken: false,
             span,
         }
     }
@@ -103,6 +106,15 @@ impl Actor {
         loop {
             if let Some(status) = self.gone {
                 match rx.recv().await {
+                    // A plain program's run is its job: one that ended before the caller asked
+                    // for it still has its report to give.
+                    Some(Request::Run {
+                        payload,
+                        options,
+                        reply,
+                    }) if !self.config.protocol && !self.plain_run_taken => {
+                        self.job(payload, options, reply).await;
+                    }
                     Some(Request::Run { reply, .. }) => {
                         let _ = reply.send(Err(RunError::WorkerGone { status }));
                     }
@@ -219,8 +231,16 @@ impl Actor {
         let deadlines = options.deadlines.unwrap_or(self.config.deadlines);
         let mut esc = Escalation::new(deadlines, self.config.protocol);
         let timeout_at = options.timeout.map(|t| started + t);
+        // A plain program that already ended: its run is over whatever the caller's token says,
+        // and its exit decides the outcome.
+        let ended_before_start = !self.config.protocol && self.child.exit_status().is_some();
+        if ended_before_start {
+            esc.handle_exit(started);
+        }
 
-        let early = if options.token.is_cancelled() {
+        let early = if ended_before_start {
+            None
+        } else if options.token.is_cancelled() {
             Some(CancelReason::Requested)
         } else if self.config.shutdown.is_cancelled() {
             Some(CancelReason::Shutdown)
@@ -252,6 +272,9 @@ impl Actor {
                 },
             }));
             return;
+        }
+        if !self.config.protocol {
+            self.plain_run_taken = true;
         }
         if let Some(channel) = &mut self.channel {
             let start = SupervisorMessage::StartJob {

@@ -103,7 +103,9 @@ impl Worker {
     }
 
     /// Runs one job and returns how it ended. For a plain program the "job" is the program's
-    /// whole run and `payload` must be empty.
+    /// whole run and `payload` must be empty; if the program ended before the first call, that
+    /// call still reports how it ended (with `trace.exited` at zero), and later calls get
+    /// [`RunError::WorkerGone`].
     ///
     /// Cancelling `options.token` (never blocks), the timeout, or the worker's shutdown token
     /// starts the ladder: cancel message, grace, polite signal + SIGCONT, kill_after, SIGKILL.
