@@ -94,6 +94,10 @@ pub mod mode {
     pub const OVERSIZED: &str = "oversized";
     /// Raw protocol: once a job started, [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) and nothing more.
     pub const STALL: &str = "stall";
+    /// Raw protocol: once a job started, shuts its channel down (both ways) and blocks forever.
+    pub const HANGUP: &str = "hangup";
+    /// Raw protocol: sends [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) instead of its hello.
+    pub const STALL_BEFORE_HELLO: &str = "stall-before-hello";
     /// Raw protocol: once a job started, a second hello.
     pub const SECOND_HELLO: &str = "second-hello";
     /// Raw protocol: once a job started, `Completed` with

@@ -122,6 +122,17 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             raw.send_bytes(&PARTIAL_FRAME)?;
             block_forever()
         }
+        mode::HANGUP => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.stream.shutdown(std::net::Shutdown::Both)?;
+            block_forever()
+        }
+        mode::STALL_BEFORE_HELLO => {
+            let mut raw = Raw::new()?;
+            raw.send_bytes(&PARTIAL_FRAME)?;
+            block_forever()
+        }
         mode::SECOND_HELLO => {
             let mut raw = Raw::connect()?;
             raw.start_job()?;

@@ -59,6 +59,29 @@ fn message_before_hello_is_a_protocol_error() {
 }
 
 #[test]
+fn stalled_frame_instead_of_hello_is_a_protocol_error() {
+    e2e(
+        "stalled_frame_instead_of_hello_is_a_protocol_error",
+        |t| async move {
+            let mut config = WorkerConfig::protocol();
+            config.frame_timeout = ms(200);
+            let result = t.try_spawn(&[mode::STALL_BEFORE_HELLO], config).await;
+            let pid = match result {
+                Err(SpawnError::Protocol {
+                    pid,
+                    violation: Violation::StalledFrame { timeout },
+                }) => {
+                    assert_eq!(timeout, ms(200));
+                    pid
+                }
+                other => panic!("expected a stalled frame, got {other:?}"),
+            };
+            assert!(!t.is_unreaped(pid));
+        },
+    );
+}
+
+#[test]
 fn incompatible_version_is_refused() {
     e2e("incompatible_version_is_refused", |t| async move {
         let result = t

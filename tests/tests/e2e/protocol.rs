@@ -142,3 +142,30 @@ fn garbage_while_idle_kills_the_worker() {
         assert_eq!(shutdown(worker).await, Some(killed));
     });
 }
+
+#[test]
+fn channel_closed_mid_job_is_killed_after_the_drain_timeout() {
+    e2e(
+        "channel_closed_mid_job_is_killed_after_the_drain_timeout",
+        |t| async move {
+            let mut config = WorkerConfig::protocol().deadlines(patient());
+            config.drain_timeout = ms(200);
+            let worker = t.spawn(&[mode::HANGUP], config).await;
+            // No timeout and no cancel: only the hang-up itself may end the job.
+            let report = run_job(&worker, b"x".to_vec(), JobOptions::new()).await;
+
+            assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
+            assert_eq!(report.stage, Some(Stage::Kill));
+            assert_eq!(report.reason, None);
+            assert_eq!(report.violation, None);
+            assert_eq!(report.exit, Some(by_signal(Signal::SIGKILL)));
+            assert!(
+                report.trace.kill_sent.expect("kill_sent") >= ms(200),
+                "{:?}",
+                report.trace
+            );
+
+            assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGKILL)));
+        },
+    );
+}
