@@ -75,6 +75,9 @@ struct JobState {
     result_at: Option<Instant>,
     violation: Option<Violation>,
     drain_deadline: Option<Instant>,
+    /// The worker closed its channel while still running: it can never answer, so it gets the
+    /// drain timeout to exit before it is killed.
+    hangup_deadline: Option<Instant>,
     reaped_at: Option<Instant>,
     reply: Option<Reply>,
 }
@@ -128,6 +131,13 @@ impl Actor {
             let live = self.channel_live();
             tokio::select! {
                 request = rx.recv() => match request {
+                    // The worker broke the protocol or hung up: it is leaving (or being killed)
+                    // and will never answer a job. Starting one would report its death as the
+                    // job's outcome.
+                    Some(Request::Run { reply, .. }) if self.config.protocol && !live => {
+                        let status = self.child.exit_status();
+                        let _ = reply.send(Err(RunError::WorkerGone { status }));
+                    }
                     Some(Request::Run { payload, options, reply }) => self.job(payload, options, reply).await,
                     Some(Request::Shutdown { reply }) => {
                         let status = self.shutdown().await;
@@ -302,6 +312,7 @@ impl Actor {
             result_at: None,
             violation: None,
             drain_deadline: None,
+            hangup_deadline: None,
             reaped_at: None,
             reply: Some(reply),
         };
@@ -321,6 +332,7 @@ impl Actor {
             let live = self.channel_live() && st.violation.is_none();
             let open = esc.reason().is_none() && !esc.is_finished() && st.violation.is_none();
             let drain = if exited { st.drain_deadline } else { None };
+            let hangup = if exited { None } else { st.hangup_deadline };
             let esc_deadline = esc.poll_timeout();
             let waiting_timeout = if open { timeout_at } else { None };
             tokio::select! {
@@ -342,6 +354,11 @@ impl Actor {
                 () = reply_closed(&mut st.reply), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
                 () = sleep_until(esc_deadline) => esc.handle_timeout(Instant::now()),
                 () = sleep_until(drain) => {}
+                () = sleep_until(hangup) => {
+                    st.hangup_deadline = None;
+                    tracing::warn!(parent: &span, "worker closed its channel mid-job and did not exit; killing it");
+                    esc.handle_kill(Instant::now());
+                }
             }
             while let Some(action) = esc.poll_action() {
                 self.perform(action, Some(id));
@@ -381,7 +398,12 @@ impl Actor {
     ) {
         let msg = match event {
             Event::Message(m) => m,
-            Event::Eof => return,
+            // An exiting worker closes its channel too; the deadline only matters if it does
+            // not exit.
+            Event::Eof => {
+                st.hangup_deadline = Some(Instant::now() + self.config.drain_timeout);
+                return;
+            }
             Event::Invalid(e) => return self.violation(st, esc, Violation::Frame(e), span),
             Event::Stalled => return self.violation(st, esc, self.stalled(), span),
         };

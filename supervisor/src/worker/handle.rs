@@ -107,6 +107,9 @@ impl Worker {
     /// call still reports how it ended (with `trace.exited` at zero), and later calls get
     /// [`RunError::WorkerGone`].
     ///
+    /// A protocol worker that broke the protocol or closed its channel while idle takes no new
+    /// job: the call returns [`RunError::WorkerGone`] at once.
+    ///
     /// Cancelling `options.token` (never blocks), the timeout, or the worker's shutdown token
     /// starts the ladder: cancel message, grace, polite signal + SIGCONT, kill_after, SIGKILL.
     ///
