@@ -29,6 +29,10 @@ pub const READY: &str = "ready";
 /// Payload prefix that makes a cooperative worker echo the rest of the payload.
 pub const ECHO: &[u8] = b"echo:";
 
+/// Payload prefix that makes a cooperative worker fail with the rest of the payload as its
+/// error message.
+pub const FAIL: &[u8] = b"fail:";
+
 /// The progress a cooperative worker reports in an echo job, just before its result.
 pub const ECHO_PROGRESS: (f32, &str) = (0.5, "echoing");
 
@@ -50,7 +54,8 @@ pub const BAD_VERSION: u16 = 999;
 /// Fixture modes: the first argument of `fixture-worker`.
 pub mod mode {
     /// SDK worker. Payload `echo:<bytes>`: reports [`ECHO_PROGRESS`](crate::ECHO_PROGRESS) and
-    /// returns `<bytes>`. Any other payload: reports ready, waits for its token, reports
+    /// returns `<bytes>`. Payload `fail:<text>`: fails with `<text>`. Any other payload:
+    /// reports ready, waits for its token, reports
     /// [`cancelled_text`](crate::cancelled_text) and answers `Cancelled`.
     pub const COOPERATIVE: &str = "cooperative";
     /// SDK worker that never looks at its token; SIGTERM keeps its default disposition.

@@ -24,7 +24,7 @@ use warden_protocol::{
     FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage, encode_frame,
 };
 use warden_tests::{
-    BAD_VERSION, ECHO, ECHO_PROGRESS, GARBAGE_FRAME, LATE_OUTPUT, PARTIAL_FRAME, READY,
+    BAD_VERSION, ECHO, ECHO_PROGRESS, FAIL, GARBAGE_FRAME, LATE_OUTPUT, PARTIAL_FRAME, READY,
     RESULT_OUTPUT, cancelled_text, mode, ready_text, sys,
 };
 use warden_worker::{CancelCause, FD_ENV_VAR, Job, JobError, Worker};
@@ -199,6 +199,9 @@ async fn cooperative(job: Job) -> Result<Vec<u8>, JobError> {
         let (fraction, text) = ECHO_PROGRESS;
         job.progress().report(Some(fraction), Some(text));
         return Ok(data.to_vec());
+    }
+    if let Some(message) = job.payload().strip_prefix(FAIL) {
+        return Err(JobError::msg(String::from_utf8_lossy(message)));
     }
     job.progress().set_text(READY);
     job.cancelled().await;

@@ -282,3 +282,53 @@ fn shutdown_token_cancels_with_reason_shutdown() {
         },
     );
 }
+
+#[test]
+fn per_job_deadlines_override_the_workers() {
+    e2e("per_job_deadlines_override_the_workers", |t| async move {
+        // The worker's own deadlines would wait a minute at each stage.
+        let config = WorkerConfig::protocol().deadlines(patient());
+        let worker = t.spawn(&[mode::IGNORE_TERM], config).await;
+        let deadlines = short(ms(100), ms(100));
+        let token = CancellationToken::new();
+        let options = JobOptions::new().token(token.clone()).deadlines(deadlines);
+        let (options, mut progress) = watch(options);
+        let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+            progress.ready().await;
+            token.cancel();
+        });
+
+        assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
+        assert_eq!(report.stage, Some(Stage::Kill));
+        let trace = &report.trace;
+        let cancel = trace.cancel_requested.expect("cancel_requested");
+        assert!(
+            trace.kill_sent.expect("kill_sent") <= cancel + ms(200) + SLACK,
+            "{trace:?}"
+        );
+
+        assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGKILL)));
+    });
+}
+
+#[test]
+fn heartbeats_are_accepted_during_a_job() {
+    e2e("heartbeats_are_accepted_during_a_job", |t| async move {
+        let mut config = WorkerConfig::protocol().deadlines(patient());
+        config.heartbeat_interval = Some(ms(5));
+        let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+        // A 300 ms job sees dozens of heartbeats before its timeout cancels it.
+        let report = run_job(&worker, WAIT, JobOptions::new().timeout(ms(300))).await;
+        assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+        assert_eq!(report.reason, Some(CancelReason::Timeout));
+        assert_eq!(report.violation, None);
+
+        let report = run_job(&worker, echo(b"still here"), JobOptions::new()).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Completed(b"still here".to_vec()),
+            "{report:#?}"
+        );
+        assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+    });
+}

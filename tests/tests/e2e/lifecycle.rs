@@ -108,3 +108,71 @@ fn concurrent_runs_wait_their_turn() {
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
 }
+
+#[test]
+fn dropping_the_job_and_the_handle_still_stops_a_stubborn_worker() {
+    e2e(
+        "dropping_the_job_and_the_handle_still_stops_a_stubborn_worker",
+        |t| async move {
+            let config = WorkerConfig::protocol().deadlines(short(ms(100), ms(100)));
+            let worker = t.spawn(&[mode::IGNORE_TERM], config).await;
+            let pid = worker.pid();
+            let (options, mut progress) = watch(JobOptions::new());
+            {
+                let job = worker.run(WAIT.to_vec(), options);
+                tokio::pin!(job);
+                tokio::select! {
+                    report = &mut job => panic!("the job ended on its own: {report:?}"),
+                    _ = progress.ready() => {}
+                }
+            }
+            drop(worker);
+            // The ladder runs on in the background: cancel, SIGTERM (ignored), SIGKILL.
+            t.wait_reaped(pid, "the stubborn worker").await;
+        },
+    );
+}
+
+#[test]
+fn dropping_the_runtime_kills_the_worker_and_its_group() {
+    e2e(
+        "dropping_the_runtime_kills_the_worker_and_its_group",
+        |t| async move {
+            let cmd = t.command(&[mode::FORK_TREE, "2"]);
+            // A runtime of its own, on a thread of its own, dropped mid-job.
+            let (done, dropped) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("inner runtime");
+                let pids = runtime.block_on(async {
+                    let config = WorkerConfig::protocol().deadlines(patient());
+                    let worker = within(LIMIT, "spawn", warden::Worker::spawn(&cmd, config))
+                        .await
+                        .expect("spawn");
+                    let (options, mut progress) = watch(JobOptions::new());
+                    let job = worker.run(WAIT.to_vec(), options);
+                    tokio::pin!(job);
+                    let children = tokio::select! {
+                        report = &mut job => panic!("the job ended on its own: {report:?}"),
+                        children = progress.ready() => children,
+                    };
+                    (worker.pid(), children)
+                });
+                drop(runtime);
+                let _ = done.send(pids);
+            });
+            let (pid, children) = within(LIMIT, "the inner runtime to be dropped", dropped)
+                .await
+                .expect("the inner runtime's thread panicked");
+            assert_eq!(children.len(), 2);
+            t.wait_reaped(pid, "the worker of the dropped runtime")
+                .await;
+            for child in children {
+                t.wait_gone(child, "a child of the worker of the dropped runtime")
+                    .await;
+            }
+        },
+    );
+}

@@ -200,3 +200,18 @@ fn plain_program_ignoring_sigterm_is_killed_on_shutdown() {
         },
     );
 }
+
+#[test]
+fn polite_signal_is_configurable() {
+    e2e("polite_signal_is_configurable", |t| async move {
+        let config = WorkerConfig::plain()
+            .deadlines(patient())
+            .polite_signal(Signal::SIGINT as i32);
+        let worker = t.spawn(&[mode::PLAIN_WAIT], config).await;
+        let report = run_job(&worker, Vec::new(), JobOptions::new().timeout(ms(100))).await;
+
+        assert_eq!(report.outcome, Outcome::Terminated, "{report:#?}");
+        assert_eq!(report.exit, Some(by_signal(Signal::SIGINT)));
+        assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGINT)));
+    });
+}

@@ -310,3 +310,62 @@ fn twenty_jobs_in_a_row_on_one_worker() {
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
 }
+
+#[test]
+fn worker_error_is_failed_with_its_message() {
+    e2e("worker_error_is_failed_with_its_message", |t| async move {
+        let config = WorkerConfig::protocol().deadlines(patient());
+        let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+        let payload = [warden_tests::FAIL, b"disk on fire"].concat();
+        let report = run_job(&worker, payload, JobOptions::new()).await;
+
+        assert_eq!(
+            report.outcome,
+            Outcome::Failed(Failure::Worker("disk on fire".into())),
+            "{report:#?}"
+        );
+        assert_eq!(report.reason, None);
+        assert_eq!(report.stage, None);
+        assert_eq!(report.exit, None, "a failed job leaves the worker running");
+        assert!(report.trace.result_received.is_some());
+
+        let report = run_job(&worker, echo(b"fine"), JobOptions::new()).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Completed(b"fine".to_vec()),
+            "{report:#?}"
+        );
+        assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+    });
+}
+
+#[test]
+fn payload_over_the_frame_limit_is_refused_and_the_worker_lives_on() {
+    e2e(
+        "payload_over_the_frame_limit_is_refused_and_the_worker_lives_on",
+        |t| async move {
+            let config = WorkerConfig::protocol()
+                .deadlines(patient())
+                .max_frame_len(1024);
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            let result = within(
+                LIMIT,
+                "the refused run",
+                worker.run(echo(&[7u8; 2048]), JobOptions::new()),
+            )
+            .await;
+            assert!(
+                matches!(result, Err(RunError::PayloadTooLarge { len, max: 1024 }) if len > 2048),
+                "{result:?}"
+            );
+
+            let report = run_job(&worker, echo(b"small"), JobOptions::new()).await;
+            assert_eq!(
+                report.outcome,
+                Outcome::Completed(b"small".to_vec()),
+                "{report:#?}"
+            );
+            assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+        },
+    );
+}
