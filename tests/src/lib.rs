@@ -103,6 +103,9 @@ pub mod mode {
     pub const HANGUP: &str = "hangup";
     /// Raw protocol: sends [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) instead of its hello.
     pub const STALL_BEFORE_HELLO: &str = "stall-before-hello";
+    /// Raw protocol: lists its open descriptors before anything else, completes the handshake,
+    /// answers its first job with them (`0,1,2,3`), and exits 0 on `Shutdown`.
+    pub const LIST_FDS: &str = "list-fds";
     /// Raw protocol: once a job started, a second hello.
     pub const SECOND_HELLO: &str = "second-hello";
     /// Raw protocol: once a job started, `Completed` with

@@ -122,6 +122,17 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             raw.send_bytes(&PARTIAL_FRAME)?;
             block_forever()
         }
+        mode::LIST_FDS => {
+            let fds = open_fds()?;
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            raw.send(&WorkerMessage::Completed {
+                job,
+                output: fds.into_bytes(),
+            })?;
+            // Idle now: leave when told to (or when the supervisor hangs up).
+            while !matches!(raw.recv(), Ok(SupervisorMessage::Shutdown) | Err(_)) {}
+        }
         mode::HANGUP => {
             let mut raw = Raw::connect()?;
             raw.start_job()?;
@@ -170,6 +181,23 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())
+}
+
+/// This process's open descriptors, ascending and comma-separated, without the one used to list
+/// them.
+fn open_fds() -> Result<String> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let listing = target.starts_with("/proc") && target.ends_with("fd");
+        if let (Ok(fd), false) = (entry.file_name().to_string_lossy().parse::<u32>(), listing) {
+            fds.push(fd);
+        }
+    }
+    fds.sort_unstable();
+    let fds: Vec<String> = fds.iter().map(u32::to_string).collect();
+    Ok(fds.join(","))
 }
 
 fn number(arg: Option<&str>) -> Result<i32> {

@@ -4,7 +4,8 @@
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use warden::{
-    CancelReason, CancellationToken, ExitStatus, JobId, JobOptions, Outcome, Stage, WorkerConfig,
+    CancelReason, CancellationToken, Deadlines, ExitStatus, JobId, JobOptions, Outcome, Stage,
+    WorkerConfig,
 };
 use warden_tests::{cancelled_text, mode};
 
@@ -182,6 +183,46 @@ fn stopped_worker_is_woken_and_ended_in_time() {
 }
 
 #[test]
+fn stopped_cooperative_worker_is_resumed_by_the_sigcont_after_the_polite_signal() {
+    e2e(
+        "stopped_cooperative_worker_is_resumed_by_the_sigcont_after_the_polite_signal",
+        |t| async move {
+            // Stopped, it cannot read the cancel; once SIGCONT resumes it, it answers at once.
+            // Only SIGCONT can resume it before the (one-minute) SIGKILL.
+            let deadlines = short(ms(100), ms(60_000));
+            let config = WorkerConfig::protocol().deadlines(deadlines);
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            let pid = worker.pid();
+            let token = CancellationToken::new();
+            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
+            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+                progress.ready().await;
+                kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the worker");
+                wait_stopped(pid).await;
+                token.cancel();
+            });
+
+            // It acknowledged, but only after the signal stage was reached.
+            assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+            assert_eq!(report.stage, Some(Stage::Signal));
+            assert_eq!(report.reason, Some(CancelReason::Requested));
+            let trace = &report.trace;
+            let signal = trace.signal_sent.expect("signal_sent");
+            assert!(signal >= trace.cancel_requested.expect("cancel") + deadlines.grace);
+            assert!(
+                trace.result_received.expect("result_received") >= signal,
+                "{trace:?}"
+            );
+            assert_eq!(trace.kill_sent, None);
+            // After the polite signal the SDK exits once its result is written.
+            assert_eq!(report.exit, Some(ExitStatus::Code(0)));
+
+            assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+        },
+    );
+}
+
+#[test]
 fn timeout_through_a_linked_token_is_reason_timeout() {
     e2e(
         "timeout_through_a_linked_token_is_reason_timeout",
@@ -331,4 +372,69 @@ fn heartbeats_are_accepted_during_a_job() {
         );
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
+}
+
+#[test]
+fn worker_frozen_past_sigkill_is_reported_kill_pending_and_reaped_after_thaw() {
+    e2e(
+        "worker_frozen_past_sigkill_is_reported_kill_pending_and_reaped_after_thaw",
+        |t| async move {
+            let freezer = match Freezer::new(&t) {
+                Ok(freezer) => freezer,
+                Err(why) => {
+                    eprintln!("skipped: {why}");
+                    return;
+                }
+            };
+            let deadlines = Deadlines {
+                grace: ms(100),
+                kill_after: ms(100),
+                reap_timeout: ms(200),
+            };
+            let config = WorkerConfig::protocol().deadlines(deadlines);
+            let worker = t.spawn(&[mode::IGNORE_TERM], config).await;
+            let pid = worker.pid();
+            let token = CancellationToken::new();
+            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
+            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+                progress.ready().await;
+                freezer.adopt(pid);
+                freezer.freeze().await;
+                token.cancel();
+            });
+
+            // The report comes at the reap timeout, while the worker still exists.
+            assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
+            assert_eq!(report.stage, Some(Stage::Kill));
+            assert_eq!(report.exit, None);
+            let trace = &report.trace;
+            let killed = trace.kill_sent.expect("kill_sent");
+            let pending = trace.kill_pending.expect("kill_pending");
+            assert!(pending >= killed + deadlines.reap_timeout, "{trace:?}");
+            assert_eq!(trace.exited, None);
+            assert_eq!(trace.reaped, None);
+            assert!(t.is_unreaped(pid), "the frozen worker cannot have died");
+
+            // Another worker is not held up meanwhile.
+            let other = t
+                .spawn(
+                    &[mode::COOPERATIVE],
+                    WorkerConfig::protocol().deadlines(patient()),
+                )
+                .await;
+            let report = run_job(&other, echo(b"unaffected"), JobOptions::new()).await;
+            assert_eq!(
+                report.outcome,
+                Outcome::Completed(b"unaffected".to_vec()),
+                "{report:#?}"
+            );
+            assert_eq!(shutdown(other).await, Some(ExitStatus::Code(0)));
+
+            // Thawed, it dies of the pending SIGKILL and its actor reaps it.
+            freezer.thaw();
+            t.wait_reaped(pid, "the thawed worker").await;
+            assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGKILL)));
+            drop(freezer);
+        },
+    );
 }

@@ -176,3 +176,17 @@ fn dropping_the_runtime_kills_the_worker_and_its_group() {
         },
     );
 }
+
+#[test]
+fn worker_sees_only_stdio_and_its_channel() {
+    e2e("worker_sees_only_stdio_and_its_channel", |t| async move {
+        let config = WorkerConfig::protocol().deadlines(patient());
+        let worker = t.spawn(&[mode::LIST_FDS], config).await;
+        let report = run_job(&worker, b"x".to_vec(), JobOptions::new()).await;
+        let Outcome::Completed(fds) = &report.outcome else {
+            panic!("{report:#?}");
+        };
+        assert_eq!(String::from_utf8_lossy(fds), "0,1,2,3");
+        assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+    });
+}

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -421,5 +421,65 @@ fn reap_survivors(marker: &str) -> Vec<String> {
             return survivors;
         }
         std::thread::sleep(ms(5));
+    }
+}
+
+/// A cgroup v1 freezer group of its own: a frozen process does not act on SIGKILL until it is
+/// thawed, which is how a test makes a worker outlive SIGKILL. Thawed and removed when dropped.
+pub struct Freezer {
+    dir: PathBuf,
+}
+
+impl Freezer {
+    /// Creates the group; `None` (with the reason) where there is no writable v1 freezer.
+    pub fn new(t: &Ctx) -> Result<Freezer, String> {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("cgroup.procs").exists() {
+            return Err(format!("no cgroup v1 freezer at {}", root.display()));
+        }
+        let dir = root.join(format!("warden-e2e-{}", t.marker()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Freezer { dir })
+    }
+
+    /// Moves `pid` into the group.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move into the freezer");
+    }
+
+    /// Freezes the group and waits (bounded) until the kernel says it is frozen.
+    pub async fn freeze(&self) {
+        self.set("FROZEN");
+        within(LIMIT, "the freezer group to be frozen", async {
+            while self.state() != "FROZEN" {
+                tokio::time::sleep(ms(1)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Thaws the group.
+    pub fn thaw(&self) {
+        self.set("THAWED");
+    }
+
+    fn set(&self, state: &str) {
+        std::fs::write(self.dir.join("freezer.state"), state).expect("write freezer.state");
+    }
+
+    fn state(&self) -> String {
+        std::fs::read_to_string(self.dir.join("freezer.state"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        // Fails while a process is still inside; the tests reap theirs before dropping this.
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
