@@ -152,3 +152,44 @@ fn handshake_reports_what_the_worker_said() {
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
 }
+
+#[test]
+fn dropping_spawn_mid_handshake_kills_and_reaps_the_worker() {
+    e2e(
+        "dropping_spawn_mid_handshake_kills_and_reaps_the_worker",
+        |t| async move {
+            let config = WorkerConfig::protocol().handshake_timeout(ms(60_000));
+            let cmd = t.command(&[mode::HANG_HANDSHAKE]);
+            let pid = {
+                let spawn = warden::Worker::spawn(&cmd, config);
+                tokio::pin!(spawn);
+                tokio::select! {
+                    result = &mut spawn => panic!("the handshake ended: {result:?}"),
+                    pid = t.find_marked("the worker process to start") => pid,
+                }
+            }; // The spawn future is dropped here, mid-handshake.
+            t.wait_reaped(pid, "the worker of the dropped spawn").await;
+        },
+    );
+}
+
+#[test]
+fn file_without_execute_permission_is_not_executable() {
+    e2e(
+        "file_without_execute_permission_is_not_executable",
+        |t| async move {
+            let file = t.file("not-executable", "exit 0\n", 0o644);
+            let cmd = warden::Command::new(file.path());
+            let result = within(
+                LIMIT,
+                "spawn",
+                warden::Worker::spawn(&cmd, WorkerConfig::plain()),
+            )
+            .await;
+            assert!(
+                matches!(result, Err(SpawnError::NotExecutable { .. })),
+                "{result:?}"
+            );
+        },
+    );
+}

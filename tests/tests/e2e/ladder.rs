@@ -438,3 +438,37 @@ fn worker_frozen_past_sigkill_is_reported_kill_pending_and_reaped_after_thaw() {
         },
     );
 }
+
+#[test]
+fn shutdown_of_a_frozen_worker_gives_up_and_the_worker_is_reaped_after_thaw() {
+    e2e(
+        "shutdown_of_a_frozen_worker_gives_up_and_the_worker_is_reaped_after_thaw",
+        |t| async move {
+            let freezer = match Freezer::new(&t) {
+                Ok(freezer) => freezer,
+                Err(why) => {
+                    eprintln!("skipped: {why}");
+                    return;
+                }
+            };
+            let deadlines = Deadlines {
+                grace: ms(100),
+                kill_after: ms(100),
+                reap_timeout: ms(200),
+            };
+            let config = WorkerConfig::protocol().deadlines(deadlines);
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            let pid = worker.pid();
+            freezer.adopt(pid);
+            freezer.freeze().await;
+
+            // Shutdown message, SIGTERM, SIGKILL: none can act on a frozen process.
+            assert_eq!(shutdown(worker).await, None);
+            assert!(t.is_unreaped(pid));
+
+            freezer.thaw();
+            t.wait_reaped(pid, "the thawed worker").await;
+            drop(freezer);
+        },
+    );
+}

@@ -215,3 +215,23 @@ fn polite_signal_is_configurable() {
         assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGINT)));
     });
 }
+
+#[test]
+fn script_without_a_shebang_runs_under_sh() {
+    e2e("script_without_a_shebang_runs_under_sh", |t| async move {
+        let script = t.file("script", "exit 4\n", 0o755);
+        let mut cmd = warden::Command::new(script.path());
+        cmd.env(warden_tests::MARKER_VAR, t.marker());
+        let config = WorkerConfig::plain().deadlines(patient());
+        let worker = within(LIMIT, "spawn", warden::Worker::spawn(&cmd, config))
+            .await
+            .expect("spawn the script");
+        let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Failed(Failure::ExitCode(4)),
+            "{report:#?}"
+        );
+        assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(4)));
+    });
+}

@@ -211,6 +211,29 @@ impl Ctx {
         .await;
     }
 
+    /// Waits (bounded) until some process carries this test's marker and returns its pid.
+    pub async fn find_marked(&self, what: &str) -> u32 {
+        within(LIMIT, what, async {
+            loop {
+                if let Some(&pid) = marked(&self.marker).first() {
+                    return pid;
+                }
+                tokio::time::sleep(ms(1)).await;
+            }
+        })
+        .await
+    }
+
+    /// A file of this test in the temp directory with `contents` and permission `mode`,
+    /// removed when dropped.
+    pub fn file(&self, name: &str, contents: &str, mode: u32) -> TempFile {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("warden-e2e-{}-{name}", self.marker));
+        std::fs::write(&path, contents).expect("write a temp file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        TempFile { path }
+    }
+
     /// Whether `pid` is one of this test's processes, alive or a zombie (a zombie's
     /// environment cannot be read, so any zombie with that pid counts).
     pub fn is_unreaped(&self, pid: u32) -> bool {
@@ -277,6 +300,24 @@ impl Watch {
     /// Everything reported so far and not yet taken.
     pub fn drain(&mut self) -> Vec<Progress> {
         std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+/// A file in the temp directory, removed when dropped.
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
