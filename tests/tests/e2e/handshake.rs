@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use tracing::instrument::WithSubscriber;
+
 use warden::{ExitStatus, SpawnError, Violation, WorkerConfig};
 use warden_protocol::PROTOCOL_VERSION;
 use warden_tests::{BAD_VERSION, mode};
@@ -160,15 +162,77 @@ fn dropping_spawn_mid_handshake_kills_and_reaps_the_worker() {
         |t| async move {
             let config = WorkerConfig::protocol().handshake_timeout(ms(60_000));
             let cmd = t.command(&[mode::HANG_HANDSHAKE]);
+            // The library records the pid on its span once the child is held (the handshake is
+            // then under way): drop the spawn exactly there.
+            let (subscriber, mut pids) = pid_recorder();
             let pid = {
-                let spawn = warden::Worker::spawn(&cmd, config);
+                let spawn = warden::Worker::spawn(&cmd, config).with_subscriber(subscriber);
                 tokio::pin!(spawn);
                 tokio::select! {
                     result = &mut spawn => panic!("the handshake ended: {result:?}"),
-                    pid = t.find_marked("the worker process to start") => pid,
+                    pid = within(LIMIT, "the worker span's pid", pids.recv()) => pid.expect("pid"),
                 }
             }; // The spawn future is dropped here, mid-handshake.
             t.wait_reaped(pid, "the worker of the dropped spawn").await;
+        },
+    );
+}
+
+/// A subscriber that forwards every `pid` recorded on a span.
+fn pid_recorder() -> (tracing::Dispatch, tokio::sync::mpsc::UnboundedReceiver<u32>) {
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+    struct PidLayer(tokio::sync::mpsc::UnboundedSender<u32>);
+    struct PidVisitor(Option<u64>);
+    impl Visit for PidVisitor {
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "pid" {
+                self.0 = Some(value);
+            }
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+    impl<S: tracing::Subscriber> Layer<S> for PidLayer {
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: Context<'_, S>,
+        ) {
+            let mut visitor = PidVisitor(None);
+            values.record(&mut visitor);
+            if let Some(pid) = visitor.0.and_then(|pid| u32::try_from(pid).ok()) {
+                let _ = self.0.send(pid);
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscriber = tracing_subscriber::registry().with(PidLayer(tx));
+    (tracing::Dispatch::new(subscriber), rx)
+}
+
+#[test]
+#[ignore = "process/: a spawn dropped before the spawning thread replies leaks the child (see the e2e report)"]
+fn dropping_spawn_at_any_moment_leaves_no_process() {
+    e2e(
+        "dropping_spawn_at_any_moment_leaves_no_process",
+        |t| async move {
+            // The earliest moment a test can see: the program runs. The spawning thread may not
+            // have handed the child to the spawn future yet.
+            for _ in 0..20 {
+                let config = WorkerConfig::protocol().handshake_timeout(ms(60_000));
+                let cmd = t.command(&[mode::HANG_HANDSHAKE]);
+                let pid = {
+                    let spawn = warden::Worker::spawn(&cmd, config);
+                    tokio::pin!(spawn);
+                    tokio::select! {
+                        result = &mut spawn => panic!("the handshake ended: {result:?}"),
+                        pid = t.find_marked("the worker process to start") => pid,
+                    }
+                };
+                t.wait_reaped(pid, "the worker of the dropped spawn").await;
+            }
         },
     );
 }

@@ -121,6 +121,12 @@ where
     drop(runtime);
     let after_runtime = reap_survivors(&marker);
     if let Err(panic) = outcome {
+        if !survivors.is_empty() || !after_runtime.is_empty() {
+            eprintln!(
+                "{name}: also, processes of this test outlived it (killed now): {survivors:?}; \
+                 after the runtime was dropped: {after_runtime:?}"
+            );
+        }
         std::panic::resume_unwind(panic);
     }
     assert!(
