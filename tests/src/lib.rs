@@ -101,6 +101,8 @@ pub mod mode {
     pub const STALL: &str = "stall";
     /// Raw protocol: once a job started, shuts its channel down (both ways) and blocks forever.
     pub const HANGUP: &str = "hangup";
+    /// Raw protocol: [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) right after the handshake.
+    pub const STALL_IDLE: &str = "stall-idle";
     /// Raw protocol: sends [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) instead of its hello.
     pub const STALL_BEFORE_HELLO: &str = "stall-before-hello";
     /// Raw protocol: lists its open descriptors before anything else, completes the handshake,

@@ -139,6 +139,11 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             raw.stream.shutdown(std::net::Shutdown::Both)?;
             block_forever()
         }
+        mode::STALL_IDLE => {
+            let mut raw = Raw::connect()?;
+            raw.send_bytes(&PARTIAL_FRAME)?;
+            block_forever()
+        }
         mode::STALL_BEFORE_HELLO => {
             let mut raw = Raw::new()?;
             raw.send_bytes(&PARTIAL_FRAME)?;

@@ -119,28 +119,43 @@ fn second_hello_is_killed() {
     });
 }
 
+/// A raw worker in `worker_mode` breaks the protocol while idle: it just disappears (killed
+/// and reaped by its actor), and a later job cannot run on it.
+async fn idle_violation(t: &Ctx, worker_mode: &str, mut config: WorkerConfig) {
+    config.frame_timeout = ms(200);
+    let worker = t.spawn(&[worker_mode], config.deadlines(patient())).await;
+    let pid = worker.pid();
+    t.wait_reaped(pid, "the idle worker that broke the protocol")
+        .await;
+    let next = within(
+        LIMIT,
+        "a run on the dead worker",
+        worker.run(Vec::new(), JobOptions::new()),
+    )
+    .await;
+    let killed = by_signal(Signal::SIGKILL);
+    assert!(
+        matches!(next, Err(RunError::WorkerGone { status: Some(s) }) if s == killed),
+        "{next:?}"
+    );
+    assert_eq!(shutdown(worker).await, Some(killed));
+}
+
 #[test]
 fn garbage_while_idle_kills_the_worker() {
     e2e("garbage_while_idle_kills_the_worker", |t| async move {
-        let config = WorkerConfig::protocol().deadlines(patient());
-        let worker = t.spawn(&[mode::GARBAGE_IDLE], config).await;
-        let pid = worker.pid();
-        // No job to report on: the worker just disappears (killed and reaped by its actor).
-        t.wait_reaped(pid, "the idle worker that sent garbage")
-            .await;
-        let next = within(
-            LIMIT,
-            "a run on the dead worker",
-            worker.run(Vec::new(), JobOptions::new()),
-        )
-        .await;
-        let killed = by_signal(Signal::SIGKILL);
-        assert!(
-            matches!(next, Err(RunError::WorkerGone { status: Some(s) }) if s == killed),
-            "{next:?}"
-        );
-        assert_eq!(shutdown(worker).await, Some(killed));
+        idle_violation(&t, mode::GARBAGE_IDLE, WorkerConfig::protocol()).await;
     });
+}
+
+#[test]
+fn stalled_frame_while_idle_kills_the_worker() {
+    e2e(
+        "stalled_frame_while_idle_kills_the_worker",
+        |t| async move {
+            idle_violation(&t, mode::STALL_IDLE, WorkerConfig::protocol()).await;
+        },
+    );
 }
 
 #[test]

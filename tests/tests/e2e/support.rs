@@ -240,10 +240,12 @@ impl Ctx {
         TempFile { path }
     }
 
-    /// Whether `pid` is one of this test's processes, alive or a zombie (a zombie's
-    /// environment cannot be read, so any zombie with that pid counts).
+    /// Whether `pid` is one of this test's processes, alive, exiting or a zombie. The
+    /// environment of an exiting process or a zombie cannot be read, so any process with that
+    /// pid that is exiting or a zombie counts.
     pub fn is_unreaped(&self, pid: u32) -> bool {
-        proc_state(pid).is_some_and(|s| matches!(s, 'Z' | 'X') || has_marker(pid, &self.marker))
+        proc_state(pid)
+            .is_some_and(|s| matches!(s, 'Z' | 'X') || dying(pid) || has_marker(pid, &self.marker))
     }
 
     /// Whether our own child `pid` (a worker whose handle we hold, so unreaped and pinned) runs
