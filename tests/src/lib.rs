@@ -1,1 +1,152 @@
-//! stub
+//! What the fixture worker (`src/bin/fixture-worker.rs`) and the end-to-end tests
+//! (`tests/e2e/`) agree on: mode names, readiness texts, payloads, and the marker variable that
+//! lets a test find every process it started.
+//!
+//! A fixture that is ready for the test's next step (in a job, signal dispositions set, its
+//! children started) says so with a progress report whose text starts with [`READY`]; children's
+//! pids, when there are any, follow it:
+//!
+//! ```
+//! use warden_tests::{parse_ready, ready_text};
+//!
+//! assert_eq!(ready_text(&[]), "ready");
+//! assert_eq!(ready_text(&[41, 42]), "ready:41,42");
+//! assert_eq!(parse_ready("ready:41,42"), Some(vec![41, 42]));
+//! assert_eq!(parse_ready("ready"), Some(vec![]));
+//! assert_eq!(parse_ready("working"), None);
+//! ```
+#![warn(missing_docs)]
+
+pub mod sys;
+
+/// Set on every process a test spawns, to a value unique to that test run; descendants inherit
+/// it. After the test, any process whose environment still holds it is a survivor.
+pub const MARKER_VAR: &str = "WARDEN_TEST_MARKER";
+
+/// Progress text (or its prefix) a fixture reports once the test may go on.
+pub const READY: &str = "ready";
+
+/// Payload prefix that makes a cooperative worker echo the rest of the payload.
+pub const ECHO: &[u8] = b"echo:";
+
+/// Payload prefix that makes a cooperative worker fail with the rest of the payload as its
+/// error message.
+pub const FAIL: &[u8] = b"fail:";
+
+/// The progress a cooperative worker reports in an echo job, just before its result.
+pub const ECHO_PROGRESS: (f32, &str) = (0.5, "echoing");
+
+/// Output of a late-result worker, which finishes although it was asked to stop.
+pub const LATE_OUTPUT: &[u8] = b"late but done";
+
+/// Output a result-then-exit worker writes just before it dies.
+pub const RESULT_OUTPUT: &[u8] = b"written before exit";
+
+/// A whole frame whose body is an unknown message tag (99): undecodable.
+pub const GARBAGE_FRAME: [u8; 5] = [1, 0, 0, 0, 99];
+
+/// The first part of a frame that declares 10 body bytes: the header and 3 of them.
+pub const PARTIAL_FRAME: [u8; 7] = [10, 0, 0, 0, 3, 1, 2];
+
+/// The protocol version a `bad-version` worker announces.
+pub const BAD_VERSION: u16 = 999;
+
+/// Fixture modes: the first argument of `fixture-worker`.
+pub mod mode {
+    /// SDK worker. Payload `echo:<bytes>`: reports [`ECHO_PROGRESS`](crate::ECHO_PROGRESS) and
+    /// returns `<bytes>`. Payload `fail:<text>`: fails with `<text>`. Any other payload:
+    /// reports ready, waits for its token, reports
+    /// [`cancelled_text`](crate::cancelled_text) and answers `Cancelled`.
+    pub const COOPERATIVE: &str = "cooperative";
+    /// SDK worker that never looks at its token; SIGTERM keeps its default disposition.
+    pub const IGNORE_CANCEL: &str = "ignore-cancel";
+    /// SDK worker that never looks at its token and whose handler never returns; the SDK
+    /// catches SIGTERM (which only trips the token), so only SIGKILL ends it.
+    pub const IGNORE_TERM: &str = "ignore-term";
+    /// SDK worker that reports ready, waits for its token, then returns
+    /// [`LATE_OUTPUT`](crate::LATE_OUTPUT) anyway.
+    pub const LATE_RESULT: &str = "late-result";
+    /// SDK worker whose handler calls `exit(0)`.
+    pub const EXIT_WITHOUT_RESULT: &str = "exit-without-result";
+    /// SDK worker whose handler exits with the status given as the next argument.
+    pub const EXIT_CODE: &str = "exit-code";
+    /// SDK worker whose handler dies of a signal: next argument `segv` or `abort`.
+    pub const CRASH: &str = "crash";
+    /// SDK worker (SIGTERM at its default) whose handler starts N (next argument) children in
+    /// its process group that ignore SIGTERM and block forever, reports `ready:<pids>`, then
+    /// blocks forever.
+    pub const FORK_TREE: &str = "fork-tree";
+    /// As [`FORK_TREE`] with one child that first moves to a session of its own (`setsid`).
+    pub const SETSID_ESCAPE: &str = "setsid-escape";
+    /// Child of [`FORK_TREE`]: ignores SIGTERM, prints `ready`, blocks forever.
+    pub const SLEEPER: &str = "sleeper";
+    /// Child of [`SETSID_ESCAPE`]: `setsid`, then as [`SLEEPER`].
+    pub const ESCAPEE: &str = "escapee";
+
+    /// Raw protocol: never sends its hello; blocks forever.
+    pub const HANG_HANDSHAKE: &str = "hang-handshake";
+    /// Raw protocol: sends a heartbeat before its hello.
+    pub const HEARTBEAT_BEFORE_HELLO: &str = "heartbeat-before-hello";
+    /// Raw protocol: announces protocol version [`BAD_VERSION`](crate::BAD_VERSION).
+    pub const BAD_VERSION: &str = "bad-version";
+    /// Raw protocol: [`GARBAGE_FRAME`](crate::GARBAGE_FRAME) right after the handshake.
+    pub const GARBAGE_IDLE: &str = "garbage-idle";
+    /// Raw protocol: [`GARBAGE_FRAME`](crate::GARBAGE_FRAME) once a job started.
+    pub const GARBAGE: &str = "garbage";
+    /// Raw protocol: once a job started, a `Completed` for the job id plus 1000.
+    pub const UNKNOWN_JOB: &str = "unknown-job";
+    /// Raw protocol: once a job started, a frame header one byte over the announced limit.
+    pub const OVERSIZED: &str = "oversized";
+    /// Raw protocol: once a job started, [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) and nothing more.
+    pub const STALL: &str = "stall";
+    /// Raw protocol: once a job started, shuts its channel down (both ways) and blocks forever.
+    pub const HANGUP: &str = "hangup";
+    /// Raw protocol: [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) right after the handshake.
+    pub const STALL_IDLE: &str = "stall-idle";
+    /// Raw protocol: sends [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) instead of its hello.
+    pub const STALL_BEFORE_HELLO: &str = "stall-before-hello";
+    /// Raw protocol: lists its open descriptors before anything else, completes the handshake,
+    /// answers its first job with them (`0,1,2,3`), and exits 0 on `Shutdown`.
+    pub const LIST_FDS: &str = "list-fds";
+    /// Raw protocol: once a job started, a second hello.
+    pub const SECOND_HELLO: &str = "second-hello";
+    /// Raw protocol: once a job started, `Completed` with
+    /// [`RESULT_OUTPUT`](crate::RESULT_OUTPUT), then at once `_exit(0)` (next argument `exit`)
+    /// or SIGKILL to itself (`kill`).
+    pub const RESULT_THEN_EXIT: &str = "result-then-exit";
+
+    /// No protocol: exits with the status given as the next argument.
+    pub const PLAIN_EXIT: &str = "plain-exit";
+    /// No protocol: blocks forever with every signal at its default.
+    pub const PLAIN_WAIT: &str = "plain-wait";
+    /// No protocol: ignores SIGTERM, writes `ready` to the FIFO named by the next argument,
+    /// blocks forever.
+    pub const PLAIN_IGNORE_TERM: &str = "plain-ignore-term";
+}
+
+/// The readiness text with children's pids: `ready` or `ready:1,2,3`.
+pub fn ready_text(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return READY.to_owned();
+    }
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!("{READY}:{}", pids.join(","))
+}
+
+/// The pids in a readiness text; `None` if `text` is not one.
+pub fn parse_ready(text: &str) -> Option<Vec<u32>> {
+    let rest = text.strip_prefix(READY)?;
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    rest.strip_prefix(':')?
+        .split(',')
+        .map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// The progress text a cooperative worker reports when its token trips, naming the cause:
+/// `cancelled:requested`, `cancelled:timeout`, `cancelled:shutdown`, `cancelled:signal`...
+pub fn cancelled_text(cause: &str) -> String {
+    format!("cancelled:{cause}")
+}

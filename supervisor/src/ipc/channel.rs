@@ -3,11 +3,13 @@
 //! Writes go out from the caller's task with `try_write` (no writer task, so a cancel costs no
 //! extra wake-up); what the socket does not take is kept and flushed when it becomes writable.
 //! Reads are bounded per call and decoded at once, so memory stays within one read chunk plus
-//! one maximal frame whatever the worker sends.
+//! one maximal frame whatever the worker sends. A frame that starts to arrive must be complete
+//! within the frame timeout; the timer runs inside [`Channel::next_event`], which does not
+//! return on a partial frame, so callers cannot forget to arm it.
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UnixStream;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
@@ -23,12 +25,16 @@ pub(crate) enum Event {
     Eof,
     /// The worker sent bytes that are not a valid frame; the channel is unusable.
     Invalid(DecodeError),
+    /// Part of a frame arrived and the rest did not come within the frame timeout; the channel
+    /// is unusable.
+    Stalled,
 }
 
 pub(crate) struct Channel {
     stream: UnixStream,
     decoder: FrameDecoder,
     max_frame_len: u32,
+    frame_timeout: Duration,
     outbox: Vec<u8>,
     sent: usize,
     eof: bool,
@@ -38,13 +44,18 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub(crate) fn new(fd: OwnedFd, max_frame_len: u32) -> io::Result<Self> {
+    pub(crate) fn new(
+        fd: OwnedFd,
+        max_frame_len: u32,
+        frame_timeout: Duration,
+    ) -> io::Result<Self> {
         let std = std::os::unix::net::UnixStream::from(fd);
         std.set_nonblocking(true)?;
         Ok(Channel {
             stream: UnixStream::from_std(std)?,
             decoder: FrameDecoder::new(max_frame_len),
             max_frame_len,
+            frame_timeout,
             outbox: Vec::new(),
             sent: 0,
             eof: false,
@@ -87,12 +98,11 @@ impl Channel {
         self.eof
     }
 
-    /// Since when part of a frame has been waiting for the rest, if it is.
-    pub(crate) fn partial_since(&self) -> Option<Instant> {
-        self.partial_since
-    }
-
     /// The next event. Also flushes queued writes while it waits.
+    ///
+    /// A partial frame is not an event: the call keeps waiting for the rest, and returns
+    /// [`Event::Stalled`] if it does not arrive within the frame timeout (measured from the
+    /// frame's first byte, across calls).
     ///
     /// # Cancel safety
     /// Cancel-safe: all state lives in `self`; a dropped call loses no bytes.
@@ -114,7 +124,15 @@ impl Channel {
             if self.eof {
                 return Event::Eof;
             }
+            // A timeout too large to add never fires.
+            let stall_at = self
+                .partial_since
+                .and_then(|since| since.checked_add(self.frame_timeout));
             tokio::select! {
+                () = sleep_until(stall_at) => {
+                    self.eof = true;
+                    return Event::Stalled;
+                }
                 ready = self.stream.readable() => {
                     if ready.is_err() {
                         self.eof = true;
@@ -146,5 +164,12 @@ impl Channel {
         } else {
             self.partial_since = None;
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Actor {
     next_job: u64,
     /// Set once the process is reaped (with its status) or given up on after SIGKILL.
     gone: Option<Option<ExitStatus>>,
+    /// A plain program's one job (its whole run) has been handed out.
+    plain_run_taken: bool,
     span: Span,
 }
 
@@ -73,6 +75,9 @@ struct JobState {
     result_at: Option<Instant>,
     violation: Option<Violation>,
     drain_deadline: Option<Instant>,
+    /// The worker closed its channel while still running: it can never answer, so it gets the
+    /// drain timeout to exit before it is killed.
+    hangup_deadline: Option<Instant>,
     reaped_at: Option<Instant>,
     reply: Option<Reply>,
 }
@@ -90,6 +95,7 @@ impl Actor {
             config,
             next_job: 1,
             gone: None,
+            plain_run_taken: false,
             span,
         }
     }
@@ -98,18 +104,20 @@ impl Actor {
         self.channel.as_ref().is_some_and(|c| !c.is_eof())
     }
 
-    fn stall_deadline(&self) -> Option<Instant> {
-        self.channel
-            .as_ref()
-            .and_then(|c| c.partial_since())
-            .map(|t| t + self.config.frame_timeout)
-    }
-
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let mut idle_eof_deadline: Option<Instant> = None;
         loop {
             if let Some(status) = self.gone {
                 match rx.recv().await {
+                    // A plain program's run is its job: one that ended before the caller asked
+                    // for it still has its report to give.
+                    Some(Request::Run {
+                        payload,
+                        options,
+                        reply,
+                    }) if !self.config.protocol && !self.plain_run_taken => {
+                        self.job(payload, options, reply).await;
+                    }
                     Some(Request::Run { reply, .. }) => {
                         let _ = reply.send(Err(RunError::WorkerGone { status }));
                     }
@@ -121,9 +129,15 @@ impl Actor {
                 continue;
             }
             let live = self.channel_live();
-            let stall = self.stall_deadline();
             tokio::select! {
                 request = rx.recv() => match request {
+                    // The worker broke the protocol or hung up: it is leaving (or being killed)
+                    // and will never answer a job. Starting one would report its death as the
+                    // job's outcome.
+                    Some(Request::Run { reply, .. }) if self.config.protocol && !live => {
+                        let status = self.tree.exit_status();
+                        let _ = reply.send(Err(RunError::WorkerGone { status }));
+                    }
                     Some(Request::Run { payload, options, reply }) => self.job(payload, options, reply).await,
                     Some(Request::Shutdown { reply }) => {
                         let status = self.shutdown().await;
@@ -145,19 +159,23 @@ impl Actor {
                         self.idle_violation(v);
                     }
                     Event::Invalid(e) => self.idle_violation(Violation::Frame(e)),
+                    Event::Stalled => self.idle_violation(self.stalled()),
                     // The worker hung up while idle: it is leaving. Give it the drain time to
                     // exit on its own, then make sure.
                     Event::Eof => idle_eof_deadline = Some(Instant::now() + self.config.drain_timeout),
                 },
                 status = self.tree.wait() => self.finish_process(status.ok()).await,
-                () = sleep_until(stall) => {
-                    self.idle_violation(Violation::StalledFrame { timeout: self.config.frame_timeout });
-                }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
                     let _ = self.tree.kill_tree();
                 }
             }
+        }
+    }
+
+    fn stalled(&self) -> Violation {
+        Violation::StalledFrame {
+            timeout: self.config.frame_timeout,
         }
     }
 
@@ -224,6 +242,12 @@ impl Actor {
         let deadlines = options.deadlines.unwrap_or(self.config.deadlines);
         let mut esc = Escalation::new(deadlines, self.config.protocol);
         let timeout_at = options.timeout.map(|t| started + t);
+        // A plain program that already ended: its run is over whatever the caller's token says,
+        // and its exit decides the outcome.
+        let ended_before_start = !self.config.protocol && self.tree.exit_status().is_some();
+        if ended_before_start {
+            esc.handle_exit(started);
+        }
 
         // A protocol job not yet handed over can be cancelled outright. A plain program's job
         // is its whole run, which began at spawn: its cancel must go through the ladder.
@@ -264,6 +288,9 @@ impl Actor {
             }));
             return;
         }
+        if !self.config.protocol {
+            self.plain_run_taken = true;
+        }
         if let Some(channel) = &mut self.channel {
             let start = SupervisorMessage::StartJob {
                 job: id,
@@ -290,6 +317,7 @@ impl Actor {
             result_at: None,
             violation: None,
             drain_deadline: None,
+            hangup_deadline: None,
             reaped_at: None,
             reply: Some(reply),
         };
@@ -308,8 +336,8 @@ impl Actor {
             }
             let live = self.channel_live() && st.violation.is_none();
             let open = esc.reason().is_none() && !esc.is_finished() && st.violation.is_none();
-            let stall = if live { self.stall_deadline() } else { None };
             let drain = if exited { st.drain_deadline } else { None };
+            let hangup = if exited { None } else { st.hangup_deadline };
             let esc_deadline = esc.poll_timeout();
             let waiting_timeout = if open { timeout_at } else { None };
             tokio::select! {
@@ -338,10 +366,12 @@ impl Actor {
                 () = sleep_until(waiting_timeout) => esc.handle_cancel(Instant::now(), CancelReason::Timeout),
                 () = reply_closed(&mut st.reply), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
                 () = sleep_until(esc_deadline) => esc.handle_timeout(Instant::now()),
-                () = sleep_until(stall) => {
-                    self.violation(&mut st, &mut esc, Violation::StalledFrame { timeout: self.config.frame_timeout }, &span);
-                }
                 () = sleep_until(drain) => {}
+                () = sleep_until(hangup) => {
+                    st.hangup_deadline = None;
+                    tracing::warn!(parent: &span, "worker closed its channel mid-job and did not exit; killing it");
+                    esc.handle_kill(Instant::now());
+                }
             }
             while let Some(action) = esc.poll_action() {
                 self.perform(action, Some(id));
@@ -381,8 +411,14 @@ impl Actor {
     ) {
         let msg = match event {
             Event::Message(m) => m,
-            Event::Eof => return,
+            // An exiting worker closes its channel too; the deadline only matters if it does
+            // not exit.
+            Event::Eof => {
+                st.hangup_deadline = Some(Instant::now() + self.config.drain_timeout);
+                return;
+            }
             Event::Invalid(e) => return self.violation(st, esc, Violation::Frame(e), span),
+            Event::Stalled => return self.violation(st, esc, self.stalled(), span),
         };
         let running = st.result.is_none();
         match msg {

@@ -31,7 +31,8 @@ pub struct WorkerConfig {
     pub frame_timeout: Duration,
     /// After the worker exits, how long to wait for the channel to reach EOF so that a result
     /// written just before exit is read (default 1 s). A descendant holding the channel open
-    /// cannot stall the job longer than this.
+    /// cannot stall the job longer than this. The other way round too: a worker that closes its
+    /// channel (idle or mid-job) gets this long to exit before it is killed.
     pub drain_timeout: Duration,
     /// Cancelled when the supervisor shuts down: every job on this worker is cancelled with
     /// reason `shutdown`.

@@ -65,7 +65,7 @@ impl Worker {
         };
         let channel = match ours {
             Some(fd) => {
-                let result = match Channel::new(fd, config.max_frame_len) {
+                let result = match Channel::new(fd, config.max_frame_len, config.frame_timeout) {
                     Ok(mut channel) => handshake(tree.child_mut(), &mut channel, &config)
                         .instrument(span.clone())
                         .await
@@ -105,7 +105,12 @@ impl Worker {
     }
 
     /// Runs one job and returns how it ended. For a plain program the "job" is the program's
-    /// whole run and `payload` must be empty.
+    /// whole run and `payload` must be empty; if the program ended before the first call, that
+    /// call still reports how it ended (with `trace.exited` at zero), and later calls get
+    /// [`RunError::WorkerGone`].
+    ///
+    /// A protocol worker that broke the protocol or closed its channel while idle takes no new
+    /// job: the call returns [`RunError::WorkerGone`] at once.
     ///
     /// Cancelling `options.token` (never blocks), the timeout, or the worker's shutdown token
     /// starts the ladder: cancel message, grace, polite signal + SIGCONT, kill_after, SIGKILL.
@@ -182,6 +187,10 @@ async fn handshake(
                     return Err(SpawnError::Protocol { pid, violation: Violation::BeforeHello { kind: other.kind() } });
                 }
                 Event::Invalid(e) => return Err(SpawnError::Protocol { pid, violation: Violation::Frame(e) }),
+                Event::Stalled => {
+                    let violation = Violation::StalledFrame { timeout: config.frame_timeout };
+                    return Err(SpawnError::Protocol { pid, violation });
+                }
                 Event::Eof => {}
             },
             () = sleep_until(Some(deadline)) => {

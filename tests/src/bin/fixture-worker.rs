@@ -1,0 +1,386 @@
+//! The fixture worker: one program whose behaviour is chosen by its first argument (see
+//! `warden_tests::mode` for the list). Three families:
+//!
+//! - **SDK workers** serve jobs with `warden-worker` and misbehave inside the handler
+//!   (ignore the token, exit, crash, start children...).
+//! - **Raw-protocol workers** speak the protocol by hand on the `WARDEN_FD` descriptor, to send
+//!   what the SDK never would (junk, oversized or stalled frames, results for other jobs,
+//!   a result followed by an instant death).
+//! - **Plain programs** use no channel at all.
+//!
+//! A fixture that reaches the state a test waits for says so (a `ready` progress report, or a
+//! line in a FIFO for plain programs), so tests never sleep. "Blocks forever" always means
+//! reading a pipe nobody writes to: no busy loop.
+
+use std::error::Error;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{getpid, setsid};
+use warden_protocol::{
+    FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage, encode_frame,
+};
+use warden_tests::{
+    BAD_VERSION, ECHO, ECHO_PROGRESS, FAIL, GARBAGE_FRAME, LATE_OUTPUT, PARTIAL_FRAME, READY,
+    RESULT_OUTPUT, cancelled_text, mode, ready_text, sys,
+};
+use warden_worker::{CancelCause, FD_ENV_VAR, Job, JobError, Worker};
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or_default();
+    let arg = args.get(1).map(String::as_str);
+    if let Err(e) = run(mode, arg) {
+        eprintln!("fixture-worker {mode}: {e}");
+        std::process::exit(101);
+    }
+}
+
+fn run(mode: &str, arg: Option<&str>) -> Result<()> {
+    match mode {
+        // SDK workers.
+        mode::COOPERATIVE => Worker::new().serve(cooperative)?,
+        mode::IGNORE_CANCEL => Worker::new()
+            .handle_sigterm(false)
+            .serve_blocking(|job| ready_then_block(&job))?,
+        mode::IGNORE_TERM => Worker::new()
+            .handle_sigterm(true)
+            .serve_blocking(|job| ready_then_block(&job))?,
+        mode::LATE_RESULT => Worker::new().serve(|job: Job| async move {
+            job.progress().set_text(READY);
+            job.cancelled().await;
+            Ok(LATE_OUTPUT.to_vec())
+        })?,
+        mode::EXIT_WITHOUT_RESULT => Worker::new().serve_blocking(|_job| std::process::exit(0))?,
+        mode::EXIT_CODE => {
+            let code = number(arg)?;
+            Worker::new().serve_blocking(move |_job| std::process::exit(code))?
+        }
+        mode::CRASH => {
+            let how = arg.unwrap_or("segv").to_owned();
+            Worker::new().serve_blocking(move |_job| crash(&how))?
+        }
+        mode::FORK_TREE => {
+            let n = usize::try_from(number(arg)?)?;
+            Worker::new()
+                .handle_sigterm(false)
+                .serve_blocking(move |job| children_then_block(&job, mode::SLEEPER, n))?
+        }
+        mode::SETSID_ESCAPE => Worker::new()
+            .handle_sigterm(false)
+            .serve_blocking(|job| children_then_block(&job, mode::ESCAPEE, 1))?,
+        mode::SLEEPER => sleeper(false)?,
+        mode::ESCAPEE => sleeper(true)?,
+
+        // Raw-protocol workers.
+        mode::HANG_HANDSHAKE => block_forever(),
+        mode::HEARTBEAT_BEFORE_HELLO => {
+            let mut raw = Raw::new()?;
+            raw.send(&WorkerMessage::Heartbeat)?;
+            block_forever()
+        }
+        mode::BAD_VERSION => {
+            let mut raw = Raw::new()?;
+            raw.send(&hello(BAD_VERSION))?;
+            block_forever()
+        }
+        mode::GARBAGE_IDLE => {
+            let mut raw = Raw::connect()?;
+            raw.send_bytes(&GARBAGE_FRAME)?;
+            block_forever()
+        }
+        mode::GARBAGE => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.send_bytes(&GARBAGE_FRAME)?;
+            block_forever()
+        }
+        mode::UNKNOWN_JOB => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            raw.send(&WorkerMessage::Completed {
+                job: JobId(job.0 + 1000),
+                output: Vec::new(),
+            })?;
+            block_forever()
+        }
+        mode::OVERSIZED => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            let header = (raw.max_frame_len + 1).to_le_bytes();
+            raw.send_bytes(&header)?;
+            block_forever()
+        }
+        mode::STALL => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.send_bytes(&PARTIAL_FRAME)?;
+            block_forever()
+        }
+        mode::LIST_FDS => {
+            let fds = open_fds()?;
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            raw.send(&WorkerMessage::Completed {
+                job,
+                output: fds.into_bytes(),
+            })?;
+            // Idle now: leave when told to (or when the supervisor hangs up).
+            while !matches!(raw.recv(), Ok(SupervisorMessage::Shutdown) | Err(_)) {}
+        }
+        mode::HANGUP => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.stream.shutdown(std::net::Shutdown::Both)?;
+            block_forever()
+        }
+        mode::STALL_IDLE => {
+            let mut raw = Raw::connect()?;
+            raw.send_bytes(&PARTIAL_FRAME)?;
+            block_forever()
+        }
+        mode::STALL_BEFORE_HELLO => {
+            let mut raw = Raw::new()?;
+            raw.send_bytes(&PARTIAL_FRAME)?;
+            block_forever()
+        }
+        mode::SECOND_HELLO => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.send(&hello(PROTOCOL_VERSION))?;
+            block_forever()
+        }
+        mode::RESULT_THEN_EXIT => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            raw.send(&WorkerMessage::Completed {
+                job,
+                output: RESULT_OUTPUT.to_vec(),
+            })?;
+            match arg {
+                Some("kill") => {
+                    kill(getpid(), Signal::SIGKILL)?;
+                    block_forever()
+                }
+                _ => sys::exit_now(0),
+            }
+        }
+
+        // Plain programs.
+        mode::PLAIN_EXIT => std::process::exit(number(arg)?),
+        mode::PLAIN_WAIT => block_forever(),
+        mode::PLAIN_IGNORE_TERM => {
+            let fifo = arg.ok_or("plain-ignore-term needs a FIFO path")?;
+            sys::ignore_signal(Signal::SIGTERM)?;
+            let mut fifo = OpenOptions::new().write(true).open(fifo)?;
+            fifo.write_all(format!("{READY}\n").as_bytes())?;
+            drop(fifo);
+            block_forever()
+        }
+
+        other => return Err(format!("unknown mode {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// This process's open descriptors, ascending and comma-separated, without the one used to list
+/// them.
+fn open_fds() -> Result<String> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let listing = target.starts_with("/proc") && target.ends_with("fd");
+        if let (Ok(fd), false) = (entry.file_name().to_string_lossy().parse::<u32>(), listing) {
+            fds.push(fd);
+        }
+    }
+    fds.sort_unstable();
+    let fds: Vec<String> = fds.iter().map(u32::to_string).collect();
+    Ok(fds.join(","))
+}
+
+fn number(arg: Option<&str>) -> Result<i32> {
+    Ok(arg.ok_or("this mode needs a number")?.parse()?)
+}
+
+/// Blocks the calling thread forever without using the CPU: reads a pipe whose write end it
+/// keeps open and never writes to.
+fn block_forever() -> ! {
+    let pipe = nix::unistd::pipe();
+    let Ok((read, _write)) = pipe else {
+        // Cannot happen short of running out of descriptors; still never spin.
+        loop {
+            std::thread::park();
+        }
+    };
+    let mut read = File::from(read);
+    let mut byte = [0u8; 1];
+    loop {
+        // Only EINTR can end a read here; go back to waiting.
+        let _ = read.read(&mut byte);
+    }
+}
+
+async fn cooperative(job: Job) -> Result<Vec<u8>, JobError> {
+    if let Some(data) = job.payload().strip_prefix(ECHO) {
+        let (fraction, text) = ECHO_PROGRESS;
+        job.progress().report(Some(fraction), Some(text));
+        return Ok(data.to_vec());
+    }
+    if let Some(message) = job.payload().strip_prefix(FAIL) {
+        return Err(JobError::msg(String::from_utf8_lossy(message)));
+    }
+    job.progress().set_text(READY);
+    job.cancelled().await;
+    let cause = match job.cancel_cause() {
+        Some(CancelCause::Message(reason)) => reason.as_str(),
+        Some(CancelCause::Signal) => "signal",
+        Some(CancelCause::ChannelClosed) => "closed",
+        _ => "unknown",
+    };
+    job.progress().set_text(&cancelled_text(cause));
+    job.check()?;
+    Err(JobError::msg("the token tripped but check() passed"))
+}
+
+fn ready_then_block(job: &Job) -> ! {
+    job.progress().set_text(READY);
+    block_forever()
+}
+
+fn crash(how: &str) -> ! {
+    // No core file: a crash test must not litter the disk or wait for a dump.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    if how == "abort" {
+        std::process::abort();
+    }
+    // The Rust runtime's SIGSEGV handler (stack overflow detection) would swallow a raised
+    // SIGSEGV; take the default back first.
+    let _ = sys::default_signal(Signal::SIGSEGV);
+    let _ = nix::sys::signal::raise(Signal::SIGSEGV);
+    std::process::abort()
+}
+
+/// Starts `n` children running `child_mode` in this process's group, waits until each says it
+/// is ready, reports their pids, then blocks forever.
+fn children_then_block(job: &Job, child_mode: &str, n: usize) -> Result<Vec<u8>, JobError> {
+    let exe = std::env::current_exe().map_err(JobError::msg)?;
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut child = Command::new(&exe)
+            .arg(child_mode)
+            // The channel itself is close-on-exec; the variable would only mislead.
+            .env_remove(FD_ENV_VAR)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(JobError::msg)?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout")
+            .map_err(JobError::msg)?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(JobError::msg)?;
+        if line.trim_end() != READY {
+            return Err(JobError::msg(format!("child said {line:?}")));
+        }
+        pids.push(child.id());
+    }
+    job.progress().set_text(&ready_text(&pids));
+    block_forever()
+}
+
+/// A child of a fork-tree worker: survives the polite signal, so only a SIGKILL of its group
+/// (or, for an escapee, of itself) ends it.
+fn sleeper(escape: bool) -> Result<()> {
+    if escape {
+        setsid()?;
+    }
+    sys::ignore_signal(Signal::SIGTERM)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY}")?;
+    out.flush()?;
+    drop(out);
+    block_forever()
+}
+
+fn hello(protocol_version: u16) -> WorkerMessage {
+    WorkerMessage::Hello {
+        protocol_version,
+        pid: std::process::id(),
+        sdk_version: "warden-tests fixture".into(),
+    }
+}
+
+/// A hand-written protocol peer on the inherited channel, with blocking I/O.
+struct Raw {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    max_frame_len: u32,
+}
+
+impl Raw {
+    /// Takes the channel without saying anything.
+    fn new() -> Result<Raw> {
+        Ok(Raw {
+            stream: sys::channel_from_env()?,
+            decoder: FrameDecoder::new(warden_protocol::DEFAULT_MAX_FRAME_LEN),
+            max_frame_len: warden_protocol::DEFAULT_MAX_FRAME_LEN,
+        })
+    }
+
+    /// Takes the channel and completes the handshake.
+    fn connect() -> Result<Raw> {
+        let mut raw = Raw::new()?;
+        raw.send(&hello(PROTOCOL_VERSION))?;
+        match raw.recv()? {
+            SupervisorMessage::Hello { max_frame_len, .. } => raw.max_frame_len = max_frame_len,
+            other => return Err(format!("expected the supervisor's hello, got {other:?}").into()),
+        }
+        Ok(raw)
+    }
+
+    fn send(&mut self, msg: &WorkerMessage) -> Result<()> {
+        let frame = encode_frame(msg, self.max_frame_len)?;
+        self.send_bytes(&frame)
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<SupervisorMessage> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(msg) = self.decoder.next()? {
+                return Ok(msg);
+            }
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err("the supervisor closed the channel".into());
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Waits for a job to start and returns its id.
+    fn start_job(&mut self) -> Result<JobId> {
+        loop {
+            match self.recv()? {
+                SupervisorMessage::StartJob { job, .. } => return Ok(job),
+                SupervisorMessage::Shutdown => return Err("shut down before any job".into()),
+                _ => {}
+            }
+        }
+    }
+}

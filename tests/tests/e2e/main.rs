@@ -1,0 +1,17 @@
+//! End-to-end tests of the warden supervisor with real processes.
+//!
+//! Every worker is `fixture-worker` (tests/src/bin) in one of its modes. Tests never sleep to
+//! synchronise: a worker says it is ready (a progress report, or a FIFO line for a plain
+//! program), every wait is bounded and names what it waited for, timing is one-sided (a worker
+//! that stops when asked gets 60 s; one that never stops gets 100-300 ms), and every test ends
+//! with the survivor check (see `support`).
+
+mod deps;
+mod handshake;
+mod ladder;
+mod lifecycle;
+mod plain;
+mod protocol;
+mod results;
+mod support;
+mod tree;
