@@ -48,7 +48,32 @@ struct Prepared {
     stdio: [Stdio; 3],
 }
 
-type Reply = io::Result<(libc::pid_t, Option<OwnedFd>)>;
+/// A spawned child in transit from the spawning thread to its `Child`. If it is dropped before
+/// [`take`](Self::take) (the spawn future was dropped, before or after the reply was sent),
+/// it kills and reaps the child: nobody else ever will.
+struct Spawned {
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+    new_group: bool,
+    taken: bool,
+}
+
+impl Spawned {
+    fn take(mut self) -> (libc::pid_t, Option<OwnedFd>, bool) {
+        self.taken = true;
+        (self.pid, self.pidfd.take(), self.new_group)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !self.taken {
+            abandon(self.pid, self.new_group);
+        }
+    }
+}
+
+type Reply = io::Result<Spawned>;
 
 struct Request {
     prepared: Prepared,
@@ -68,12 +93,35 @@ fn spawner() -> Option<&'static mpsc::Sender<Request>> {
                     let reply = spawn_now(&req.prepared);
                     // The channel's child end is closed here, after the child has its copy.
                     drop(req.prepared);
+                    // If the caller is gone the reply is dropped, and `Spawned` cleans up.
                     let _ = req.reply.send(reply);
                 }
             });
             started.ok().map(|_| tx)
         })
         .as_ref()
+}
+
+/// Kills and reaps a child whose spawner went away before taking it. Its pid is still
+/// unreaped, so neither it nor its group can have been recycled.
+fn abandon(pid: libc::pid_t, new_group: bool) {
+    if new_group {
+        let _ = unix::kill_group(pid, libc::SIGKILL);
+    }
+    let _ = unix::kill_pid(pid, libc::SIGKILL);
+    // Reap off this thread: a child stuck in D state must not stall every later spawn.
+    let reaper = std::thread::Builder::new()
+        .name("warden-reap".into())
+        .spawn(move || {
+            let _ = unix::reap(pid, true);
+            super::sweep::owned().remove(&pid);
+        });
+    if reaper.is_err() {
+        tracing::warn!(
+            pid,
+            "could not start a reaping thread; the child may stay a zombie"
+        );
+    }
 }
 
 fn spawn_now(p: &Prepared) -> Reply {
@@ -100,7 +148,12 @@ fn spawn_now(p: &Prepared) -> Reply {
             None
         }
     };
-    Ok((pid, fd))
+    Ok(Spawned {
+        pid,
+        pidfd: fd,
+        new_group: p.new_group,
+        taken: false,
+    })
 }
 
 fn cstring(bytes: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, SpawnError> {
@@ -239,13 +292,17 @@ pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, Sp
         .ok_or_else(gone)?
         .send(Request { prepared, reply })
         .map_err(|_| gone())?;
-    let (pid, fd) = rx
+    let (pid, fd, new_group) = rx
         .await
         .map_err(|_| gone())?
-        .map_err(|e| classify(display.clone(), e))?;
-    Child::new(pid, fd).map_err(|source| SpawnError::Launch {
-        program: display,
-        source,
+        .map_err(|e| classify(display.clone(), e))?
+        .take();
+    Child::new(pid, fd).map_err(|source| {
+        abandon(pid, new_group);
+        SpawnError::Launch {
+            program: display,
+            source,
+        }
     })
 }
 

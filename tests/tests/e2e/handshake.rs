@@ -213,7 +213,6 @@ fn pid_recorder() -> (tracing::Dispatch, tokio::sync::mpsc::UnboundedReceiver<u3
 }
 
 #[test]
-#[ignore = "process/: a spawn dropped before the spawning thread replies leaks the child (see the e2e report)"]
 fn dropping_spawn_at_any_moment_leaves_no_process() {
     e2e(
         "dropping_spawn_at_any_moment_leaves_no_process",
