@@ -122,6 +122,9 @@ pub mod mode {
     /// No protocol: ignores SIGTERM, writes `ready` to the FIFO named by the next argument,
     /// blocks forever.
     pub const PLAIN_IGNORE_TERM: &str = "plain-ignore-term";
+    /// A supervisor: spawns N cooperative workers through warden, prints `pids:<a>,<b>...` on
+    /// stdout, then blocks forever (for "the supervisor is SIGKILLed" tests).
+    pub const HOST: &str = "host";
 }
 
 /// The readiness text with children's pids: `ready` or `ready:1,2,3`.

@@ -169,7 +169,29 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnEr
         });
     }
     if program.as_bytes().contains(&b'/') {
-        return Ok(PathBuf::from(program));
+        // Checked here, not left to exec: behind the exec shim a failed exec would only be an
+        // exit status, and callers need NotFound / NotExecutable (127 / 126) as errors.
+        let path = PathBuf::from(program);
+        return match std::fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::NotFound {
+                program: program.to_owned(),
+            }),
+            Err(source) => Err(SpawnError::NotExecutable {
+                program: program.to_owned(),
+                source,
+            }),
+            Ok(meta) if meta.is_dir() => Err(SpawnError::NotExecutable {
+                program: program.to_owned(),
+                source: io::Error::from_raw_os_error(libc::EISDIR),
+            }),
+            Ok(_) if nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_err() => {
+                Err(SpawnError::NotExecutable {
+                    program: program.to_owned(),
+                    source: io::Error::from_raw_os_error(libc::EACCES),
+                })
+            }
+            Ok(_) => Ok(path),
+        };
     }
     let search = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     let mut denied = false;
@@ -317,7 +339,18 @@ mod tests {
             resolve(OsStr::new(""), None),
             Err(SpawnError::NotFound { .. })
         ));
-        assert_eq!(resolve(OsStr::new("./x"), None).unwrap(), Path::new("./x"));
+        assert_eq!(
+            resolve(OsStr::new("/bin/sh"), None).unwrap(),
+            Path::new("/bin/sh")
+        );
+        assert!(matches!(
+            resolve(OsStr::new("./no-such-x"), None),
+            Err(SpawnError::NotFound { .. })
+        ));
+        assert!(matches!(
+            resolve(OsStr::new("/"), None),
+            Err(SpawnError::NotExecutable { .. })
+        ));
         let found = resolve(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin"))).unwrap();
         assert_eq!(found, Path::new("/bin/sh"));
         assert!(matches!(

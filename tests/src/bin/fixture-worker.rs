@@ -32,6 +32,8 @@ use warden_worker::{CancelCause, FD_ENV_VAR, Job, JobError, Worker};
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
 fn main() {
+    // This binary is also warden's exec shim for the tests (shim::use_external).
+    warden::shim::run_if_shim();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or_default();
     let arg = args.get(1).map(String::as_str);
@@ -174,6 +176,7 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
         // Plain programs.
         mode::PLAIN_EXIT => std::process::exit(number(arg)?),
         mode::PLAIN_WAIT => block_forever(),
+        mode::HOST => host(usize::try_from(number(arg)?)?)?,
         mode::PLAIN_IGNORE_TERM => {
             let fifo = arg.ok_or("plain-ignore-term needs a FIFO path")?;
             sys::ignore_signal(Signal::SIGTERM)?;
@@ -247,6 +250,29 @@ async fn cooperative(job: Job) -> Result<Vec<u8>, JobError> {
     job.progress().set_text(&cancelled_text(cause));
     job.check()?;
     Err(JobError::msg("the token tripped but check() passed"))
+}
+
+/// A supervisor of `n` cooperative workers that reports their pids and then never exits.
+fn host(n: usize) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let exe = std::env::current_exe()?;
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut cmd = warden::Command::new(&exe);
+            cmd.arg(mode::COOPERATIVE);
+            workers.push(warden::Worker::spawn(&cmd, warden::WorkerConfig::protocol()).await?);
+        }
+        let pids: Vec<String> = workers.iter().map(|w| w.pid().to_string()).collect();
+        let mut out = std::io::stdout();
+        writeln!(out, "pids:{}", pids.join(","))?;
+        out.flush()?;
+        std::future::pending::<()>().await;
+        Ok::<(), Box<dyn Error>>(())
+    })
 }
 
 fn ready_then_block(job: &Job) -> ! {

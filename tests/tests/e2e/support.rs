@@ -92,6 +92,9 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // The fixture calls run_if_shim first: with it as the exec shim, trees get cgroups (where
+    // this machine allows) and PDEATHSIG, as under the warden CLI.
+    warden::shim::use_external(env!("CARGO_BIN_EXE_fixture-worker"));
     let ctx = Ctx::new(name);
     let marker = ctx.marker.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,10 @@
 //! Process trees: what a worker started dies with it.
 
 use nix::sys::signal::Signal;
-use warden::{CancelReason, CancellationToken, JobOptions, Outcome, Stage, WorkerConfig};
+use warden::{
+    CancelReason, CancellationToken, Containment, ContainmentMode, JobOptions, Outcome, Stage,
+    TreeOptions, WorkerConfig,
+};
 use warden_tests::mode;
 
 use crate::support::*;
@@ -9,7 +12,19 @@ use crate::support::*;
 /// Runs a tree-making worker, cancels it once its children are up (it dies of SIGTERM; its
 /// children ignore SIGTERM), and returns the children's pids after checking the report.
 async fn cancel_tree(t: &Ctx, args: &[&str]) -> Vec<u32> {
-    let config = WorkerConfig::protocol().deadlines(short(ms(100), ms(60_000)));
+    cancel_tree_in(t, args, Containment::Auto).await.0
+}
+
+/// As [`cancel_tree`], under the given containment; also returns the report's containment and
+/// escaped pids.
+async fn cancel_tree_in(
+    t: &Ctx,
+    args: &[&str],
+    containment: Containment,
+) -> (Vec<u32>, ContainmentMode, Vec<u32>) {
+    let config = WorkerConfig::protocol()
+        .deadlines(short(ms(100), ms(60_000)))
+        .tree(TreeOptions::new().containment(containment));
     let worker = t.spawn(args, config).await;
     let token = CancellationToken::new();
     let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
@@ -29,7 +44,117 @@ async fn cancel_tree(t: &Ctx, args: &[&str]) -> Vec<u32> {
     );
     assert!(!children.is_empty());
     assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGTERM)));
-    children
+    (children, report.containment, report.escaped)
+}
+
+/// The setsid escapee under each containment mode this machine supports.
+async fn setsid_escapee_under(t: &Ctx, containment: Containment, expect: ContainmentMode) {
+    let (children, mode, escaped) = cancel_tree_in(t, &[mode::SETSID_ESCAPE], containment).await;
+    assert_eq!(mode, expect);
+    assert_eq!(children.len(), 1);
+    if expect == ContainmentMode::ProcessGroup {
+        // The documented limit of a bare process group: the escapee is still running. Prove
+        // it, then clean up by pid.
+        assert!(
+            t.is_running(children[0]),
+            "a process group cannot hold a setsid child"
+        );
+        let pid = nix::unistd::Pid::from_raw(children[0] as i32);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    } else {
+        assert_eq!(escaped, children, "the report names the escapee");
+    }
+    t.wait_gone(children[0], "the setsid escapee").await;
+}
+
+#[test]
+fn setsid_escapee_is_killed_in_a_cgroup() {
+    if !cgroup_available() {
+        eprintln!("skipped: cannot create cgroup v2 leaves here");
+        return;
+    }
+    e2e("setsid_escapee_is_killed_in_a_cgroup", |t| async move {
+        setsid_escapee_under(&t, Containment::Cgroup, ContainmentMode::Cgroup).await;
+    });
+}
+
+#[test]
+fn setsid_escapee_is_killed_as_subreaper() {
+    e2e("setsid_escapee_is_killed_as_subreaper", |t| async move {
+        setsid_escapee_under(&t, Containment::Subreaper, ContainmentMode::Subreaper).await;
+    });
+}
+
+#[test]
+fn setsid_escapee_leaks_from_a_bare_process_group() {
+    e2e(
+        "setsid_escapee_leaks_from_a_bare_process_group",
+        |t| async move {
+            setsid_escapee_under(&t, Containment::ProcessGroup, ContainmentMode::ProcessGroup)
+                .await;
+        },
+    );
+}
+
+/// Whether this machine lets us create cgroup v2 leaves (root or a delegated subtree).
+fn cgroup_available() -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(mount) = info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4))?
+    }) else {
+        return false;
+    };
+    let probe = std::path::Path::new(mount).join(format!("warden-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+#[test]
+fn workers_die_with_a_sigkilled_supervisor() {
+    // RELIABILITY #10: a supervisor that links warden (here the fixture in host mode, its own
+    // exec shim) is SIGKILLed; PDEATHSIG and the channel's EOF take its workers down.
+    e2e("workers_die_with_a_sigkilled_supervisor", |t| async move {
+        let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_fixture-worker"))
+            .arg(mode::HOST)
+            .arg("5")
+            .env(warden_tests::MARKER_VAR, t.marker())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("host");
+        let stdout = host.stdout.take().expect("stdout");
+        let line = within(
+            LIMIT,
+            "the host's pid line",
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                let _ =
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+                line
+            }),
+        )
+        .await
+        .expect("reader");
+        let pids: Vec<u32> = line
+            .trim()
+            .strip_prefix("pids:")
+            .expect("a pids: line")
+            .split(',')
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+        assert_eq!(pids.len(), 5);
+        host.kill().expect("SIGKILL the host");
+        host.wait().expect("reap the host");
+        for pid in pids {
+            t.wait_gone(pid, "a worker of the SIGKILLed supervisor")
+                .await;
+        }
+    });
 }
 
 #[test]
@@ -46,7 +171,6 @@ fn fork_tree_is_gone_after_the_job() {
 }
 
 #[test]
-#[ignore = "needs containment (issue 3)"]
 fn setsid_escapee_is_gone_after_the_job() {
     e2e("setsid_escapee_is_gone_after_the_job", |t| async move {
         let children = cancel_tree(&t, &[mode::SETSID_ESCAPE]).await;
