@@ -80,16 +80,16 @@ Examples:
 )]
 struct Args {
     /// Cancel the program after DURATION (0: never).
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = duration_arg)]
     timeout: Option<Interval>,
     /// Cooperative stage: how long an SDK worker has to stop after the cancel message.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", allow_hyphen_values = true, value_parser = duration_arg)]
     grace: Interval,
     /// Signal stage: how long the tree has to exit after the polite signal before SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", allow_hyphen_values = true, value_parser = duration_arg)]
     kill_after: Interval,
     /// The polite signal: a name (TERM, SIGINT, rtmin+2) or a number.
-    #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = signal_arg)]
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM", allow_hyphen_values = true, value_parser = signal_arg)]
     signal: c_int,
     /// PROGRAM is an SDK worker: run one job over warden's protocol.
     #[arg(long)]
