@@ -208,3 +208,64 @@ fn run_resets_inherited_signal_state() {
 fn timeout_resets_inherited_signal_state() {
     inherited_state(&["timeout", "30"], Ended::Signal(libc::SIGTERM));
 }
+
+/// As PID 1 of a PID namespace (a container's entrypoint), warden reaps the orphans that are
+/// re-parented to it, whatever containment its trees got. The command leaves an orphan that
+/// exits at once, then watches (bounded) for zombies in the namespace.
+#[test]
+fn pid1_reaps_orphaned_zombies() {
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: cannot create a PID namespace here (unshare --pid)");
+        return;
+    }
+    let dir = TempDir::new();
+    let report = dir.0.join("r.json").to_string_lossy().into_owned();
+    // The reaper polls every 100 ms: look for up to 5 s.
+    let script = r#"
+        [ "$PPID" = 1 ] || { echo "warden is not PID 1"; exit 2; }
+        (sh -c 'exit 0' &)
+        i=0
+        while [ $i -lt 100 ]; do
+            z=0
+            for s in /proc/[0-9]*/status; do
+                grep -q '^State:.Z' "$s" 2>/dev/null && z=$((z + 1))
+            done
+            [ $z -eq 0 ] && { echo "zombies 0"; exit 0; }
+            sleep 0.05
+            i=$((i + 1))
+        done
+        echo "zombies $z"
+        exit 1
+    "#;
+    let mark = new_mark();
+    let cmd = command(
+        "unshare",
+        &[
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            WARDEN,
+            "run",
+            "--report",
+            &report,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &mark,
+    );
+    let done = Proc::start("warden as PID 1", cmd, &mark).finish();
+    assert_eq!(done.ended, Ended::Code(0), "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("zombies 0"), "{}", done.stdout);
+    let report = read_report(&report);
+    eprintln!(
+        "as PID 1 the tree got {} containment",
+        report["containment"]
+    );
+}
