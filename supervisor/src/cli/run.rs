@@ -75,6 +75,7 @@ Examples:
 #[command(
     name = "warden run",
     version,
+    override_usage = "warden run [OPTIONS] [--] PROGRAM [ARG]...",
     about = "Run PROGRAM under a timeout and warden's escalation ladder, killing its whole process tree.",
     after_help = AFTER_HELP
 )]

@@ -95,13 +95,19 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     let command_name = quote(invocation.command.as_bytes());
     // Listen before spawning, as GNU installs its handlers before fork: a signal sent once the
     // command is running is never missed.
+    // GNU's install_cleanup list. Its later SIGCHLD handler and its SIG_IGN for SIGTTIN and
+    // SIGTTOU override the cleanup handler when `-s` names one of those.
+    let user_signal = match invocation.signal {
+        libc::SIGCHLD | libc::SIGTTIN | libc::SIGTTOU => libc::SIGTERM,
+        other => other,
+    };
     let mut signals = SignalSet::listen(&[
         libc::SIGALRM,
         libc::SIGINT,
         libc::SIGQUIT,
         libc::SIGHUP,
         libc::SIGTERM,
-        invocation.signal,
+        user_signal,
     ]);
     if let Some(errno) = precheck(&invocation.command) {
         let failure = exec_failure(&std::io::Error::from_raw_os_error(errno));
