@@ -19,6 +19,10 @@
 //! `SIGINT` and `SIGTERM` also count toward warden's own ladder: the first is handled as GNU
 //! does; the second SIGKILLs the whole tree at once (the run then ends as if `--kill-after`
 //! had fired: status 137); the third makes warden exit at once with 128 + the signal.
+//!
+//! GNU does not handle `SIGUSR1` and `SIGUSR2` (unless one is the `--signal`): they kill GNU
+//! `timeout` and leave the command running. warden dies of them too, but kills the tree
+//! first ([`Reaction::DieOf`]), so that nothing it started outlives it.
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +49,13 @@ pub(crate) enum Reaction {
     Steps(Vec<Step>),
     /// Exit at once with this status (third stop signal).
     ExitNow(u8),
+    /// Kill the tree, then die of this signal (one GNU leaves at its default action).
+    DieOf(c_int),
 }
+
+/// Signals GNU `timeout` leaves at their default action (terminate) that a user may well
+/// send; warden listens to them only to kill the tree before dying of them.
+pub(crate) const FATAL_UNHANDLED: [c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
 /// How `warden timeout` ends once the command has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +76,8 @@ pub(crate) enum Ending {
 #[derive(Debug, Clone)]
 pub(crate) struct GnuLadder {
     term_signal: c_int,
+    /// The `--signal` as given (`term_signal` turns into KILL after the first signal).
+    user_signal: c_int,
     kill_after: Interval,
     foreground: bool,
     timed_out: bool,
@@ -93,6 +105,7 @@ impl GnuLadder {
     ) -> Self {
         GnuLadder {
             term_signal: signal,
+            user_signal: signal,
             kill_after,
             foreground,
             timed_out: false,
@@ -136,6 +149,9 @@ impl GnuLadder {
         }
         if sig == libc::SIGALRM {
             return Reaction::Steps(self.alarm(now));
+        }
+        if FATAL_UNHANDLED.contains(&sig) && sig != self.user_signal {
+            return Reaction::DieOf(sig);
         }
         if self.ignored.contains(&sig) {
             return Reaction::Steps(Vec::new());
@@ -351,8 +367,8 @@ mod tests {
         let t0 = Instant::now();
         let mut l = GnuLadder::new(secs(10), secs(20), SIGTERM, false, t0);
         assert_eq!(
-            l.handle_signal(SIGUSR1, t0),
-            Reaction::Steps(term_then_cont(SIGUSR1))
+            l.handle_signal(libc::SIGQUIT, t0),
+            Reaction::Steps(term_then_cont(libc::SIGQUIT))
         );
         // The DURATION timer fires first and now sends KILL.
         assert_eq!(
@@ -448,6 +464,22 @@ mod tests {
                 signal: SIGINT,
                 fallback: 130
             }
+        );
+    }
+
+    #[test]
+    fn usr1_kills_warden_unless_it_is_the_signal() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        assert_eq!(l.handle_signal(SIGUSR1, t0), Reaction::DieOf(SIGUSR1));
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGUSR1, false, t0);
+        assert_eq!(
+            l.handle_signal(SIGUSR1, t0),
+            Reaction::Steps(term_then_cont(SIGUSR1))
+        );
+        assert_eq!(
+            l.handle_signal(libc::SIGUSR2, t0),
+            Reaction::DieOf(libc::SIGUSR2)
         );
     }
 

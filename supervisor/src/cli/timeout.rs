@@ -427,6 +427,7 @@ descendant of COMMAND is left running when it exits.
 Signals warden receives (INT, QUIT, HUP, TERM, ALRM and SIGNAL) are forwarded
 to COMMAND as GNU timeout does. A second INT or TERM kills the whole tree at
 once (exit status 137); a third makes warden exit at once (128 + the signal).
+USR1 and USR2 (unless one is SIGNAL) kill the tree, then warden dies of them.
 The containment comes from $WARDEN_CONTAINMENT: auto (the default), cgroup,
 subreaper or process-group.
 

@@ -18,7 +18,7 @@ use warden::{Command, Containment, ExitStatus, SpawnError, Stdio, Tree, TreeOpti
 use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
-use super::gnu_ladder::{Ending, GnuLadder, Reaction, Step, sleep_until};
+use super::gnu_ladder::{Ending, FATAL_UNHANDLED, GnuLadder, Reaction, Step, sleep_until};
 use super::signal_set::SignalSet;
 use super::timeout::{Invocation, PROGRAM, Parsed, help_text, parse, version_text};
 use super::unix;
@@ -108,6 +108,8 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         libc::SIGHUP,
         libc::SIGTERM,
         user_signal,
+        FATAL_UNHANDLED[0],
+        FATAL_UNHANDLED[1],
     ]);
     if let Some(errno) = precheck(&invocation.command) {
         let failure = exec_failure(&std::io::Error::from_raw_os_error(errno));
@@ -145,6 +147,13 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             () = sleep_until(ladder.poll_timeout()) => ladder.handle_timeout(Instant::now()),
             sig = signals.recv() => match ladder.handle_signal(sig, Instant::now()) {
                 Reaction::Steps(steps) => steps,
+                Reaction::DieOf(signal) => {
+                    // GNU would die of it at once and leave the command running.
+                    let _ = tree.kill_tree();
+                    tree.finish(REAP_TIMEOUT).await;
+                    let fallback = u8::try_from(128 + signal).unwrap_or(255);
+                    return Ending::Reraise { signal, fallback };
+                }
                 Reaction::ExitNow(status) => {
                     // Third stop signal: go now. The tree already had SIGKILL (second signal);
                     // whatever is left dies with us (PDEATHSIG) or is reaped by init.

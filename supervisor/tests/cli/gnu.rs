@@ -27,6 +27,8 @@ struct Case {
     signal: Option<Signal>,
     /// What warden must do.
     expect: Ended,
+    /// GNU leaves the command running here (warden must not).
+    gnu_leaks: bool,
 }
 
 fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
@@ -35,6 +37,7 @@ fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         signal: None,
         expect,
+        gnu_leaks: false,
     }
 }
 
@@ -71,6 +74,14 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
             wait_until_in_sigsuspend(proc.pid());
         }
         proc.signal(sig);
+    }
+    if program == GNU_TIMEOUT && case.gnu_leaks {
+        let (done, leaked) = proc.finish_allowing(|_| true);
+        assert!(
+            !leaked.is_empty(),
+            "{what}: GNU was expected to leave the command running"
+        );
+        return done;
     }
     proc.finish()
 }
@@ -391,6 +402,15 @@ fn forwarded_signals_match_gnu() {
             Signal::SIGUSR1,
             Sig(libc::SIGUSR1),
         ),
+        Case {
+            gnu_leaks: true,
+            ..signalled(
+                "SIGUSR1 kills the supervisor (GNU leaves the command running)",
+                ready_then_sleep,
+                Signal::SIGUSR1,
+                Sig(libc::SIGUSR1),
+            )
+        },
         signalled(
             "--foreground forwards too",
             &[
