@@ -1,15 +1,69 @@
-//! The `warden` command line (work in progress).
+//! The `warden` command line: `warden timeout` (a GNU `timeout` drop-in that contains the whole
+//! process tree) and `warden run` (one program or SDK worker job under warden's full ladder).
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the CLI layer is wired into main by a later change"
-    )
-)]
 mod cli;
 
-fn main() {
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Usage: warden timeout [OPTION]... DURATION COMMAND [ARG]...
+  or:  warden run [OPTIONS] -- PROGRAM [ARG]...
+  or:  warden --help | --version
+
+Run work that cannot be trusted to stop when asked, and stop all of it when it must: the
+program and every process it starts, including descendants that leave its process group.
+
+Commands:
+  timeout   GNU coreutils timeout, same options and exit statuses, but signals and kills
+            the whole process tree ('warden timeout --help')
+  run       run PROGRAM (or one job of an SDK worker) under the escalation ladder:
+            cooperative cancel, polite signal, SIGKILL; JSON report ('warden run --help')
+
+Signals to warden itself (SIGINT, SIGTERM):
+  1st  stop the work: the ladder with its deadlines ('timeout': forwarded as GNU does)
+  2nd  SIGKILL every process tree now
+  3rd  exit at once (128 + the signal)
+
+Containment: a cgroup v2 leaf per tree where warden may create one, else warden becomes a
+child subreaper and sweeps adopted descendants, else the process group only. Choose with
+'warden run --containment' or $WARDEN_CONTAINMENT (auto, cgroup, subreaper, process-group).
+As PID 1 (in a container), warden also reaps every orphaned zombie.
+";
+
+fn main() -> ExitCode {
     // First: when started as warden's exec shim this execs the target and never returns.
     warden::shim::run_if_shim();
+    // Before any thread exists, so every thread (and the spawner) starts with this state.
+    cli::unix::reset_inherited_signal_state();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let status = match args.split_first() {
+        Some((command, rest)) if command == "timeout" => cli::timeout_main::main(rest),
+        Some((command, rest)) if command == "run" => cli::run::main(rest),
+        Some((flag, _)) if flag == "--help" || flag == "-h" || flag == "help" => print_stdout(HELP),
+        Some((flag, _)) if flag == "--version" || flag == "-V" => {
+            print_stdout(&format!("warden {}\n", env!("CARGO_PKG_VERSION")))
+        }
+        Some((other, _)) => {
+            eprintln!(
+                "warden: unknown command '{}' (try 'warden --help')",
+                other.to_string_lossy()
+            );
+            cli::exit_status::EXIT_CANCELED
+        }
+        None => {
+            eprintln!("warden: missing command: timeout or run (try 'warden --help')");
+            cli::exit_status::EXIT_CANCELED
+        }
+    };
+    ExitCode::from(status)
+}
+
+fn print_stdout(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => cli::exit_status::EXIT_CANCELED,
+    }
 }

@@ -1,15 +1,26 @@
-//! Command-line front ends.
+//! Command-line front ends of the `warden` binary.
 //!
-//! `timeout` is the argument layer of `warden timeout`, a drop-in for GNU
-//! coreutils `timeout`; `signals` and `duration` hold the operand rules it
-//! shares with other subcommands (`warden run --signal`), `exit_status` the
-//! statuses it exits with.
+//! - `timeout`, `gnu_ladder`, `timeout_main`: `warden timeout`, a drop-in for GNU coreutils
+//!   `timeout` (its argument layer, its reactions to timers and signals as a state machine,
+//!   and the run on a contained process tree);
+//! - `run`, `report`: `warden run`, one program or SDK worker job under the full ladder, with
+//!   its exit status rules and JSON report;
+//! - `signals`, `duration`, `exit_status`, `c_locale`: operand rules and statuses shared by both;
+//! - `signal_set`, `containment`: warden's own signals, the containment choice;
+//! - `unix`: process-wide signal state (the CLI's only unsafe code).
 
 mod c_locale;
+pub(crate) mod containment;
 pub(crate) mod duration;
 pub(crate) mod exit_status;
+pub(crate) mod gnu_ladder;
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod signal_set;
 pub(crate) mod signals;
 pub(crate) mod timeout;
+pub(crate) mod timeout_main;
+pub(crate) mod unix;
 
 #[cfg(test)]
 mod gnu_differential;

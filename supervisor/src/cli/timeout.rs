@@ -421,7 +421,15 @@ Upon timeout, send the TERM signal to COMMAND, if no other SIGNAL specified.
 The TERM signal kills any process that does not block or catch that signal.
 It may be necessary to use the KILL signal, since this signal can't be caught.
 Unlike GNU timeout, warden sends these signals to the whole process tree of
-COMMAND, not only to its process group (except with --foreground).
+COMMAND, not only to its process group (except with --foreground), and no
+descendant of COMMAND is left running when it exits.
+
+Signals warden receives (INT, QUIT, HUP, TERM, ALRM and SIGNAL) are forwarded
+to COMMAND as GNU timeout does. A second INT or TERM kills the whole tree at
+once (exit status 137); a third makes warden exit at once (128 + the signal).
+USR1 and USR2 (unless one is SIGNAL) kill the tree, then warden dies of them.
+The containment comes from $WARDEN_CONTAINMENT: auto (the default), cgroup,
+subreaper or process-group.
 
 Exit status:
   124  if COMMAND times out, and --preserve-status is not specified

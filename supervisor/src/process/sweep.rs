@@ -108,10 +108,15 @@ pub(crate) fn reap_orphans() -> usize {
     reaped
 }
 
-/// Starts (once) a thread that reaps adopted orphans every 100 ms. A library cannot own
-/// SIGCHLD delivery (tokio and the caller may use it), so this polls; a zombie lingers at most
-/// one period.
-pub(crate) fn start_orphan_reaper() {
+/// Starts (once) a thread that reaps, every 100 ms, zombies among this process's children that
+/// no warden child owns: orphans adopted as a child subreaper (started automatically then) or
+/// as PID 1 in a container, where every orphan of the namespace is ours to reap (tini's duty).
+/// A library cannot own SIGCHLD delivery (tokio and the caller may use it), so this polls; a
+/// zombie lingers at most one period.
+///
+/// Only for a process whose children are all spawned through warden: it reaps any child it
+/// does not own.
+pub fn start_orphan_reaper() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let started = std::thread::Builder::new()

@@ -257,6 +257,12 @@ impl Tree {
     /// SIGKILLs the whole tree (atomically with `cgroup.kill` when in a cgroup).
     pub fn kill_tree(&mut self) -> io::Result<()> {
         if let Some(cg) = &self.cgroup {
+            // cgroup.kill leaves nothing to find afterwards: note who left the group first
+            // (membership in our leaf is proof enough), so the report names them.
+            if self.new_group {
+                let outside = self.outside_group();
+                self.escaped.extend(outside.into_iter().map(|p| p as u32));
+            }
             let _ = cg.kill();
         }
         if self.new_group {

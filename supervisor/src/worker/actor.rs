@@ -321,6 +321,7 @@ impl Actor {
             reaped_at: None,
             reply: Some(reply),
         };
+        let mut kill_requested = false;
         loop {
             if st.result.is_some() && esc.worker_reusable() {
                 break;
@@ -363,6 +364,10 @@ impl Actor {
                 }
                 () = options.token.cancelled(), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
                 () = self.config.shutdown.cancelled(), if open => esc.handle_cancel(Instant::now(), CancelReason::Shutdown),
+                () = self.config.kill.cancelled(), if !kill_requested => {
+                    kill_requested = true;
+                    esc.handle_kill(Instant::now());
+                }
                 () = sleep_until(waiting_timeout) => esc.handle_cancel(Instant::now(), CancelReason::Timeout),
                 () = reply_closed(&mut st.reply), if open => esc.handle_cancel(Instant::now(), CancelReason::Requested),
                 () = sleep_until(esc_deadline) => esc.handle_timeout(Instant::now()),
@@ -521,6 +526,7 @@ impl Actor {
         }
         let mut esc = Escalation::new(self.config.deadlines, self.channel_live());
         esc.handle_cancel(Instant::now(), CancelReason::Shutdown);
+        let mut kill_requested = false;
         loop {
             while let Some(action) = esc.poll_action() {
                 if action == Action::KillPending {
@@ -538,6 +544,10 @@ impl Actor {
                 // Whatever an exiting worker still says no longer matters.
                 _ = next_event(&mut self.channel), if live => {}
                 () = sleep_until(esc.poll_timeout()) => esc.handle_timeout(Instant::now()),
+                () = self.config.kill.cancelled(), if !kill_requested => {
+                    kill_requested = true;
+                    esc.handle_kill(Instant::now());
+                }
             }
         }
     }

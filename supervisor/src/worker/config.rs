@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// Cancelled when the supervisor shuts down: every job on this worker is cancelled with
     /// reason `shutdown`.
     pub shutdown: CancellationToken,
+    /// Cancelled to SIGKILL the worker's tree at once, skipping whatever stages of the ladder
+    /// are left (a supervisor's second Ctrl-C). The running job's outcome is then `killed`.
+    pub kill: CancellationToken,
     /// How the worker's process tree is contained (default: the strongest available).
     pub tree: TreeOptions,
 }
@@ -54,6 +57,7 @@ impl WorkerConfig {
             frame_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
+            kill: CancellationToken::new(),
             tree: TreeOptions::default(),
         }
     }
@@ -87,6 +91,12 @@ impl WorkerConfig {
     /// Links the worker's jobs to a shutdown token.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
+        self
+    }
+
+    /// Links the worker to a kill token: cancelling it SIGKILLs the worker's tree at once.
+    pub fn kill_token(mut self, token: CancellationToken) -> Self {
+        self.kill = token;
         self
     }
 

@@ -1,0 +1,504 @@
+//! What `warden timeout` does when its timer fires or a signal arrives: GNU `timeout` 9.1's
+//! `cleanup()` as a sans-IO state machine, plus warden's own second and third stop signals.
+//!
+//! Time comes in as `now`, steps come out; the caller performs them on the process tree and
+//! sleeps until [`GnuLadder::poll_timeout`]. Unit-tested here without any process.
+//!
+//! # GNU's rules, kept exactly
+//! - When a timer fires (or `SIGALRM` arrives from outside), the command has *timed out* and
+//!   gets the `--signal` signal. Any other handled signal is forwarded as itself.
+//! - The first of these events arms the `--kill-after` timer and turns the signal to send on a
+//!   later timeout into `SIGKILL`. GNU creates a new timer without deleting the first one, so
+//!   both stay armed: whichever fires first sends `SIGKILL`.
+//! - Each event signals the command, then (unless `--foreground`) its whole tree; then, unless
+//!   the signal was `KILL` or `CONT`, `SIGCONT` the same way, so that a stopped command can act.
+//! - A signal sent to the tree is ignored from then on when it arrives from outside (GNU sends
+//!   it to its own process group, and sets it to `SIG_IGN` first to avoid a loop).
+//!
+//! # warden's additions
+//! `SIGINT` and `SIGTERM` also count toward warden's own ladder: the first is handled as GNU
+//! does; the second SIGKILLs the whole tree at once (the run then ends as if `--kill-after`
+//! had fired: status 137); the third makes warden exit at once with 128 + the signal.
+//!
+//! GNU does not handle `SIGUSR1` and `SIGUSR2` (unless one is the `--signal`): they kill GNU
+//! `timeout` and leave the command running. warden dies of them too, but kills the tree
+//! first ([`Reaction::DieOf`]), so that nothing it started outlives it.
+
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+
+use super::duration::Interval;
+use super::exit_status::{RunResult, Termination, exit_status_for};
+
+/// One thing to do, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// With `--verbose`, print "sending signal NAME to command 'CMD'".
+    Announce(c_int),
+    /// Signal the command itself.
+    SignalCommand(c_int),
+    /// Signal the command's whole tree (for `SIGKILL`: kill the tree).
+    SignalTree(c_int),
+}
+
+/// How warden reacts to a signal it received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reaction {
+    /// Perform these steps (possibly none).
+    Steps(Vec<Step>),
+    /// Exit at once with this status (third stop signal).
+    ExitNow(u8),
+    /// Kill the tree, then die of this signal (one GNU leaves at its default action).
+    DieOf(c_int),
+}
+
+/// Signals GNU `timeout` leaves at their default action (terminate) that a user may well
+/// send; warden listens to them only to kill the tree before dying of them.
+pub(crate) const FATAL_UNHANDLED: [c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
+
+/// How `warden timeout` ends once the command has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Exit with this status.
+    Exit(u8),
+    /// Die of this signal as the command did (GNU re-raises it); exit with `fallback` if the
+    /// process survives that.
+    Reraise {
+        /// The command's fatal signal.
+        signal: c_int,
+        /// 128 + signal.
+        fallback: u8,
+    },
+}
+
+/// The state of one `warden timeout` run; see the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct GnuLadder {
+    term_signal: c_int,
+    /// The `--signal` as given (`term_signal` turns into KILL after the first signal).
+    user_signal: c_int,
+    kill_after: Interval,
+    foreground: bool,
+    timed_out: bool,
+    forced_kill: bool,
+    ignored: Vec<c_int>,
+    timers: Vec<Instant>,
+    stop_signals: u32,
+}
+
+fn deadline(now: Instant, interval: Interval) -> Option<Instant> {
+    match interval {
+        Interval::After(d) => now.checked_add(d),
+        Interval::Disabled | Interval::Never => None,
+    }
+}
+
+impl GnuLadder {
+    /// A run that started at `now`: the DURATION timer is armed (unless 0 or too long to fire).
+    pub(crate) fn new(
+        duration: Interval,
+        kill_after: Interval,
+        signal: c_int,
+        foreground: bool,
+        now: Instant,
+    ) -> Self {
+        GnuLadder {
+            term_signal: signal,
+            user_signal: signal,
+            kill_after,
+            foreground,
+            timed_out: false,
+            forced_kill: false,
+            ignored: Vec::new(),
+            timers: deadline(now, duration).into_iter().collect(),
+            stop_signals: 0,
+        }
+    }
+
+    /// When the next timer fires, if one is armed.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().min().copied()
+    }
+
+    /// Whether the command has timed out (a timer fired or `SIGALRM` arrived).
+    #[cfg(test)]
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// Fires every timer due at `now`; each is a `SIGALRM` to GNU.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<Step> {
+        let mut steps = Vec::new();
+        while let Some(pos) = self.timers.iter().position(|&t| t <= now) {
+            self.timers.swap_remove(pos);
+            steps.extend(self.alarm(now));
+        }
+        steps
+    }
+
+    /// A signal warden received from outside.
+    pub(crate) fn handle_signal(&mut self, sig: c_int, now: Instant) -> Reaction {
+        if sig == libc::SIGINT || sig == libc::SIGTERM {
+            self.stop_signals += 1;
+            match self.stop_signals {
+                1 => {}
+                2 => return Reaction::Steps(self.kill_now()),
+                _ => return Reaction::ExitNow(u8::try_from(128 + sig).unwrap_or(255)),
+            }
+        }
+        if sig == libc::SIGALRM {
+            return Reaction::Steps(self.alarm(now));
+        }
+        if FATAL_UNHANDLED.contains(&sig) && sig != self.user_signal {
+            return Reaction::DieOf(sig);
+        }
+        if self.ignored.contains(&sig) {
+            return Reaction::Steps(Vec::new());
+        }
+        Reaction::Steps(self.cleanup(sig, now))
+    }
+
+    fn alarm(&mut self, now: Instant) -> Vec<Step> {
+        if self.ignored.contains(&libc::SIGALRM) {
+            return Vec::new();
+        }
+        self.timed_out = true;
+        self.cleanup(self.term_signal, now)
+    }
+
+    /// GNU's `cleanup(sig)` once the signal to send is known.
+    fn cleanup(&mut self, sig: c_int, now: Instant) -> Vec<Step> {
+        if self.kill_after != Interval::Disabled {
+            self.term_signal = libc::SIGKILL;
+            self.timers.extend(deadline(now, self.kill_after));
+            self.kill_after = Interval::Disabled;
+        }
+        let mut steps = vec![Step::Announce(sig), Step::SignalCommand(sig)];
+        if !self.foreground {
+            steps.push(Step::SignalTree(sig));
+            self.ignored.push(sig);
+            if sig != libc::SIGKILL && sig != libc::SIGCONT {
+                steps.push(Step::SignalCommand(libc::SIGCONT));
+                steps.push(Step::SignalTree(libc::SIGCONT));
+                self.ignored.push(libc::SIGCONT);
+            }
+        }
+        steps
+    }
+
+    /// warden's second stop signal: SIGKILL now, nothing more on a timer.
+    fn kill_now(&mut self) -> Vec<Step> {
+        self.forced_kill = true;
+        self.timers.clear();
+        self.kill_after = Interval::Disabled;
+        let mut steps = vec![
+            Step::Announce(libc::SIGKILL),
+            Step::SignalCommand(libc::SIGKILL),
+        ];
+        if !self.foreground {
+            steps.push(Step::SignalTree(libc::SIGKILL));
+        }
+        steps
+    }
+
+    /// How warden ends, given how the command ended (GNU's rules; see
+    /// [`exit_status_for`]).
+    pub(crate) fn ending(&self, termination: Termination, preserve_status: bool) -> Ending {
+        let forced = self.forced_kill && termination == Termination::Signaled(libc::SIGKILL);
+        let timed_out = self.timed_out || forced;
+        let status = exit_status_for(
+            RunResult::Finished {
+                termination,
+                timed_out,
+            },
+            preserve_status,
+        );
+        match termination {
+            Termination::Signaled(signal) if !timed_out => Ending::Reraise {
+                signal,
+                fallback: status,
+            },
+            _ => Ending::Exit(status),
+        }
+    }
+}
+
+/// Sleeps until `at` even if it is years away (tokio's timer saturates at about two years,
+/// which would fire a long DURATION early).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        tokio::time::sleep_until(next_wake(now, at).into()).await;
+    }
+}
+
+/// Where to sleep to next on the way to `at`: `at` itself if tokio can time it, else a year on.
+fn next_wake(now: Instant, at: Instant) -> Instant {
+    const STEP: Duration = Duration::from_secs(365 * 24 * 3600);
+    now + at.saturating_duration_since(now).min(STEP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Step::{Announce, SignalCommand, SignalTree};
+    use libc::{SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
+
+    fn secs(n: u64) -> Interval {
+        Interval::After(Duration::from_secs(n))
+    }
+
+    fn term_then_cont(sig: c_int) -> Vec<Step> {
+        vec![
+            Announce(sig),
+            SignalCommand(sig),
+            SignalTree(sig),
+            SignalCommand(SIGCONT),
+            SignalTree(SIGCONT),
+        ]
+    }
+
+    #[test]
+    fn timeout_sends_the_signal_then_sigcont_to_command_and_tree() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        assert!(l.handle_timeout(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            l.handle_timeout(t0 + Duration::from_secs(10)),
+            term_then_cont(SIGTERM)
+        );
+        assert!(l.timed_out());
+        assert_eq!(l.poll_timeout(), None);
+        // TERM was sent to the tree: GNU ignores it from now on (but it still counts).
+        assert_eq!(
+            l.handle_signal(SIGTERM, t0 + Duration::from_secs(11)),
+            Reaction::Steps(vec![])
+        );
+    }
+
+    #[test]
+    fn kill_after_arms_a_second_timer_and_switches_to_kill() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(1), secs(2), SIGTERM, false, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(l.handle_timeout(t1), term_then_cont(SIGTERM));
+        assert_eq!(l.poll_timeout(), Some(t1 + Duration::from_secs(2)));
+        assert_eq!(
+            l.handle_timeout(t1 + Duration::from_secs(2)),
+            vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ]
+        );
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGKILL), false),
+            Ending::Exit(137)
+        );
+    }
+
+    #[test]
+    fn kill_signal_gets_no_sigcont() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(1), Interval::Disabled, SIGKILL, false, t0);
+        assert_eq!(
+            l.handle_timeout(t0 + Duration::from_secs(1)),
+            vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ]
+        );
+    }
+
+    #[test]
+    fn foreground_signals_only_the_command_and_sends_no_sigcont() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(1), secs(1), SIGTERM, true, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            l.handle_timeout(t1),
+            vec![Announce(SIGTERM), SignalCommand(SIGTERM)]
+        );
+        assert_eq!(
+            l.handle_timeout(t1 + Duration::from_secs(1)),
+            vec![Announce(SIGKILL), SignalCommand(SIGKILL)]
+        );
+        // Nothing was sent to a group, so nothing is ignored.
+        assert_eq!(
+            l.handle_signal(SIGHUP, t1),
+            Reaction::Steps(vec![Announce(SIGHUP), SignalCommand(SIGHUP)])
+        );
+    }
+
+    #[test]
+    fn forwarded_signal_keeps_the_duration_timer_and_does_not_time_out() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        assert_eq!(
+            l.handle_signal(SIGHUP, t0),
+            Reaction::Steps(term_then_cont(SIGHUP))
+        );
+        assert!(!l.timed_out());
+        assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        // The command died of the forwarded signal: warden dies of it too.
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGHUP), false),
+            Ending::Reraise {
+                signal: SIGHUP,
+                fallback: 129
+            }
+        );
+        // A second HUP is ignored, as GNU ignores a signal it sent to its group.
+        assert_eq!(l.handle_signal(SIGHUP, t0), Reaction::Steps(vec![]));
+    }
+
+    #[test]
+    fn both_gnu_timers_stay_armed_after_a_forwarded_signal() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), secs(20), SIGTERM, false, t0);
+        assert_eq!(
+            l.handle_signal(libc::SIGQUIT, t0),
+            Reaction::Steps(term_then_cont(libc::SIGQUIT))
+        );
+        // The DURATION timer fires first and now sends KILL.
+        assert_eq!(
+            l.handle_timeout(t0 + Duration::from_secs(10)),
+            vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ]
+        );
+        assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn sigalrm_from_outside_is_a_timeout() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(Interval::Disabled, Interval::Disabled, SIGTERM, false, t0);
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(
+            l.handle_signal(SIGALRM, t0),
+            Reaction::Steps(term_then_cont(SIGTERM))
+        );
+        assert!(l.timed_out());
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGTERM), false),
+            Ending::Exit(124)
+        );
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGTERM), true),
+            Ending::Exit(143)
+        );
+    }
+
+    #[test]
+    fn signal_zero_announces_exit_and_still_times_out() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(1), Interval::Disabled, 0, false, t0);
+        assert_eq!(
+            l.handle_timeout(t0 + Duration::from_secs(1)),
+            term_then_cont(0)
+        );
+        assert_eq!(l.ending(Termination::Exited(0), false), Ending::Exit(124));
+    }
+
+    #[test]
+    fn never_and_disabled_arm_nothing() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(Interval::Never, Interval::Never, SIGTERM, false, t0);
+        assert_eq!(l.poll_timeout(), None);
+        // -k inf is consumed by the first signal: later timeouts send KILL, none is armed.
+        assert_eq!(
+            l.handle_signal(SIGHUP, t0),
+            Reaction::Steps(term_then_cont(SIGHUP))
+        );
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(
+            l.handle_signal(SIGALRM, t0),
+            Reaction::Steps(vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ])
+        );
+    }
+
+    #[test]
+    fn stop_signal_ladder() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), secs(5), SIGTERM, false, t0);
+        assert_eq!(
+            l.handle_signal(SIGINT, t0),
+            Reaction::Steps(term_then_cont(SIGINT))
+        );
+        assert_eq!(
+            l.handle_signal(SIGTERM, t0),
+            Reaction::Steps(vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ])
+        );
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(l.handle_signal(SIGINT, t0), Reaction::ExitNow(130));
+        // Killed by warden's own escalation: 137, no re-raise.
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGKILL), false),
+            Ending::Exit(137)
+        );
+        // Had it died of the first signal, warden would die of it too.
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGINT), false),
+            Ending::Reraise {
+                signal: SIGINT,
+                fallback: 130
+            }
+        );
+    }
+
+    #[test]
+    fn usr1_kills_warden_unless_it_is_the_signal() {
+        let t0 = Instant::now();
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        assert_eq!(l.handle_signal(SIGUSR1, t0), Reaction::DieOf(SIGUSR1));
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGUSR1, false, t0);
+        assert_eq!(
+            l.handle_signal(SIGUSR1, t0),
+            Reaction::Steps(term_then_cont(SIGUSR1))
+        );
+        assert_eq!(
+            l.handle_signal(libc::SIGUSR2, t0),
+            Reaction::DieOf(libc::SIGUSR2)
+        );
+    }
+
+    #[test]
+    fn normal_exits_pass_through() {
+        let l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, Instant::now());
+        assert_eq!(l.ending(Termination::Exited(3), false), Ending::Exit(3));
+        assert_eq!(l.ending(Termination::Exited(0), true), Ending::Exit(0));
+    }
+
+    #[test]
+    fn long_sleeps_go_a_year_at_a_time() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let now = Instant::now();
+        assert_eq!(next_wake(now, now + 5 * year), now + year);
+        assert_eq!(
+            next_wake(now, now + Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+        assert_eq!(next_wake(now + year, now), now + year);
+    }
+}

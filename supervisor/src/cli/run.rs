@@ -1,0 +1,576 @@
+//! `warden run [OPTIONS] -- PROGRAM [ARG]...`: one program (or one job of an SDK worker) under
+//! warden's full ladder, with a JSON report.
+//!
+//! Durations use the same grammar as `warden timeout` (GNU's: `1.5`, `2m`, `0x1p-3s`, `inf`),
+//! so one spelling works everywhere and no second parser is needed. For `--timeout`, 0 means no
+//! timeout (as in GNU `timeout`); for `--grace` and `--kill-after`, 0 means "the next stage at
+//! once" and `inf` means "never escalate on a timer".
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use libc::c_int;
+use warden::{
+    CancellationToken, Command, Deadlines, Failure, JobOptions, JobReport, Outcome, RunError,
+    SpawnError, Stdio, TreeOptions, Worker, WorkerConfig,
+};
+
+use super::c_locale::quote;
+use super::containment::{CONTAINMENT_ENV, ContainmentArg};
+use super::duration::{Interval, parse_duration};
+use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+use super::exit_status::{exec_failure, exit_status_for};
+use super::report::{Ending, RunFacts, Timings, exit_status, stage_name, to_json};
+use super::signal_set::SignalSet;
+use super::signals::{parse_signal, signal_name};
+use super::timeout_main::{errno_text, error_chain, precheck};
+
+/// The name warden's diagnostics use for this command.
+const PROGRAM: &str = "warden run";
+
+/// How long the program gets to be reaped after SIGKILL before it is reported as pending.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+const AFTER_HELP: &str = "\
+The ladder: on --timeout (or when warden is asked to stop) an SDK worker (--protocol) first
+gets a cooperative cancel and --grace to stop; then the polite --signal and SIGCONT go to its
+whole process tree, which gets --kill-after to exit; then the tree is SIGKILLed. A plain
+program starts at the signal stage.
+
+Signals to warden (SIGINT, SIGTERM, SIGHUP):
+  1st  run the ladder above with its deadlines (cancel reason: shutdown)
+  2nd  SIGKILL every process tree now
+  3rd  exit at once
+warden then exits with 128 + the first signal.
+
+Exit status:
+  0-255  the program's own status when it completed or failed on its own
+         (a protocol worker: 0 completed, 1 failed), 128+N if a signal killed it
+  124    cancelled by --timeout (cooperatively or by the polite signal)
+  125    warden itself failed (bad arguments, I/O, containment unavailable)
+  126    PROGRAM found but not runnable
+  127    PROGRAM not found
+  137    the kill stage was reached (SIGKILL)
+  128+N  warden itself received signal N
+
+Containment (--containment, default from $WARDEN_CONTAINMENT, else auto): cgroup (a cgroup v2
+leaf killed with cgroup.kill), subreaper (warden adopts and sweeps orphaned descendants),
+process-group (descendants that leave the group escape). auto takes the strongest available.
+
+Durations: a number with an optional suffix s, m, h or d (GNU timeout's grammar); inf never.
+
+Examples:
+  warden run --timeout 30s -- make test
+  warden run --timeout 1m --report report.json -- ./legacy-batch --all
+  warden run --protocol --input job.json --output result.bin --timeout 10m -- ./my-worker";
+
+/// `warden run`'s arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden run",
+    version,
+    override_usage = "warden run [OPTIONS] [--] PROGRAM [ARG]...",
+    about = "Run PROGRAM under a timeout and warden's escalation ladder, killing its whole process tree.",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Cancel the program after DURATION (0: never).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = duration_arg)]
+    timeout: Option<Interval>,
+    /// Cooperative stage: how long an SDK worker has to stop after the cancel message.
+    #[arg(long, value_name = "DURATION", default_value = "5s", allow_hyphen_values = true, value_parser = duration_arg)]
+    grace: Interval,
+    /// Signal stage: how long the tree has to exit after the polite signal before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "5s", allow_hyphen_values = true, value_parser = duration_arg)]
+    kill_after: Interval,
+    /// The polite signal: a name (TERM, SIGINT, rtmin+2) or a number.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM", allow_hyphen_values = true, value_parser = signal_arg)]
+    signal: c_int,
+    /// PROGRAM is an SDK worker: run one job over warden's protocol.
+    #[arg(long)]
+    protocol: bool,
+    /// The job's payload, from FILE or '-' (stdin); empty if not given. Needs --protocol.
+    #[arg(long, value_name = "FILE", requires = "protocol")]
+    input: Option<PathBuf>,
+    /// Where the job's result bytes go: FILE or '-' (stdout, the default). Needs --protocol.
+    #[arg(long, value_name = "FILE", requires = "protocol")]
+    output: Option<PathBuf>,
+    /// Write a JSON report of the run to FILE or '-' (stdout).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Log each step of the ladder to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    /// How to contain the process tree.
+    #[arg(long, value_enum, value_name = "MODE")]
+    containment: Option<ContainmentArg>,
+    /// The program to run and its arguments.
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    command: Vec<OsString>,
+}
+
+fn duration_arg(text: &str) -> Result<Interval, String> {
+    parse_duration(OsStr::new(text)).map_err(|e| e.to_string())
+}
+
+fn signal_arg(text: &str) -> Result<c_int, String> {
+    match parse_signal(OsStr::new(text)) {
+        Ok(0) => Err("signal 0 cannot stop anything".into()),
+        Ok(sig) => Ok(sig),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A stage deadline: 0 is "at once", inf is "never".
+fn stage_deadline(interval: Interval) -> Duration {
+    match interval {
+        Interval::Disabled => Duration::ZERO,
+        Interval::After(d) => d,
+        Interval::Never => Duration::MAX,
+    }
+}
+
+/// Runs `warden run` with the arguments after the subcommand; returns the exit status.
+pub(crate) fn main(args: &[OsString]) -> u8 {
+    let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
+    let args = match Args::try_parse_from(argv) {
+        Ok(args) => args,
+        Err(error) => return usage_error(&error),
+    };
+    let containment = match args.containment {
+        Some(choice) => choice,
+        None => match ContainmentArg::from_env() {
+            Ok(choice) => choice.unwrap_or_default(),
+            Err(text) => {
+                eprintln!(
+                    "{PROGRAM}: invalid {CONTAINMENT_ENV} '{text}': expected auto, cgroup, subreaper or process-group"
+                );
+                return EXIT_CANCELED;
+            }
+        },
+    };
+    if args.verbose {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warden=info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    let payload = match read_input(args.input.as_deref()) {
+        Ok(payload) => payload,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot read the input: {e}");
+            return EXIT_CANCELED;
+        }
+    };
+    if std::process::id() == 1 {
+        warden::start_orphan_reaper();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            return EXIT_CANCELED;
+        }
+    };
+    let (facts, output) = runtime.block_on(supervise(&args, containment, payload));
+    // Dropping the runtime ends the worker's actor: its cgroup leaf is removed.
+    drop(runtime);
+    let mut status = exit_status(&facts);
+    if let Some(output) = output
+        && let Err(e) = write_to(args.output.as_deref(), &output)
+    {
+        eprintln!("{PROGRAM}: cannot write the output: {e}");
+        status = EXIT_CANCELED;
+    }
+    if let Some(path) = &args.report {
+        let mut text = to_json(&facts).to_string();
+        text.push('\n');
+        if let Err(e) = write_to(Some(path), text.as_bytes()) {
+            eprintln!("{PROGRAM}: cannot write the report: {e}");
+            status = EXIT_CANCELED;
+        }
+    }
+    if args.verbose {
+        eprintln!(
+            "{PROGRAM}: {} (reason {}, stage {}), exit status {status}",
+            facts.ending.name(),
+            facts.reason.unwrap_or("none"),
+            facts.stage.map_or("none", stage_name)
+        );
+    }
+    status
+}
+
+/// One line on stderr and 125 for bad arguments; help and version go to stdout with 0.
+fn usage_error(error: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            0
+        }
+        _ => {
+            let rendered = error.to_string();
+            // clap's first paragraph, on one line: "error: ...:\n  <PROGRAM>..." and the like.
+            let message = rendered
+                .trim_start()
+                .split("\n\n")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("{PROGRAM}: {message} (try '{PROGRAM} --help')");
+            EXIT_CANCELED
+        }
+    }
+}
+
+fn is_stdio(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+fn read_input(path: Option<&std::path::Path>) -> std::io::Result<Vec<u8>> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(path) if is_stdio(path) => {
+            let mut payload = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut payload)?;
+            Ok(payload)
+        }
+        Some(path) => std::fs::read(path),
+    }
+}
+
+fn write_to(path: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()> {
+    match path {
+        Some(path) if !is_stdio(path) => std::fs::write(path, bytes),
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()
+        }
+    }
+}
+
+/// The tokens warden's own signals drive, and the first signal received.
+struct Stop {
+    shutdown: CancellationToken,
+    kill: CancellationToken,
+    first: Arc<AtomicI32>,
+}
+
+impl Stop {
+    /// Listens to SIGINT, SIGTERM and SIGHUP: first → shutdown (the ladder), second → kill,
+    /// third → exit at once with 128 + the signal.
+    fn listen() -> Stop {
+        let stop = Stop {
+            shutdown: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            first: Arc::new(AtomicI32::new(0)),
+        };
+        let mut signals = SignalSet::listen(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        let (shutdown, kill, first) =
+            (stop.shutdown.clone(), stop.kill.clone(), stop.first.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                let sig = signals.recv().await;
+                count += 1;
+                match count {
+                    1 => {
+                        first.store(sig, Ordering::SeqCst);
+                        tracing::info!(
+                            signal = %signal_name(sig),
+                            "stopping: running the ladder (again to kill now)"
+                        );
+                        shutdown.cancel();
+                    }
+                    2 => {
+                        tracing::info!(signal = %signal_name(sig), "killing every process tree now");
+                        kill.cancel();
+                    }
+                    _ => {
+                        eprintln!("{PROGRAM}: third stop signal, exiting now");
+                        std::process::exit(128 + sig);
+                    }
+                }
+            }
+        });
+        stop
+    }
+
+    fn signal(&self) -> Option<c_int> {
+        match self.first.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        }
+    }
+}
+
+/// Runs the program and gathers the facts; the second value is a completed job's output.
+async fn supervise(
+    args: &Args,
+    containment: ContainmentArg,
+    payload: Vec<u8>,
+) -> (RunFacts, Option<Vec<u8>>) {
+    let t0 = Instant::now();
+    let stop = Stop::listen();
+    let (program, rest) = match args.command.split_first() {
+        Some(split) => split,
+        None => unreachable_command(),
+    };
+    let mut facts = RunFacts {
+        program: program.to_string_lossy().into_owned(),
+        protocol: args.protocol,
+        pid: None,
+        ending: Ending::SpawnFailed {
+            status: EXIT_CANCELED,
+        },
+        reason: None,
+        stage: None,
+        exit: None,
+        containment: None,
+        escaped: Vec::new(),
+        timings: Timings::default(),
+        warden_signal: None,
+        error: None,
+        violation: None,
+    };
+    if let Some(errno) = precheck(program) {
+        let error = std::io::Error::from_raw_os_error(errno);
+        eprintln!(
+            "{PROGRAM}: cannot run {}: {}",
+            quote(program.as_bytes()),
+            errno_text(errno)
+        );
+        facts.ending = Ending::SpawnFailed {
+            status: exit_status_for(exec_failure(&error), false),
+        };
+        facts.error = Some(error.to_string());
+        facts.timings.ended = Some(t0.elapsed());
+        facts.warden_signal = stop.signal();
+        return (facts, None);
+    }
+    let mut command = Command::new(program);
+    command.args(rest);
+    command.stdin(if args.protocol {
+        Stdio::Null
+    } else {
+        Stdio::Inherit
+    });
+    let config = if args.protocol {
+        WorkerConfig::protocol()
+    } else {
+        WorkerConfig::plain()
+    }
+    .deadlines(Deadlines {
+        grace: stage_deadline(args.grace),
+        kill_after: stage_deadline(args.kill_after),
+        reap_timeout: REAP_TIMEOUT,
+    })
+    .polite_signal(args.signal)
+    .shutdown_token(stop.shutdown.clone())
+    .kill_token(stop.kill.clone())
+    .tree(TreeOptions::new().containment(containment.to_containment()));
+
+    let worker = match Worker::spawn(&command, config).await {
+        Ok(worker) => worker,
+        Err(error) => {
+            let status = spawn_status(&error);
+            eprintln!("{PROGRAM}: {}", error_chain(&error));
+            facts.ending = Ending::SpawnFailed { status };
+            if let SpawnError::ExitedDuringHandshake { status: exit, .. } = &error {
+                facts.exit = Some(*exit);
+            }
+            facts.error = Some(error_chain(&error));
+            facts.timings.ended = Some(t0.elapsed());
+            facts.warden_signal = stop.signal();
+            return (facts, None);
+        }
+    };
+    facts.pid = Some(worker.pid());
+    let mut options = JobOptions::new();
+    if let Some(Interval::After(timeout)) = args.timeout {
+        options = options.timeout(timeout);
+    }
+    let result = worker.run(payload, options).await;
+    let after_job = worker.shutdown().await;
+    facts.warden_signal = stop.signal();
+    match result {
+        Ok(report) => {
+            let output = fill_from_report(&mut facts, &report, t0);
+            if facts.exit.is_none() {
+                facts.exit = after_job;
+            }
+            (facts, output)
+        }
+        Err(error) => {
+            eprintln!("{PROGRAM}: {}", error_chain(&error));
+            facts.ending = Ending::Failed { exit_code: None };
+            facts.error = Some(error_chain(&error));
+            facts.exit = after_job.or(match error {
+                RunError::WorkerGone { status } => status,
+                _ => None,
+            });
+            facts.timings.ended = Some(t0.elapsed());
+            (facts, None)
+        }
+    }
+}
+
+fn unreachable_command() -> ! {
+    // clap enforces `required = true, num_args = 1..`.
+    eprintln!("{PROGRAM}: missing PROGRAM");
+    std::process::exit(i32::from(EXIT_CANCELED));
+}
+
+/// 127 not found, 126 not runnable (the shim's exec failures arrive as those exit codes during
+/// a protocol handshake), 125 anything else.
+fn spawn_status(error: &SpawnError) -> u8 {
+    match error {
+        SpawnError::NotFound { .. } => EXIT_NOT_FOUND,
+        SpawnError::NotExecutable { .. } => EXIT_CANNOT_INVOKE,
+        SpawnError::ExitedDuringHandshake { status, .. } => match status.code() {
+            Some(127) => EXIT_NOT_FOUND,
+            Some(126) => EXIT_CANNOT_INVOKE,
+            _ => EXIT_CANCELED,
+        },
+        _ => EXIT_CANCELED,
+    }
+}
+
+/// Copies a job report into the facts; returns the output of a completed job.
+fn fill_from_report(facts: &mut RunFacts, report: &JobReport, t0: Instant) -> Option<Vec<u8>> {
+    let base = report.trace.started.saturating_duration_since(t0);
+    let at = |d: Option<Duration>| d.map(|d| base + d);
+    facts.timings = Timings {
+        started: Some(base),
+        cancel_requested: at(report.trace.cancel_requested),
+        signal_sent: at(report.trace.signal_sent),
+        kill_sent: at(report.trace.kill_sent),
+        exited: at(report.trace.exited),
+        reaped: at(report.trace.reaped),
+        ended: Some(base + report.trace.ended),
+    };
+    facts.reason = report.reason.map(|r| r.as_str());
+    facts.stage = report.stage;
+    facts.exit = report.exit;
+    facts.containment = Some(report.containment.as_str());
+    facts.escaped = report.escaped.clone();
+    facts.violation = report.violation.as_ref().map(ToString::to_string);
+    let mut output = None;
+    facts.ending = match &report.outcome {
+        Outcome::Completed(out) | Outcome::CompletedDespiteCancel(out) => {
+            if facts.protocol {
+                output = Some(out.clone());
+            }
+            Ending::Completed
+        }
+        Outcome::Cancelled => Ending::Cancelled,
+        Outcome::Terminated => Ending::Terminated,
+        Outcome::Killed => Ending::Killed,
+        Outcome::Failed(Failure::ExitCode(code)) => Ending::Failed {
+            exit_code: Some(*code),
+        },
+        Outcome::Failed(Failure::Worker(message)) => {
+            facts.error = Some(message.clone());
+            Ending::Failed { exit_code: None }
+        }
+        Outcome::Failed(_) => {
+            facts.error = Some("the worker exited without a result".into());
+            Ending::Failed { exit_code: None }
+        }
+        Outcome::Crashed(_) => Ending::Crashed,
+        _ => Ending::Crashed,
+    };
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("warden run").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&["--", "prog", "a"]).unwrap();
+        assert_eq!(args.timeout, None);
+        assert_eq!(args.grace, Interval::After(Duration::from_secs(5)));
+        assert_eq!(args.kill_after, Interval::After(Duration::from_secs(5)));
+        assert_eq!(args.signal, libc::SIGTERM);
+        assert!(!args.protocol && !args.verbose);
+        assert_eq!(args.command, vec![OsString::from("prog"), "a".into()]);
+    }
+
+    #[test]
+    fn program_arguments_are_not_options() {
+        let args = parse(&["--timeout", "1", "prog", "--timeout", "-v"]).unwrap();
+        assert_eq!(
+            args.command,
+            vec![OsString::from("prog"), "--timeout".into(), "-v".into()]
+        );
+        assert!(!args.verbose);
+        assert_eq!(args.timeout, Some(Interval::After(Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn values_use_gnu_grammar() {
+        let args = parse(&[
+            "--timeout",
+            "0.5m",
+            "--grace",
+            "0",
+            "--kill-after",
+            "inf",
+            "--signal",
+            "sigint",
+            "--",
+            "p",
+        ])
+        .unwrap();
+        assert_eq!(args.timeout, Some(Interval::After(Duration::from_secs(30))));
+        assert_eq!(stage_deadline(args.grace), Duration::ZERO);
+        assert_eq!(stage_deadline(args.kill_after), Duration::MAX);
+        assert_eq!(args.signal, libc::SIGINT);
+        for bad in [
+            &["--timeout", "-1", "--", "p"][..],
+            &["--signal", "BOGUS", "--", "p"],
+            &["--signal", "0", "--", "p"],
+            &["--input", "x", "--", "p"],
+            &["--containment", "jail", "--", "p"],
+            &["--bogus", "--", "p"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn containment_spellings() {
+        let args = parse(&["--containment", "process-group", "--", "p"]).unwrap();
+        assert_eq!(args.containment, Some(ContainmentArg::ProcessGroup));
+    }
+}

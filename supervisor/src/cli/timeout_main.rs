@@ -1,0 +1,274 @@
+//! `warden timeout`: GNU `timeout` on a contained process tree.
+//!
+//! The arguments are parsed by [`super::timeout`], the reactions to timers and signals come from
+//! [`GnuLadder`]; this module starts the tree, performs the steps, and ends the way GNU does
+//! (exit status, or the command's own fatal signal re-raised). Unlike GNU, the signals reach
+//! the whole tree (descendants that left the process group included), and once the command has
+//! ended nothing of its tree is left running, except with `--foreground`, which keeps GNU's
+//! meaning: only the command is ever signalled, and its children are left alone.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use warden::{Command, Containment, ExitStatus, SpawnError, Stdio, Tree, TreeOptions};
+
+use super::c_locale::quote;
+use super::containment::{CONTAINMENT_ENV, ContainmentArg};
+use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
+use super::gnu_ladder::{Ending, FATAL_UNHANDLED, GnuLadder, Reaction, Step, sleep_until};
+use super::signal_set::SignalSet;
+use super::timeout::{Invocation, PROGRAM, Parsed, help_text, parse, version_text};
+use super::unix;
+
+/// How long leftovers of the tree get to die after SIGKILL once the command has ended.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `warden timeout` with the arguments after the subcommand; returns the exit status
+/// (or does not return, when warden re-raises the command's fatal signal).
+pub(crate) fn main(args: &[OsString]) -> u8 {
+    let invocation = match parse(args) {
+        Ok(Parsed::Run(invocation)) => invocation,
+        Ok(Parsed::Help) => return print_stdout(&help_text()),
+        Ok(Parsed::Version) => return print_stdout(&version_text()),
+        Err(error) => {
+            let _ = std::io::stderr().write_all(&error.render(PROGRAM));
+            return error.exit_status();
+        }
+    };
+    let containment = if invocation.foreground {
+        // Only the command is ever signalled, and its children outlive it, as with GNU: a
+        // cgroup or a subreaper sweep would kill them at the end.
+        Containment::ProcessGroup
+    } else {
+        match ContainmentArg::from_env() {
+            Ok(choice) => choice.unwrap_or_default().to_containment(),
+            Err(text) => {
+                eprintln!(
+                    "{PROGRAM}: invalid {CONTAINMENT_ENV} {}: expected auto, cgroup, subreaper or process-group",
+                    quote(text.as_bytes())
+                );
+                return EXIT_CANCELED;
+            }
+        }
+    };
+    unix::ignore_tty_stop_signals();
+    if std::process::id() == 1 {
+        warden::start_orphan_reaper();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
+            return EXIT_CANCELED;
+        }
+    };
+    let ending = runtime.block_on(supervise(&invocation, containment));
+    // Dropping the runtime drops what is left of the tree (its cgroup is removed).
+    drop(runtime);
+    match ending {
+        Ending::Exit(status) => status,
+        Ending::Reraise { signal, fallback } => {
+            let _ = std::io::stdout().flush();
+            unix::reraise(signal);
+            fallback
+        }
+    }
+}
+
+fn print_stdout(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => EXIT_CANCELED,
+    }
+}
+
+/// Starts the command and sees it through; returns how warden should end.
+async fn supervise(invocation: &Invocation, containment: Containment) -> Ending {
+    let verbose = invocation.verbose;
+    let command_name = quote(invocation.command.as_bytes());
+    // Listen before spawning, as GNU installs its handlers before fork: a signal sent once the
+    // command is running is never missed.
+    // GNU's install_cleanup list. Its later SIGCHLD handler and its SIG_IGN for SIGTTIN and
+    // SIGTTOU override the cleanup handler when `-s` names one of those.
+    let user_signal = match invocation.signal {
+        libc::SIGCHLD | libc::SIGTTIN | libc::SIGTTOU => libc::SIGTERM,
+        other => other,
+    };
+    let mut signals = SignalSet::listen(&[
+        libc::SIGALRM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGTERM,
+        user_signal,
+        FATAL_UNHANDLED[0],
+        FATAL_UNHANDLED[1],
+    ]);
+    if let Some(errno) = precheck(&invocation.command) {
+        let failure = exec_failure(&std::io::Error::from_raw_os_error(errno));
+        let status = exit_status_for(failure, invocation.preserve_status);
+        eprintln!(
+            "{PROGRAM}: failed to run command {command_name}: {}",
+            errno_text(errno)
+        );
+        return Ending::Exit(status);
+    }
+    let mut command = Command::new(&invocation.command);
+    command.args(&invocation.args).stdin(Stdio::Inherit);
+    let options = TreeOptions::new()
+        .containment(containment)
+        .new_process_group(!invocation.foreground);
+    let mut tree = match Tree::spawn(&command, options).await {
+        Ok(tree) => tree,
+        Err(error) => return Ending::Exit(report_spawn_error(&error, &command_name)),
+    };
+    tracing::debug!(
+        pid = tree.pid(),
+        containment = tree.containment().as_str(),
+        "command started"
+    );
+    let mut ladder = GnuLadder::new(
+        invocation.duration,
+        invocation.kill_after,
+        invocation.signal,
+        invocation.foreground,
+        Instant::now(),
+    );
+    let status = loop {
+        let steps = tokio::select! {
+            status = tree.wait() => break status,
+            () = sleep_until(ladder.poll_timeout()) => ladder.handle_timeout(Instant::now()),
+            sig = signals.recv() => match ladder.handle_signal(sig, Instant::now()) {
+                Reaction::Steps(steps) => steps,
+                Reaction::DieOf(signal) => {
+                    // GNU would die of it at once and leave the command running.
+                    let _ = tree.kill_tree();
+                    tree.finish(REAP_TIMEOUT).await;
+                    let fallback = u8::try_from(128 + signal).unwrap_or(255);
+                    return Ending::Reraise { signal, fallback };
+                }
+                Reaction::ExitNow(status) => {
+                    // Third stop signal: go now. The tree already had SIGKILL (second signal);
+                    // whatever is left dies with us (PDEATHSIG) or is reaped by init.
+                    let _ = tree.kill_tree();
+                    return Ending::Exit(status);
+                }
+            },
+        };
+        for step in steps {
+            perform(&mut tree, step, verbose, &command_name);
+        }
+    };
+    let report = tree.finish(REAP_TIMEOUT).await;
+    if !report.escaped.is_empty() {
+        tracing::debug!(escaped = ?report.escaped, "killed descendants outside the process group");
+    }
+    let status = match status.ok().or(report.status) {
+        Some(status) => status,
+        None => {
+            eprintln!("{PROGRAM}: error waiting for child");
+            return Ending::Exit(EXIT_CANCELED);
+        }
+    };
+    let termination = match status {
+        ExitStatus::Code(code) => Termination::Exited(u8::try_from(code & 0xff).unwrap_or(255)),
+        ExitStatus::Signal {
+            signal,
+            core_dumped,
+        } => {
+            if core_dumped {
+                eprintln!("{PROGRAM}: the monitored command dumped core");
+            }
+            Termination::Signaled(signal)
+        }
+        // ExitStatus is non-exhaustive; a status nobody can read is warden's failure.
+        _ => return Ending::Exit(EXIT_CANCELED),
+    };
+    ladder.ending(termination, invocation.preserve_status)
+}
+
+fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
+    // Like GNU, a failure to signal (the process is already gone) is not an error.
+    match step {
+        Step::Announce(sig) => {
+            if verbose {
+                eprintln!(
+                    "{PROGRAM}: sending signal {} to command {command_name}",
+                    super::signals::signal_name(sig)
+                );
+            }
+        }
+        Step::SignalCommand(sig) => {
+            let _ = tree.signal_leader(sig);
+        }
+        Step::SignalTree(libc::SIGKILL) => {
+            let _ = tree.kill_tree();
+        }
+        Step::SignalTree(sig) => {
+            let _ = tree.signal_tree(sig);
+        }
+    }
+}
+
+/// For a command given as a path (with a `/`, so no `PATH` search), the error `execve` would
+/// give, found before spawning so that the diagnostic is GNU's: `ENOENT` if it does not exist,
+/// `EACCES` for a directory or a file without execute permission. `None` otherwise (the
+/// spawner then finds the error, if any, itself).
+pub(crate) fn precheck(program: &std::ffi::OsStr) -> Option<c_int> {
+    if !program.as_bytes().contains(&b'/') {
+        return None;
+    }
+    match std::fs::metadata(program) {
+        Err(e) => e.raw_os_error(),
+        Ok(meta) if meta.is_dir() => Some(libc::EACCES),
+        Ok(_) => nix::unistd::access(
+            std::path::Path::new(program),
+            nix::unistd::AccessFlags::X_OK,
+        )
+        .err()
+        .map(|errno| errno as c_int),
+    }
+}
+
+/// Prints GNU's "failed to run command" diagnostic and returns the status for it.
+fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
+    let (result, reason) = match error {
+        SpawnError::NotFound { .. } => (RunResult::NotFound, errno_text(libc::ENOENT)),
+        SpawnError::NotExecutable { source, .. } => (
+            exec_failure(source),
+            source
+                .raw_os_error()
+                .map_or_else(|| source.to_string(), errno_text),
+        ),
+        other => {
+            eprintln!("{PROGRAM}: {}", error_chain(other));
+            return exit_status_for(RunResult::WardenFailed, false);
+        }
+    };
+    eprintln!("{PROGRAM}: failed to run command {command_name}: {reason}");
+    exit_status_for(result, false)
+}
+
+/// `strerror` text, as GNU's diagnostics print it.
+pub(crate) fn errno_text(errno: c_int) -> String {
+    nix::errno::Errno::from_raw(errno).desc().to_owned()
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,85 @@
+//! Process-wide signal state of the `warden` binary: the one platform module of the CLI.
+//!
+//! Contract for the rest of `cli`:
+//! - [`reset_inherited_signal_state`] runs first in `main`: nothing blocked, `SIGCHLD` at its
+//!   default if it was ignored, so a warden started under `trap '' CHLD` or with `SIGTERM`
+//!   blocked still sees its children and its signals (threads created later inherit the mask).
+//! - [`ignore_tty_stop_signals`]: like GNU `timeout`, warden itself is never stopped by
+//!   `SIGTTIN`/`SIGTTOU`; children start with default dispositions anyway (posix_spawn attrs).
+//! - [`reraise`] ends the process with the signal a command died of, with core dumps disabled,
+//!   as GNU `timeout` does; it returns only if the signal did not end the process.
+
+use libc::c_int;
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+
+/// Unblocks every signal and puts `SIGCHLD` back to its default disposition if it was ignored.
+pub(crate) fn reset_inherited_signal_state() {
+    // Errors cannot happen with valid arguments; there is nothing better to do than go on.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: a zeroed sigaction is a valid value to read into; a null new action only queries.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; with a null `act` this only reads the current disposition.
+    let queried = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } == 0;
+    if queried && old.sa_sigaction == libc::SIG_IGN {
+        set_default(libc::SIGCHLD);
+    }
+}
+
+/// Ignores `SIGTTIN` and `SIGTTOU` for warden itself (GNU `timeout` does the same, so that a
+/// background warden writing a diagnostic is not stopped).
+pub(crate) fn ignore_tty_stop_signals() {
+    for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+        // SAFETY: installs SIG_IGN, which runs no code of ours; called before any thread that
+        // could race on the disposition cares about these two signals.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+fn set_default(sig: c_int) {
+    // SAFETY: a zeroed sigaction with SIG_DFL and an empty mask is a valid disposition, and
+    // installing the default action runs no code of ours.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+    }
+}
+
+/// Disables core dumps of this process, GNU's `disable_core_dumps`: `PR_SET_DUMPABLE` 0 where
+/// there is one, and `RLIMIT_CORE` 0. True if either worked.
+fn disable_core_dumps() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let dumpable_off = nix::sys::prctl::set_dumpable(false).is_ok();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let dumpable_off = false;
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a valid rlimit that outlives the call; the kernel only reads it.
+    let limited = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } == 0;
+    dumpable_off || limited
+}
+
+/// Dies of `sig` the way the monitored command did: core dumps off, `sig` at its default
+/// action and unblocked, then raised. Returns if that did not end the process (a signal whose
+/// default is to ignore or to stop, PID 1, or core dumps could not be disabled), and the
+/// caller then exits with 128 + `sig`.
+pub(crate) fn reraise(sig: c_int) {
+    if !disable_core_dumps() {
+        eprintln!("warden timeout: warning: disabling core dumps failed");
+        return;
+    }
+    set_default(sig);
+    // SAFETY: the set is initialised by sigemptyset before use and outlives the calls; an
+    // invalid signal number only makes sigaddset fail. raise signals this thread, whose mask
+    // was just changed, and has no memory-safety preconditions.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+}

@@ -1,0 +1,37 @@
+//! The `warden` binary end to end, as users run it from shells, CI jobs and containers.
+//!
+//! - `gnu`: differential tests of `warden timeout` against the installed GNU `timeout`
+//!   (statuses, signals, durations, `-k`, `--preserve-status`, `--foreground`, `-v` text,
+//!   forwarded signals), each case also checked against its stated expectation;
+//! - `escape`: trees that try to escape (background, setsid, setpgid, double-forked daemon,
+//!   SIGTERM-ignoring grandchild, stopped child) under each containment this machine has,
+//!   for both subcommands; nothing survives (process-group mode: the known leak is asserted,
+//!   then cleaned up by PID);
+//! - `ladder`: warden's own first, second and third stop signal, and inherited signal state;
+//! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
+//! - `args`: bad arguments (one line, status 125), help and version.
+//!
+//! Fixture processes are this test binary started with `WARDEN_CLI_FIXTURE` set (see
+//! `fixture`). Every run carries a mark in its environment; after it ends, a /proc scan for the
+//! mark proves that nothing it started is still alive.
+
+#[path = "cli/args.rs"]
+mod args;
+#[path = "cli/escape.rs"]
+mod escape;
+#[path = "cli/fixture.rs"]
+mod fixture;
+#[path = "cli/gnu.rs"]
+mod gnu;
+#[path = "cli/ladder.rs"]
+mod ladder;
+#[path = "cli/report.rs"]
+mod report;
+#[path = "cli/support.rs"]
+mod support;
+
+/// Not a test: the entry point of fixture processes. Does nothing in the test run itself.
+#[test]
+fn fixture() {
+    fixture::main();
+}

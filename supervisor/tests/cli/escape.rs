@@ -1,0 +1,269 @@
+//! Trees that try to escape, under each containment this machine supports, for both
+//! subcommands: after warden exits, nothing of the tree is alive. In process-group mode the
+//! descendants that left the group are the known, documented leak: the test asserts exactly
+//! those survived (so the weaker mode is honest about what it misses), then kills them by PID.
+//!
+//! The timeout is triggered with SIGALRM (GNU's own timer signal: an external SIGALRM is a
+//! timeout) and `warden run`'s ladder with SIGTERM, both only once the whole tree announced it
+//! is in place, so no timer races the tree's start-up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::fixture::ROLE_VAR;
+use crate::support::{Ended, Proc, TempDir, WARDEN, command, fixture_argv, new_mark, run};
+
+const SHAPES: [&str; 6] = [
+    "bg",
+    "setsid",
+    "setpgid",
+    "daemon",
+    "ignore-term",
+    "stopped",
+];
+/// The shapes that leave the command's process group.
+const LEAVE_GROUP: [&str; 3] = ["setsid", "setpgid", "daemon"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Cgroup,
+    Subreaper,
+    ProcessGroup,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Cgroup => "cgroup",
+            Mode::Subreaper => "subreaper",
+            Mode::ProcessGroup => "process-group",
+        }
+    }
+
+    fn reported(self) -> &'static str {
+        match self {
+            Mode::Cgroup => "cgroup",
+            Mode::Subreaper => "subreaper",
+            Mode::ProcessGroup => "process_group",
+        }
+    }
+
+    /// Whether warden can use this containment here (asked once per mode).
+    fn available(self) -> bool {
+        static PROBES: OnceLock<[bool; 3]> = OnceLock::new();
+        let probes = PROBES.get_or_init(|| {
+            [Mode::Cgroup, Mode::Subreaper, Mode::ProcessGroup].map(|mode| {
+                let done = run(
+                    WARDEN,
+                    &[
+                        "run",
+                        "--containment",
+                        mode.arg(),
+                        "--report",
+                        "-",
+                        "--",
+                        "true",
+                    ],
+                );
+                let report: Option<Value> = done
+                    .stdout
+                    .lines()
+                    .last()
+                    .and_then(|l| serde_json::from_str(l).ok());
+                done.ended == Ended::Code(0)
+                    && report.is_some_and(|r| r["containment"] == mode.reported())
+            })
+        });
+        let index = match self {
+            Mode::Cgroup => 0,
+            Mode::Subreaper => 1,
+            Mode::ProcessGroup => 2,
+        };
+        if !probes[index] {
+            eprintln!(
+                "skipping: {} containment is not available on this machine",
+                self.arg()
+            );
+        }
+        probes[index]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    Timeout,
+    Run,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// The command hangs; warden is made to stop it.
+    Hang,
+    /// The command exits 0 at once, leaving its descendants behind.
+    Exit,
+}
+
+fn scenario(sub: Sub, then: Then, mode: Mode) {
+    if !mode.available() {
+        return;
+    }
+    let dir = TempDir::new();
+    let report_path = dir.0.join("report.json").to_string_lossy().into_owned();
+    let (exe, fixture_args) = fixture_argv();
+    let mut args: Vec<&str> = match sub {
+        Sub::Timeout => vec!["timeout", "30"],
+        Sub::Run => vec!["run", "--report", &report_path, "--"],
+    };
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command(WARDEN, &args, &mark);
+    let then_word = match then {
+        Then::Hang => "hang",
+        Then::Exit => "exit",
+    };
+    cmd.env("WARDEN_CONTAINMENT", mode.arg())
+        .env(ROLE_VAR, format!("tree:{then_word}:{}", SHAPES.join(",")));
+    let what = format!("{sub:?} {then:?} under {}", mode.arg());
+    let mut proc = Proc::start(&what, cmd, &mark);
+
+    let mut pids: BTreeMap<&str, i32> = BTreeMap::new();
+    for shape in SHAPES {
+        let prefix = format!("up {shape} ");
+        let line = proc.wait_line(&prefix, |l| l.starts_with(&prefix));
+        let pid = line[prefix.len()..].parse().expect("shape pid");
+        pids.insert(shape, pid);
+    }
+    proc.wait_line("ready", |l| l.starts_with("ready "));
+    if then == Then::Hang {
+        proc.signal(match sub {
+            Sub::Timeout => Signal::SIGALRM,
+            Sub::Run => Signal::SIGTERM,
+        });
+    }
+
+    let leakers: BTreeSet<i32> = LEAVE_GROUP.iter().map(|s| pids[s]).collect();
+    let leaky = mode == Mode::ProcessGroup;
+    let (done, leaked) = proc.finish_allowing(|s| leaky && leakers.contains(&s.pid));
+    if leaky {
+        let leaked: BTreeSet<i32> = leaked.iter().map(|s| s.pid).collect();
+        assert_eq!(
+            leaked, leakers,
+            "{what}: process-group containment should leak exactly the descendants that left the group"
+        );
+    }
+    let expected = match (sub, then) {
+        (Sub::Timeout, Then::Hang) => Ended::Code(124),
+        (Sub::Run, Then::Hang) => Ended::Code(143),
+        (_, Then::Exit) => Ended::Code(0),
+    };
+    assert_eq!(done.ended, expected, "{what}: stderr: {}", done.stderr);
+
+    if sub == Sub::Run {
+        let text = std::fs::read_to_string(&report_path).expect("report written");
+        let report: Value = serde_json::from_str(&text).expect("report is JSON");
+        assert_eq!(report["containment"], mode.reported(), "{what}: {report}");
+        let escaped: BTreeSet<i32> = report["escaped"]
+            .as_array()
+            .expect("escaped is an array")
+            .iter()
+            .map(|p| p.as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid"))
+            .collect();
+        let expected_escaped = if leaky {
+            BTreeSet::new()
+        } else {
+            leakers.clone()
+        };
+        assert_eq!(escaped, expected_escaped, "{what}: {report}");
+        let (outcome, reason) = match then {
+            Then::Hang => ("terminated", Value::from("shutdown")),
+            Then::Exit => ("completed", Value::Null),
+        };
+        assert_eq!(report["outcome"], outcome, "{what}: {report}");
+        assert_eq!(report["reason"], reason, "{what}: {report}");
+    }
+}
+
+#[test]
+fn timeout_hang_cgroup() {
+    scenario(Sub::Timeout, Then::Hang, Mode::Cgroup);
+}
+
+#[test]
+fn timeout_hang_subreaper() {
+    scenario(Sub::Timeout, Then::Hang, Mode::Subreaper);
+}
+
+#[test]
+fn timeout_hang_process_group() {
+    scenario(Sub::Timeout, Then::Hang, Mode::ProcessGroup);
+}
+
+#[test]
+fn timeout_exit_cgroup() {
+    scenario(Sub::Timeout, Then::Exit, Mode::Cgroup);
+}
+
+#[test]
+fn timeout_exit_subreaper() {
+    scenario(Sub::Timeout, Then::Exit, Mode::Subreaper);
+}
+
+#[test]
+fn timeout_exit_process_group() {
+    scenario(Sub::Timeout, Then::Exit, Mode::ProcessGroup);
+}
+
+#[test]
+fn run_hang_cgroup() {
+    scenario(Sub::Run, Then::Hang, Mode::Cgroup);
+}
+
+#[test]
+fn run_hang_subreaper() {
+    scenario(Sub::Run, Then::Hang, Mode::Subreaper);
+}
+
+#[test]
+fn run_hang_process_group() {
+    scenario(Sub::Run, Then::Hang, Mode::ProcessGroup);
+}
+
+#[test]
+fn run_exit_cgroup() {
+    scenario(Sub::Run, Then::Exit, Mode::Cgroup);
+}
+
+#[test]
+fn run_exit_subreaper() {
+    scenario(Sub::Run, Then::Exit, Mode::Subreaper);
+}
+
+#[test]
+fn run_exit_process_group() {
+    scenario(Sub::Run, Then::Exit, Mode::ProcessGroup);
+}
+
+/// `--foreground` keeps GNU's meaning: only the command is signalled, and its children are
+/// left alone (asserted as survivors, then killed by PID).
+#[test]
+fn timeout_foreground_leaves_children_alone() {
+    let (exe, fixture_args) = fixture_argv();
+    let mut args: Vec<&str> = vec!["timeout", "--foreground", "30"];
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command(WARDEN, &args, &mark);
+    cmd.env(ROLE_VAR, "tree:hang:bg");
+    let mut proc = Proc::start("--foreground tree", cmd, &mark);
+    let line = proc.wait_line("up bg", |l| l.starts_with("up bg "));
+    let bg: i32 = line["up bg ".len()..].parse().expect("pid");
+    proc.wait_line("ready", |l| l.starts_with("ready "));
+    proc.signal(Signal::SIGALRM);
+    let (done, left) = proc.finish_allowing(|s| s.pid == bg);
+    assert_eq!(done.ended, Ended::Code(124));
+    assert_eq!(left.len(), 1, "the command's child is left alone: {left:?}");
+}

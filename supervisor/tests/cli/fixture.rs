@@ -1,0 +1,206 @@
+//! Fixture processes: this test binary, started (through warden) with `WARDEN_CLI_FIXTURE`.
+//!
+//! Roles:
+//! - `tree:THEN:SHAPE,...` the command: starts one child per shape, forwards each child's
+//!   `up SHAPE PID` line once that child is in its escaped state, prints `ready PID`, then
+//!   hangs (`THEN` = `hang`, bounded) or exits 0 (`exit`).
+//! - shapes: `bg` (a plain child), `setsid` (a new session), `setpgid` (a new process group),
+//!   `daemon` (double fork: an intermediate that exits at once, and an orphan that calls
+//!   setsid), `ignore-term` (a shell with SIGTERM ignored that execs `sleep`), `stopped` (a
+//!   child that stops itself; the root waits until it is stopped). Each announces itself, then
+//!   points its stdout and stderr at /dev/null so that no pipe of the test is held, and sleeps
+//!   (bounded: a leak heals itself eventually, though the tests kill survivors at once).
+//! - SDK workers: `worker:echo` (returns the payload reversed), `worker:fail`,
+//!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:ignore-all` (ignores the
+//!   cancel and blocks past the polite signal), `hang-handshake` (prints `ready` and never
+//!   speaks the protocol).
+//! - `exec:blocked` blocks SIGTERM in its mask and execs `WARDEN_CLI_EXEC` with the
+//!   arguments in `WARDEN_CLI_EXEC_ARGS` (separated by newlines).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal, raise};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+
+use crate::support::fixture_argv;
+
+/// Selects the role; unset in the test run itself.
+pub const ROLE_VAR: &str = "WARDEN_CLI_FIXTURE";
+/// How long a hanging fixture waits before it gives up on its own.
+const HANG: Duration = Duration::from_secs(60);
+
+pub fn main() {
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
+    let code = match run(&role) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fixture {role}: {e}");
+            98
+        }
+    };
+    std::process::exit(code);
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn run(role: &str) -> Result<i32> {
+    if let Some(spec) = role.strip_prefix("tree:") {
+        return tree(spec);
+    }
+    match role {
+        "shape:bg" => escapee("bg", || Ok(()), false),
+        "shape:setsid" => escapee("setsid", || Ok(nix::unistd::setsid().map(drop)?), false),
+        "shape:setpgid" => escapee(
+            "setpgid",
+            || Ok(nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?),
+            false,
+        ),
+        "shape:daemon" => {
+            // The intermediate of a double fork: start the daemon and exit at once, leaving
+            // it an orphan.
+            let (exe, args) = fixture_argv();
+            Command::new(exe)
+                .args(args)
+                .env(ROLE_VAR, "shape:daemon-inner")
+                .stdin(Stdio::null())
+                .spawn()?;
+            Ok(0)
+        }
+        "shape:daemon-inner" => escapee("daemon", || Ok(nix::unistd::setsid().map(drop)?), false),
+        "shape:stopped" => escapee("stopped", || Ok(()), true),
+        "worker:echo" => serve(|payload| Ok(payload.iter().rev().copied().collect())),
+        "worker:fail" => serve(|_| Err(warden_worker::JobError::msg("boom"))),
+        "worker:wait-cancel" => {
+            warden_worker::Worker::new().serve(|job| async move {
+                job.cancelled().await;
+                Err(warden_worker::JobError::Cancelled)
+            })?;
+            Ok(0)
+        }
+        "worker:ignore-all" => {
+            warden_worker::Worker::new().serve_blocking(|_job| {
+                std::thread::sleep(HANG);
+                Ok(Vec::new())
+            })?;
+            Ok(0)
+        }
+        "hang-handshake" => {
+            announce("ready")?;
+            std::thread::sleep(HANG);
+            Ok(0)
+        }
+        "exec:blocked" => exec_blocked(),
+        other => Err(format!("unknown role {other}").into()),
+    }
+}
+
+fn serve(
+    handler: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, warden_worker::JobError>
+    + Send
+    + Sync
+    + Clone
+    + 'static,
+) -> Result<i32> {
+    warden_worker::Worker::new().serve(move |job| {
+        let handler = handler.clone();
+        async move { handler(job.payload()) }
+    })?;
+    Ok(0)
+}
+
+fn announce(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Detaches as asked, announces itself, lets go of the test's pipes, then (optionally stops
+/// itself and) sleeps.
+fn escapee(name: &str, detach: impl Fn() -> Result<()>, stop: bool) -> Result<i32> {
+    detach()?;
+    announce(&format!("up {name} {}", std::process::id()))?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)?;
+    if stop {
+        raise(Signal::SIGSTOP)?;
+    }
+    std::thread::sleep(HANG);
+    Ok(0)
+}
+
+fn tree(spec: &str) -> Result<i32> {
+    let (then, shapes) = spec.split_once(':').ok_or("tree:THEN:SHAPES")?;
+    for shape in shapes.split(',').filter(|s| !s.is_empty()) {
+        let mut cmd = if shape == "ignore-term" {
+            let mut sh = Command::new("/bin/sh");
+            sh.args([
+                "-c",
+                r#"trap "" TERM; echo "up ignore-term $$"; exec sleep 60 >/dev/null 2>&1"#,
+            ]);
+            sh
+        } else {
+            let (exe, args) = fixture_argv();
+            let mut own = Command::new(exe);
+            own.args(args).env(ROLE_VAR, format!("shape:{shape}"));
+            own
+        };
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().ok_or("piped stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = loop {
+            match lines.next() {
+                Some(line) => {
+                    let line = line?;
+                    if line.starts_with("up ") {
+                        break line;
+                    }
+                }
+                None => return Err(format!("shape {shape} ended before it was up").into()),
+            }
+        };
+        if shape == "stopped" {
+            waitid(
+                Id::Pid(Pid::from_raw(i32::try_from(child.id())?)),
+                WaitPidFlag::WSTOPPED | WaitPidFlag::WNOWAIT,
+            )?;
+        }
+        if shape == "daemon" {
+            // Reap the intermediate: the daemon is an orphan from here on.
+            child.wait()?;
+        }
+        announce(&line)?;
+    }
+    announce(&format!("ready {}", std::process::id()))?;
+    match then {
+        "exit" => Ok(0),
+        "hang" => {
+            std::thread::sleep(HANG);
+            Ok(0)
+        }
+        other => Err(format!("unknown THEN {other}").into()),
+    }
+}
+
+/// Blocks SIGTERM (in this thread, which is the one that execs, so the new program starts with
+/// it blocked) and execs the program named in the environment.
+fn exec_blocked() -> Result<i32> {
+    let program = std::env::var("WARDEN_CLI_EXEC")?;
+    let args = std::env::var("WARDEN_CLI_EXEC_ARGS")?;
+    let mut argv = vec![std::ffi::CString::new(program.clone())?];
+    for arg in args.split('\n') {
+        argv.push(std::ffi::CString::new(arg)?);
+    }
+    let mut blocked = SigSet::empty();
+    blocked.add(Signal::SIGTERM);
+    blocked.thread_block()?;
+    let program = std::ffi::CString::new(program)?;
+    let error = nix::unistd::execv(&program, &argv).unwrap_err();
+    Err(format!("exec failed: {error}").into())
+}

@@ -1,0 +1,271 @@
+//! warden's own signals: the first stop signal runs the ladder, the second SIGKILLs every tree
+//! now, the third exits at once; and a warden started with SIGTERM blocked and SIGCHLD ignored
+//! still works, while its children start with nothing blocked or ignored.
+//!
+//! Each signal is sent only once the previous one was seen to be handled (`-v` lines), since
+//! signals that arrive together may be merged.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::fixture::ROLE_VAR;
+use crate::support::{Ended, Proc, TempDir, WARDEN, command, fixture_argv, new_mark};
+
+fn read_report(path: &str) -> Value {
+    let text = std::fs::read_to_string(path).expect("report written");
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+#[test]
+fn first_stop_signal_runs_the_ladder() {
+    let dir = TempDir::new();
+    let report = dir.0.join("r.json").to_string_lossy().into_owned();
+    let mark = new_mark();
+    let cmd = command(
+        WARDEN,
+        &[
+            "run",
+            "--report",
+            &report,
+            "--kill-after",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            r#"trap "exit 0" TERM; echo ready; sleep 60 & wait"#,
+        ],
+        &mark,
+    );
+    let mut proc = Proc::start("run, first SIGTERM", cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    proc.signal(Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
+    let report = read_report(&report);
+    assert_eq!(report["outcome"], "terminated", "{report}");
+    assert_eq!(report["reason"], "shutdown");
+    assert_eq!(report["stage"], "signal");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["warden_signal"], libc::SIGTERM);
+}
+
+#[test]
+fn second_stop_signal_kills_now() {
+    let dir = TempDir::new();
+    let report = dir.0.join("r.json").to_string_lossy().into_owned();
+    let mark = new_mark();
+    let cmd = command(
+        WARDEN,
+        &[
+            "run",
+            "-v",
+            "--report",
+            &report,
+            "--kill-after",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            r#"trap "" TERM; echo ready; exec sleep 60"#,
+        ],
+        &mark,
+    );
+    let mut proc = Proc::start("run, two SIGINTs", cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    proc.signal(Signal::SIGINT);
+    proc.wait_stderr("polite signal sent");
+    proc.signal(Signal::SIGINT);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(130), "{}", done.stderr);
+    assert!(
+        done.elapsed < Duration::from_secs(30),
+        "waited for --kill-after"
+    );
+    let report = read_report(&report);
+    assert_eq!(report["outcome"], "killed", "{report}");
+    assert_eq!(report["reason"], "shutdown");
+    assert_eq!(report["stage"], "kill");
+    assert_eq!(report["signal"], libc::SIGKILL);
+}
+
+#[test]
+fn third_stop_signal_exits_at_once() {
+    // A worker that never completes its handshake: neither the ladder nor the kill token can
+    // reach it before the 5 s handshake timeout, so only the third signal ends warden early.
+    // Subreaper containment: an abrupt exit leaves no cgroup behind to clean; the worker dies
+    // with warden (PDEATHSIG), which the survivor scan checks.
+    let (exe, fixture_args) = fixture_argv();
+    let mut args = vec![
+        "run",
+        "-v",
+        "--protocol",
+        "--containment",
+        "subreaper",
+        "--",
+    ];
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command(WARDEN, &args, &mark);
+    cmd.env(ROLE_VAR, "hang-handshake");
+    let mut proc = Proc::start("run, three SIGTERMs", cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    proc.signal(Signal::SIGTERM);
+    proc.wait_stderr("running the ladder");
+    proc.signal(Signal::SIGTERM);
+    proc.wait_stderr("killing every process tree now");
+    proc.signal(Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
+    assert!(
+        done.elapsed < Duration::from_secs(4),
+        "took {:?}: waited for the handshake timeout",
+        done.elapsed
+    );
+    assert!(done.stderr.contains("third stop signal"), "{}", done.stderr);
+}
+
+#[test]
+fn timeout_second_stop_signal_kills_the_tree() {
+    let mark = new_mark();
+    let cmd = command(
+        WARDEN,
+        &[
+            "timeout",
+            "-v",
+            "30",
+            "sh",
+            "-c",
+            r#"trap "" TERM; echo ready; exec sleep 60"#,
+        ],
+        &mark,
+    );
+    let mut proc = Proc::start("timeout, two SIGTERMs", cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    proc.signal(Signal::SIGTERM);
+    proc.wait_stderr("sending signal TERM");
+    proc.signal(Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(137), "{}", done.stderr);
+    assert_eq!(
+        done.stderr,
+        "warden timeout: sending signal TERM to command 'sh'\n\
+         warden timeout: sending signal KILL to command 'sh'\n"
+    );
+}
+
+/// Scenario 16: started under `trap '' CHLD` with SIGTERM blocked, warden still collects exit
+/// statuses and handles SIGTERM, and its children start with nothing blocked or ignored.
+fn inherited_state(sub: &[&str], expect: Ended) {
+    let (exe, fixture_args) = fixture_argv();
+    let mut warden_args: Vec<&str> = sub.to_vec();
+    warden_args.extend(["sh", "-c", r#"echo "ready $$"; exec sleep 60"#]);
+    let mut args = vec!["-c", r#"trap "" CHLD; exec "$@""#, "sh", &exe];
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command("/bin/sh", &args, &mark);
+    cmd.env(ROLE_VAR, "exec:blocked")
+        .env("WARDEN_CLI_EXEC", crate::support::WARDEN)
+        .env("WARDEN_CLI_EXEC_ARGS", warden_args.join("\n"));
+    let mut proc = Proc::start("warden with SIGTERM blocked, SIGCHLD ignored", cmd, &mark);
+    let line = proc.wait_line("ready", |l| l.starts_with("ready "));
+    let child: i32 = line["ready ".len()..].parse().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).expect("child status");
+    for field in ["SigBlk", "SigIgn"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .expect("field")
+            .trim();
+        let mut mask = u64::from_str_radix(value, 16).expect("hex mask");
+        if field == "SigIgn" {
+            // glibc's posix_spawn leaves its two internal signals (32 and 33: thread
+            // cancellation and setxid) ignored in every child it starts, Rust's
+            // std::process::Command children included, and its sigaction refuses to touch
+            // them. Nothing else may be ignored.
+            mask &= !(1 << 31 | 1 << 32);
+        }
+        assert_eq!(mask, 0, "child {field} = {value}: inherited");
+    }
+    let own = std::fs::read_to_string(format!("/proc/{}/status", proc.pid())).expect("status");
+    assert!(
+        own.contains("SigBlk:\t0000000000000000"),
+        "warden still blocks: {own}"
+    );
+    proc.signal(Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, expect, "{}", done.stderr);
+}
+
+#[test]
+fn run_resets_inherited_signal_state() {
+    inherited_state(&["run", "--"], Ended::Code(143));
+}
+
+#[test]
+fn timeout_resets_inherited_signal_state() {
+    inherited_state(&["timeout", "30"], Ended::Signal(libc::SIGTERM));
+}
+
+/// As PID 1 of a PID namespace (a container's entrypoint), warden reaps the orphans that are
+/// re-parented to it, whatever containment its trees got. The command leaves an orphan that
+/// exits at once, then watches (bounded) for zombies in the namespace.
+#[test]
+fn pid1_reaps_orphaned_zombies() {
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: cannot create a PID namespace here (unshare --pid)");
+        return;
+    }
+    let dir = TempDir::new();
+    let report = dir.0.join("r.json").to_string_lossy().into_owned();
+    // The reaper polls every 100 ms: look for up to 5 s.
+    let script = r#"
+        [ "$PPID" = 1 ] || { echo "warden is not PID 1"; exit 2; }
+        (sh -c 'exit 0' &)
+        i=0
+        while [ $i -lt 100 ]; do
+            z=0
+            for s in /proc/[0-9]*/status; do
+                grep -q '^State:.Z' "$s" 2>/dev/null && z=$((z + 1))
+            done
+            [ $z -eq 0 ] && { echo "zombies 0"; exit 0; }
+            sleep 0.05
+            i=$((i + 1))
+        done
+        echo "zombies $z"
+        exit 1
+    "#;
+    let mark = new_mark();
+    let cmd = command(
+        "unshare",
+        &[
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            WARDEN,
+            "run",
+            "--report",
+            &report,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &mark,
+    );
+    let done = Proc::start("warden as PID 1", cmd, &mark).finish();
+    assert_eq!(done.ended, Ended::Code(0), "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("zombies 0"), "{}", done.stdout);
+    let report = read_report(&report);
+    eprintln!(
+        "as PID 1 the tree got {} containment",
+        report["containment"]
+    );
+}
