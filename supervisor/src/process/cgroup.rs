@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Where new leaves go: a `warden-<pid>` directory under our own cgroup, if we may create it.
+/// Where new leaves go: a `warden-<pidns>-<pid>-<starttime>` directory under our own cgroup, if we may create it.
 fn base() -> Option<&'static Path> {
     static BASE: OnceLock<Option<PathBuf>> = OnceLock::new();
     BASE.get_or_init(|| match probe() {
@@ -57,7 +57,9 @@ fn own_cgroup() -> io::Result<PathBuf> {
 fn probe() -> io::Result<PathBuf> {
     let mount = cgroup2_mount()?;
     let own = mount.join(own_cgroup()?);
-    let base = own.join(format!("warden-{}", std::process::id()));
+    let me = Identity::of_self()?;
+    sweep_stale(&own, &me);
+    let base = own.join(me.dir_name());
     match std::fs::create_dir(&base) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -73,10 +75,91 @@ fn probe() -> io::Result<PathBuf> {
     Ok(base)
 }
 
+/// Who owns a base directory: the pid namespace (cgroup directories are shared across pid
+/// namespaces, and pids repeat between them), the pid, and the process start time (pids are
+/// recycled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    pidns: u64,
+    pid: u32,
+    start: u64,
+}
+
+impl Identity {
+    fn of_self() -> io::Result<Identity> {
+        use std::os::unix::fs::MetadataExt;
+        let pidns = std::fs::metadata("/proc/self/ns/pid")?.ino();
+        let pid = std::process::id();
+        let start = start_time(pid).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no start time in /proc/self/stat")
+        })?;
+        Ok(Identity { pidns, pid, start })
+    }
+
+    fn dir_name(&self) -> String {
+        format!("warden-{}-{}-{}", self.pidns, self.pid, self.start)
+    }
+
+    fn parse(name: &str) -> Option<Identity> {
+        let mut it = name.strip_prefix("warden-")?.split('-');
+        let id = Identity {
+            pidns: it.next()?.parse().ok()?,
+            pid: it.next()?.parse().ok()?,
+            start: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(id)
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Removes the base directories of supervisors of our pid namespace that no longer run
+/// (SIGKILLed, or ended while a leaf was still emptying). What is still inside a stale leaf is
+/// what is left of a dead supervisor's tree: it is killed, and the leaf is removed now or by a
+/// later probe. Directories of other pid namespaces are never touched: their owners cannot be
+/// seen from here.
+fn sweep_stale(own: &Path, me: &Identity) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(owner) = entry.file_name().to_str().and_then(Identity::parse) else {
+            continue;
+        };
+        if owner.pidns != me.pidns || owner == *me || start_time(owner.pid) == Some(owner.start) {
+            continue;
+        }
+        let dir = entry.path();
+        if let Ok(leaves) = std::fs::read_dir(&dir) {
+            for leaf in leaves.flatten().filter(|l| l.path().is_dir()) {
+                let leaf = Cgroup {
+                    dir: leaf.path(),
+                    counted: false,
+                };
+                if leaf.populated() {
+                    tracing::warn!(dir = %leaf.dir.display(), "killing what is left of a dead supervisor's tree");
+                }
+                drop(leaf);
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 /// One leaf cgroup holding one tree.
 #[derive(Debug)]
 pub(crate) struct Cgroup {
     dir: PathBuf,
+    /// Counted in [`LIVE`] (leaves of this process, not stale ones being swept).
+    counted: bool,
 }
 
 impl Cgroup {
@@ -90,7 +173,7 @@ impl Cgroup {
         match std::fs::create_dir(&dir) {
             Ok(()) => {
                 LIVE.fetch_add(1, Ordering::AcqRel);
-                Some(Cgroup { dir })
+                Some(Cgroup { dir, counted: true })
             }
             Err(e) => {
                 tracing::debug!(error = %e, dir = %dir.display(), "cannot create a cgroup leaf");
@@ -133,17 +216,77 @@ impl Drop for Cgroup {
         if self.populated() {
             let _ = self.kill();
         }
-        // Fails while zombies are still being released; the base is cleaned at exit otherwise.
-        if std::fs::remove_dir(&self.dir).is_err() {
-            tracing::warn!(dir = %self.dir.display(), "cgroup leaf could not be removed");
+        let counted = self.counted;
+        if counted {
+            LIVE.fetch_sub(1, Ordering::AcqRel);
         }
-        if LIVE.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(base) = base()
-        {
-            let _ = std::fs::remove_dir(base);
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            remove_base_if_idle(counted);
+            return;
         }
+        // Killed processes take a moment to leave; remove the leaf once they have, off the
+        // dropping thread (bounded: a stale leaf is also swept by the next supervisor).
+        let dir = std::mem::take(&mut self.dir);
+        let cleanup = std::thread::Builder::new()
+            .name("warden-cgroup".into())
+            .spawn(move || {
+                let leaf = Cgroup {
+                    dir,
+                    counted: false,
+                };
+                for _ in 0..100 {
+                    if !leaf.populated() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if std::fs::remove_dir(&leaf.dir).is_err() {
+                    tracing::warn!(dir = %leaf.dir.display(), "cgroup leaf could not be removed");
+                }
+                remove_base_if_idle(counted);
+                // Nothing left to do in this value's own drop.
+                std::mem::forget(leaf);
+            });
+        if cleanup.is_err() {
+            tracing::warn!("could not start a cgroup cleanup thread");
+        }
+    }
+}
+
+fn remove_base_if_idle(counted: bool) {
+    if counted
+        && LIVE.load(Ordering::Acquire) == 0
+        && let Some(base) = base()
+    {
+        // Fails harmlessly while another leaf is still being removed.
+        let _ = std::fs::remove_dir(base);
     }
 }
 
 /// Leaves alive now; the base directory is removed when this drops to zero.
 static LIVE: AtomicU64 = AtomicU64::new(0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_names_round_trip_and_reject_other_shapes() {
+        let me = Identity::of_self().expect("identity");
+        assert_eq!(Identity::parse(&me.dir_name()), Some(me.clone()));
+        assert_eq!(
+            start_time(me.pid),
+            Some(me.start),
+            "we are alive by our own test"
+        );
+        for other in [
+            "warden-123",
+            "warden-1-2",
+            "warden-1-2-3-4",
+            "warden-a-2-3",
+            "tree-1",
+        ] {
+            assert_eq!(Identity::parse(other), None, "{other}");
+        }
+    }
+}
