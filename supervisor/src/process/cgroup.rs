@@ -168,14 +168,21 @@ impl Cgroup {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let base = base()?;
         let dir = base.join(format!("tree-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        // The base is removed when the last leaf goes; recreate it if needed.
-        let _ = std::fs::create_dir(base);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                LIVE.fetch_add(1, Ordering::AcqRel);
-                Some(Cgroup { dir, counted: true })
+        // Counted before anything is created, so a finishing leaf's cleanup never removes the
+        // base under us; if one had already decided to, the base is made again and we retry.
+        LIVE.fetch_add(1, Ordering::AcqRel);
+        let mut result = Err(io::Error::from(io::ErrorKind::NotFound));
+        for _ in 0..3 {
+            let _ = std::fs::create_dir(base);
+            result = std::fs::create_dir(&dir);
+            if !matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                break;
             }
+        }
+        match result {
+            Ok(()) => Some(Cgroup { dir, counted: true }),
             Err(e) => {
+                LIVE.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(error = %e, dir = %dir.display(), "cannot create a cgroup leaf");
                 None
             }
