@@ -152,6 +152,20 @@ pub fn distribution(samples: &mut [Duration]) -> Option<Distribution> {
     })
 }
 
+/// An error of the example hosts.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Waits for `fut` at most `limit`, naming what was awaited if it took too long.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, BoxError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| format!("timed out after {limit:?} waiting for {what}").into())
+}
+
 /// Milliseconds with three decimals (microsecond resolution).
 pub fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)

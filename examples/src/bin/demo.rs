@@ -20,7 +20,6 @@
 //! Every worker is shut down and reaped before the demo exits, and the demo checks that each
 //! worker's process group is empty.
 
-use std::error::Error;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,9 +31,7 @@ use warden::{
     CancellationToken, Command, Deadlines, ExitStatus, JobOptions, JobReport, Outcome, Stage,
     Worker, WorkerConfig,
 };
-use warden_examples::{Table, WorkSpec, ms, workers};
-
-type BoxError = Box<dyn Error + Send + Sync>;
+use warden_examples::{BoxError, Table, WorkSpec, ms, within, workers};
 
 /// Deadlines short enough for the demo to end in about a second.
 const DEADLINES: Deadlines = Deadlines {
@@ -45,17 +42,6 @@ const DEADLINES: Deadlines = Deadlines {
 
 /// Bound on every wait for a worker to start, become ready or report.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Waits for `fut` at most `limit`, naming what was awaited if it took too long.
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl Future<Output = T>,
-) -> Result<T, BoxError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .map_err(|_| format!("timed out after {limit:?} waiting for {what}").into())
-}
 
 /// One row of the table, and what is needed to check the worker is gone afterwards.
 struct Row {

@@ -19,8 +19,6 @@
 //! The default run takes about 15 s on two cores. Run it in release mode:
 //! `cargo run --release -p warden-examples --bin ladder-bench`.
 
-use std::error::Error;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -29,9 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use warden::{CancellationToken, Deadlines, JobOptions, JobReport, Outcome, Worker, WorkerConfig};
-use warden_examples::{Table, WorkSpec, distribution, ms, workers};
-
-type BoxError = Box<dyn Error + Send + Sync>;
+use warden_examples::{BoxError, Table, WorkSpec, distribution, ms, within, workers};
 
 /// Bound on every wait for a worker to start, become ready or report.
 const WAIT: Duration = Duration::from_secs(10);
@@ -76,17 +72,6 @@ fn parse_args() -> Result<Option<Options>, BoxError> {
         }
     }
     Ok(Some(options))
-}
-
-/// Waits for `fut` at most `limit`, naming what was awaited if it took too long.
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl Future<Output = T>,
-) -> Result<T, BoxError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .map_err(|_| format!("timed out after {limit:?} waiting for {what}").into())
 }
 
 /// The child side of the ping-pong baseline: echo every byte on stdin (a socket) back to it.

@@ -24,3 +24,22 @@ pub(crate) mod unix;
 
 #[cfg(test)]
 mod gnu_differential;
+
+/// The runtime both subcommands run on (current-thread: warden itself does little), started
+/// after argument parsing; as PID 1 also the reaper of orphaned zombies (tini's duty). Prints
+/// one line and returns `None` if the runtime cannot start.
+pub(crate) fn start_runtime(program: &str) -> Option<tokio::runtime::Runtime> {
+    if std::process::id() == 1 {
+        warden::start_orphan_reaper();
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            None
+        }
+    }
+}

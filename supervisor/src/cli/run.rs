@@ -177,18 +177,8 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
             return EXIT_CANCELED;
         }
     };
-    if std::process::id() == 1 {
-        warden::start_orphan_reaper();
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
-            return EXIT_CANCELED;
-        }
+    let Some(runtime) = super::start_runtime(PROGRAM) else {
+        return EXIT_CANCELED;
     };
     let (facts, output) = runtime.block_on(supervise(&args, containment, payload));
     // Dropping the runtime ends the worker's actor: its cgroup leaf is removed.

@@ -55,18 +55,8 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         }
     };
     unix::ignore_tty_stop_signals();
-    if std::process::id() == 1 {
-        warden::start_orphan_reaper();
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("{PROGRAM}: cannot start the runtime: {e}");
-            return EXIT_CANCELED;
-        }
+    let Some(runtime) = super::start_runtime(PROGRAM) else {
+        return EXIT_CANCELED;
     };
     let ending = runtime.block_on(supervise(&invocation, containment));
     // Dropping the runtime drops what is left of the tree (its cgroup is removed).
