@@ -304,14 +304,14 @@ impl Tree {
             return self.child.exit_status();
         }
         self.kill_leftovers();
-        let deadline = Instant::now() + reap_timeout;
+        let deadline = Instant::now().checked_add(reap_timeout);
         let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
             Ok(Ok(_)) => {
                 // Members die while the exited, unreaped leader still pins the group id.
                 let mut pause = Duration::from_millis(1);
                 loop {
                     self.kill_leftovers();
-                    if !self.has_members() || Instant::now() >= deadline {
+                    if !self.has_members() || deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
                     tokio::time::sleep(pause).await;

@@ -33,12 +33,23 @@ pub(crate) enum Request {
     },
 }
 
-/// Sleeps until `at`, or forever when there is no deadline.
+/// Sleeps until `at`, or forever when there is no deadline. Sleeps at most a day at a time:
+/// tokio's timer saturates near two years and would wake a far deadline early.
 pub(crate) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => pending().await,
+    const STEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let Some(at) = at else { return pending().await };
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        tokio::time::sleep(at.saturating_duration_since(now).min(STEP)).await;
     }
+}
+
+/// `now + d`, or `None` (never) when that is beyond what an `Instant` can hold.
+pub(crate) fn deadline_after(now: Instant, d: std::time::Duration) -> Option<Instant> {
+    now.checked_add(d)
 }
 
 async fn next_event(channel: &mut Option<Channel>) -> Event {
@@ -162,7 +173,7 @@ impl Actor {
                     Event::Stalled => self.idle_violation(self.stalled()),
                     // The worker hung up while idle: it is leaving. Give it the drain time to
                     // exit on its own, then make sure.
-                    Event::Eof => idle_eof_deadline = Some(Instant::now() + self.config.drain_timeout),
+                    Event::Eof => idle_eof_deadline = deadline_after(Instant::now(), self.config.drain_timeout),
                 },
                 status = self.tree.wait() => self.finish_process(status.ok()).await,
                 () = sleep_until(idle_eof_deadline) => {
@@ -241,7 +252,7 @@ impl Actor {
         }
         let deadlines = options.deadlines.unwrap_or(self.config.deadlines);
         let mut esc = Escalation::new(deadlines, self.config.protocol);
-        let timeout_at = options.timeout.map(|t| started + t);
+        let timeout_at = options.timeout.and_then(|t| deadline_after(started, t));
         // A plain program that already ended: its run is over whatever the caller's token says,
         // and its exit decides the outcome.
         let ended_before_start = !self.config.protocol && self.tree.exit_status().is_some();
@@ -353,7 +364,7 @@ impl Actor {
                     }
                     let now = Instant::now();
                     esc.handle_exit(now);
-                    st.drain_deadline = Some(now + self.config.drain_timeout);
+                    st.drain_deadline = deadline_after(now, self.config.drain_timeout);
                     // Leftovers in the worker's tree die now, while the exited leader still
                     // pins the group id; this also closes any copy of the channel they hold.
                     let _ = self.tree.kill_tree();
@@ -419,7 +430,7 @@ impl Actor {
             // An exiting worker closes its channel too; the deadline only matters if it does
             // not exit.
             Event::Eof => {
-                st.hangup_deadline = Some(Instant::now() + self.config.drain_timeout);
+                st.hangup_deadline = deadline_after(Instant::now(), self.config.drain_timeout);
                 return;
             }
             Event::Invalid(e) => return self.violation(st, esc, Violation::Frame(e), span),

@@ -151,7 +151,7 @@ async fn handshake(
     config: &WorkerConfig,
 ) -> Result<(u16, String), SpawnError> {
     let pid = child.pid();
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = super::actor::deadline_after(Instant::now(), config.handshake_timeout);
     loop {
         tokio::select! {
             status = child.wait_exit() => {
@@ -193,7 +193,7 @@ async fn handshake(
                 }
                 Event::Eof => {}
             },
-            () = sleep_until(Some(deadline)) => {
+            () = sleep_until(deadline) => {
                 return Err(SpawnError::HandshakeTimeout { pid, timeout: config.handshake_timeout });
             }
         }

@@ -369,3 +369,46 @@ fn payload_over_the_frame_limit_is_refused_and_the_worker_lives_on() {
         },
     );
 }
+
+#[test]
+fn unbounded_timeouts_and_deadlines_mean_never() {
+    // Duration::MAX is "no limit", not an overflow: no panic in the supervisor, no early fire.
+    e2e(
+        "unbounded_timeouts_and_deadlines_mean_never",
+        |t| async move {
+            let forever = warden::Deadlines {
+                grace: std::time::Duration::MAX,
+                kill_after: std::time::Duration::MAX,
+                reap_timeout: std::time::Duration::MAX,
+            };
+            let mut config = WorkerConfig::protocol()
+                .deadlines(forever)
+                .handshake_timeout(std::time::Duration::MAX);
+            config.drain_timeout = std::time::Duration::MAX;
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            let options = JobOptions::new().timeout(std::time::Duration::MAX);
+            let report = run_job(&worker, echo(b"still here"), options).await;
+            assert_eq!(
+                report.outcome,
+                Outcome::Completed(b"still here".to_vec()),
+                "{report:#?}"
+            );
+            assert_eq!(report.reason, None);
+
+            // A cancel still works: the cooperative worker acknowledges at once.
+            let token = CancellationToken::new();
+            let (options, mut progress) = watch(
+                JobOptions::new()
+                    .token(token.clone())
+                    .timeout(std::time::Duration::MAX),
+            );
+            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+                progress.ready().await;
+                token.cancel();
+            });
+            assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+            assert_eq!(report.reason, Some(CancelReason::Requested));
+            let _ = shutdown(worker).await;
+        },
+    );
+}
