@@ -54,3 +54,30 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024;
 /// Longest progress text a peer should send, in bytes. The SDK truncates to it; the supervisor
 /// truncates what it receives to it.
 pub const MAX_PROGRESS_TEXT: usize = 256;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary: how
+/// both sides cut progress and error texts to their limits.
+pub fn truncate_str(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_str;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_str("abc", 2), "ab");
+        assert_eq!(truncate_str("aé", 2), "a");
+        assert_eq!(truncate_str("é", 2), "é");
+        assert_eq!(truncate_str("", 0), "");
+        assert_eq!(truncate_str("é", 1), "");
+    }
+}

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
-use warden_protocol::MAX_PROGRESS_TEXT;
+use warden_protocol::{MAX_PROGRESS_TEXT, truncate_str};
 
 /// One coalesced progress update, ready for the wire.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -83,7 +83,7 @@ impl Progress {
         if fraction.is_none() && text.is_none() {
             return;
         }
-        let text = text.map(|t| truncate(t, MAX_PROGRESS_TEXT).to_owned());
+        let text = text.map(|t| truncate_str(t, MAX_PROGRESS_TEXT).to_owned());
         {
             let mut state = self.shared.lock();
             if state.closed {
@@ -117,18 +117,6 @@ fn clamp_fraction(fraction: f32) -> Option<f32> {
     } else {
         Some(fraction.clamp(0.0, 1.0))
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -179,9 +167,6 @@ mod tests {
 
     #[test]
     fn text_is_cut_at_a_char_boundary() {
-        assert_eq!(truncate("abc", 2), "ab");
-        assert_eq!(truncate("aé", 2), "a");
-        assert_eq!(truncate("é", 2), "é");
         let long = "ü".repeat(MAX_PROGRESS_TEXT);
         let (p, shared) = progress();
         p.set_text(&long);

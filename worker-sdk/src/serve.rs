@@ -696,13 +696,8 @@ fn output_too_large(len: usize, max: u32) -> String {
 
 /// Cuts `text` to at most `max` bytes at a character boundary.
 fn truncate_string(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let end = warden_protocol::truncate_str(text, max).len();
+    text.truncate(end);
 }
 
 async fn recv_signal(signal: &mut Option<Signal>) {

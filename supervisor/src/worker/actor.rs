@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 use warden_protocol::{
     CancelReason, EncodeError, JobId, MAX_PROGRESS_TEXT, SupervisorMessage, WorkerMessage,
+    truncate_str,
 };
 
 use super::config::{JobOptions, Progress, WorkerConfig};
@@ -50,6 +51,18 @@ pub(crate) async fn sleep_until(at: Option<Instant>) {
 /// `now + d`, or `None` (never) when that is beyond what an `Instant` can hold.
 pub(crate) fn deadline_after(now: Instant, d: std::time::Duration) -> Option<Instant> {
     now.checked_add(d)
+}
+
+/// The violation a message the worker should not have sent amounts to: a second hello, or a
+/// job message for a job that is not running.
+fn unexpected(msg: &WorkerMessage) -> Violation {
+    match msg {
+        WorkerMessage::Hello { .. } => Violation::RepeatedHello,
+        _ => Violation::NotRunning {
+            kind: msg.kind(),
+            job: msg.job().unwrap_or(JobId(0)),
+        },
+    }
 }
 
 async fn next_event(channel: &mut Option<Channel>) -> Event {
@@ -161,14 +174,7 @@ impl Actor {
                 },
                 event = next_event(&mut self.channel), if live => match event {
                     Event::Message(WorkerMessage::Heartbeat) => {}
-                    Event::Message(m) => {
-                        let v = match (m.job(), &m) {
-                            (_, WorkerMessage::Hello { .. }) => Violation::RepeatedHello,
-                            (Some(job), _) => Violation::NotRunning { kind: m.kind(), job },
-                            (None, _) => Violation::NotRunning { kind: m.kind(), job: JobId(0) },
-                        };
-                        self.idle_violation(v);
-                    }
+                    Event::Message(m) => self.idle_violation(unexpected(&m)),
                     Event::Invalid(e) => self.idle_violation(Violation::Frame(e)),
                     Event::Stalled => self.idle_violation(self.stalled()),
                     // The worker hung up while idle: it is leaving. Give it the drain time to
@@ -439,7 +445,6 @@ impl Actor {
         let running = st.result.is_none();
         match msg {
             WorkerMessage::Heartbeat => {}
-            WorkerMessage::Hello { .. } => self.violation(st, esc, Violation::RepeatedHello, span),
             WorkerMessage::Progress {
                 job,
                 fraction,
@@ -449,16 +454,7 @@ impl Actor {
                     let fraction = fraction
                         .filter(|f| f.is_finite())
                         .map(|f| f.clamp(0.0, 1.0));
-                    let text = text.map(|mut t| {
-                        if t.len() > MAX_PROGRESS_TEXT {
-                            let mut end = MAX_PROGRESS_TEXT;
-                            while !t.is_char_boundary(end) {
-                                end -= 1;
-                            }
-                            t.truncate(end);
-                        }
-                        t
-                    });
+                    let text = text.map(|t| truncate_str(&t, MAX_PROGRESS_TEXT).to_owned());
                     f(Progress {
                         job,
                         fraction,
@@ -475,13 +471,7 @@ impl Actor {
             WorkerMessage::Failed { job, error } if job == st.id && running => {
                 self.result(st, esc, WorkerResult::Failed(error));
             }
-            other => {
-                let v = Violation::NotRunning {
-                    kind: other.kind(),
-                    job: other.job().unwrap_or(JobId(0)),
-                };
-                self.violation(st, esc, v, span);
-            }
+            other => self.violation(st, esc, unexpected(&other), span),
         }
     }
 
