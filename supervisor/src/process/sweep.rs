@@ -48,28 +48,55 @@ fn all_pids() -> Vec<i32> {
         .collect()
 }
 
-/// Live descendants of `root` (not `root` itself), from one snapshot of /proc.
-pub(crate) fn descendants(root: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for pid in all_pids() {
-        if let Some(st) = stat(pid)
-            && !st.zombie
-        {
-            children.entry(st.ppid).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    let mut seen = HashSet::new();
-    while let Some(p) = stack.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if seen.insert(c) {
-                out.push(c);
-                stack.push(c);
+/// One snapshot of who is whose child, for any number of subtree queries.
+pub(crate) struct Snapshot {
+    children: HashMap<i32, Vec<i32>>,
+}
+
+impl Snapshot {
+    /// Reads /proc once (live processes only).
+    pub(crate) fn take() -> Snapshot {
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for pid in all_pids() {
+            if let Some(st) = stat(pid)
+                && !st.zombie
+            {
+                children.entry(st.ppid).or_default().push(pid);
             }
         }
+        Snapshot { children }
     }
-    out
+
+    /// Live descendants of `root` (not `root` itself), in this snapshot.
+    pub(crate) fn descendants(&self, root: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        let mut seen = HashSet::new();
+        while let Some(p) = stack.pop() {
+            for &c in self.children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+                if seen.insert(c) {
+                    out.push(c);
+                    stack.push(c);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `pid` descends from `root` now, by walking its parent chain (a few reads of
+/// /proc/<pid>/stat, not a scan of /proc).
+pub(crate) fn descends_from(pid: i32, root: i32) -> bool {
+    let mut p = pid;
+    // Bounded: a parent chain never loops, but /proc can change under the walk.
+    for _ in 0..1024 {
+        match stat(p) {
+            Some(st) if st.ppid == root => return true,
+            Some(st) if st.ppid > 1 => p = st.ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Live members of process group `pgid`, from one snapshot of /proc.

@@ -1,6 +1,6 @@
 //! A process tree under containment: the program, everything it starts, and nothing else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -265,11 +265,7 @@ impl Tree {
             }
             let _ = cg.kill();
         }
-        if self.new_group {
-            self.signal_tree(libc::SIGKILL)
-        } else {
-            self.child.signal(libc::SIGKILL)
-        }
+        self.signal_tree(libc::SIGKILL)
     }
 
     /// Waits until the program exits (without reaping it, so its group can still be signalled).
@@ -303,14 +299,14 @@ impl Tree {
         if self.child.is_reaped() {
             return self.child.exit_status();
         }
-        self.kill_leftovers();
+        let _ = self.kill_tree();
         let deadline = Instant::now().checked_add(reap_timeout);
         let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
             Ok(Ok(_)) => {
                 // Members die while the exited, unreaped leader still pins the group id.
                 let mut pause = Duration::from_millis(1);
                 loop {
-                    self.kill_leftovers();
+                    let _ = self.kill_tree();
                     if !self.has_members() || deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
@@ -330,11 +326,6 @@ impl Tree {
     /// Pids of descendants found outside the process group and signalled so far.
     pub fn escaped(&self) -> Vec<u32> {
         self.escaped.iter().copied().collect()
-    }
-
-    /// Kills what remains of the tree once the program has exited (or at the end).
-    pub(crate) fn kill_leftovers(&mut self) {
-        let _ = self.kill_tree();
     }
 
     pub(crate) fn child_mut(&mut self) -> &mut Child {
@@ -359,8 +350,8 @@ impl Tree {
         match &self.cgroup {
             Some(cg) => cg.pids().contains(&(pid as u32)),
             None => {
-                sweep::has_env(pid, &format!("{TREE_TAG_ENV}={}", self.tag))
-                    || sweep::descendants(self.child.pid() as i32).contains(&pid)
+                sweep::descends_from(pid, self.child.pid() as i32)
+                    || sweep::has_env(pid, &format!("{TREE_TAG_ENV}={}", self.tag))
             }
         }
     }
@@ -372,15 +363,16 @@ impl Tree {
         let candidates: Vec<i32> = match (&self.cgroup, self.mode) {
             (Some(cg), _) => cg.pids().into_iter().map(|p| p as i32).collect(),
             (None, ContainmentMode::Subreaper) => {
+                // One scan: the leader is our child, so its subtree is inside ours.
+                let snapshot = sweep::Snapshot::take();
+                let under_leader: HashSet<i32> = snapshot.descendants(leader).into_iter().collect();
                 let tag = format!("{TREE_TAG_ENV}={}", self.tag);
-                let mut c = sweep::descendants(leader);
-                // Orphans re-parented to us: ours if they carry the tree's tag.
-                for p in sweep::descendants(me) {
-                    if !c.contains(&p) && p != leader && sweep::has_env(p, &tag) {
-                        c.push(p);
-                    }
-                }
-                c
+                // Orphans re-parented to us are ours if they carry the tree's tag.
+                snapshot
+                    .descendants(me)
+                    .into_iter()
+                    .filter(|p| under_leader.contains(p) || sweep::has_env(*p, &tag))
+                    .collect()
             }
             _ => Vec::new(),
         };
