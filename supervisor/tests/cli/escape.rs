@@ -388,3 +388,72 @@ fn run_sigkilled_subreaper() {
 fn run_sigkilled_process_group() {
     warden_sigkilled(Sub::Run, Mode::ProcessGroup);
 }
+
+/// Without root (and without a delegated cgroup), `auto` degrades to the subreaper, says so in
+/// the report, and still lets nothing of the tree survive. Run as `nobody` through `setpriv`
+/// when the tests run as root; skipped otherwise.
+fn unprivileged_auto(sub: Sub) {
+    if effective_uid() != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping: needs root and setpriv to run warden as nobody");
+        return;
+    }
+    let (exe, fixture_args) = fixture_argv();
+    let mut args = vec!["--reuid=65534", "--regid=65534", "--clear-groups", WARDEN];
+    args.extend(match sub {
+        Sub::Timeout => &["timeout", "30"][..],
+        Sub::Run => &["run", "--report", "-", "--"],
+    });
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command("/usr/bin/setpriv", &args, &mark);
+    cmd.env(ROLE_VAR, "tree:exit:setsid,daemon");
+    let what = format!("{sub:?} as nobody");
+    let mut proc = Proc::start(&what, cmd, &mark);
+    let mut left = BTreeSet::new();
+    for shape in ["setsid", "daemon"] {
+        let prefix = format!("up {shape} ");
+        let line = proc.wait_line(&prefix, |l| l.starts_with(&prefix));
+        left.insert(line[prefix.len()..].parse::<i64>().expect("pid"));
+    }
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(0), "{what}: {}", done.stderr);
+    if sub == Sub::Run {
+        let report: Value = done
+            .stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{what}: no report in {}", done.stdout));
+        assert_eq!(report["containment"], "subreaper", "{what}: {report}");
+        let escaped: BTreeSet<i64> = report["escaped"]
+            .as_array()
+            .expect("escaped is an array")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
+        assert_eq!(escaped, left, "{what}: {report}");
+    }
+}
+
+#[test]
+fn timeout_unprivileged_falls_back_to_subreaper() {
+    unprivileged_auto(Sub::Timeout);
+}
+
+#[test]
+fn run_unprivileged_falls_back_to_subreaper() {
+    unprivileged_auto(Sub::Run);
+}
+
+/// This process's effective uid, from /proc (nix's `user` feature is not enabled here).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
