@@ -1,5 +1,14 @@
 //! cgroup v2 leaves: one per tree, killed with `cgroup.kill`, empty when `cgroup.events` says
 //! `populated 0`. Used when warden can create cgroups (root, or a delegated subtree).
+//!
+//! A supervisor that is SIGKILLed cannot clean up, and `PR_SET_PDEATHSIG` reaches only each
+//! tree's first process: whatever that process started would live on in its leaf. So the first
+//! time a base directory is made, a guard process is started (this binary again, through the
+//! exec shim's entry point): it holds the read end of a pipe whose write end only the
+//! supervisor holds, and when that pipe reaches EOF (the supervisor has exited, however) it
+//! writes `cgroup.kill` on the base, which kills every leaf, and removes them. The guard has a
+//! process group of its own and ignores stop signals, so a Ctrl-C or a SIGTERM to the
+//! supervisor does not take it first.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -72,7 +81,69 @@ fn probe() -> io::Result<PathBuf> {
             "cgroup.kill needs Linux 5.14",
         ));
     }
+    start_guard(&base);
     Ok(base)
+}
+
+/// Starts the guard that kills and removes `base` once this process is gone (see the module
+/// docs). Without an exec shim there is no binary to run it: then a SIGKILLed supervisor's
+/// leaves are only killed by the next supervisor's stale sweep.
+fn start_guard(base: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    static GUARD: OnceLock<std::process::ChildStdin> = OnceLock::new();
+    if GUARD.get().is_some() {
+        return;
+    }
+    if !super::shim::available() {
+        tracing::debug!("no exec shim: no guard for the cgroups of a supervisor that is killed");
+        return;
+    }
+    let exe = super::shim::executable();
+    let started = std::process::Command::new(std::ffi::OsStr::from_bytes(exe.as_bytes()))
+        .arg(super::shim::GUARD_ARG)
+        .arg(base)
+        // The pipe's write end is close-on-exec and stays here: no tree inherits it.
+        .stdin(Stdio::piped())
+        // Nothing of the caller's is held open by the guard (a shell reading our output
+        // must not wait for it).
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match started {
+        // The guard is never waited for: it outlives us by design (and as a zombie, if it
+        // ended first, it is reaped by the orphan reaper or by whoever inherits it).
+        Ok(mut guard) => {
+            if let Some(pipe) = guard.stdin.take() {
+                let _ = GUARD.set(pipe);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not start the cgroup guard"),
+    }
+}
+
+/// The guard's work once its supervisor is gone: kill everything under `base`, wait (bounded)
+/// until it is empty, remove the leaves and the base.
+pub(crate) fn kill_and_remove_base(base: &Path) {
+    if !base.exists() {
+        return;
+    }
+    // cgroup.kill on a parent kills every process in all its descendants.
+    let _ = std::fs::write(base.join("cgroup.kill"), b"1\n");
+    for _ in 0..250 {
+        if !populated(base) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Ok(leaves) = std::fs::read_dir(base) {
+        for leaf in leaves.flatten().filter(|l| l.path().is_dir()) {
+            let _ = std::fs::remove_dir(leaf.path());
+        }
+    }
+    let _ = std::fs::remove_dir(base);
 }
 
 /// Who owns a base directory: the pid namespace (cgroup directories are shared across pid
@@ -212,9 +283,7 @@ impl Cgroup {
 
     /// True while any process is in the leaf.
     pub(crate) fn populated(&self) -> bool {
-        std::fs::read_to_string(self.dir.join("cgroup.events"))
-            .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
-            .unwrap_or(false)
+        populated(&self.dir)
     }
 }
 
@@ -268,6 +337,13 @@ fn remove_base_if_idle(counted: bool) {
         // Fails harmlessly while another leaf is still being removed.
         let _ = std::fs::remove_dir(base);
     }
+}
+
+/// True while any process is in the cgroup at `dir` or below it.
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
 }
 
 /// Leaves alive now; the base directory is removed when this drops to zero.

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// argv[1] that marks a shim invocation.
 pub(crate) const SHIM_ARG: &str = "__warden_shim";
+/// argv[1] that marks the cgroup guard (see [`super::cgroup`]): `__warden_guard BASE_DIR`.
+pub(crate) const GUARD_ARG: &str = "__warden_guard";
 
 static SHIM_CAPABLE: AtomicBool = AtomicBool::new(false);
 static EXTERNAL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -79,15 +81,60 @@ impl ShimPlan {
 /// started as warden's exec shim it does the shim's work and execs the target program (it never
 /// returns); otherwise it returns at once and records that this binary can serve as its own
 /// shim, which enables PDEATHSIG and race-free cgroup placement for the trees it spawns.
+///
+/// The same binary also serves as warden's cgroup guard (started once per supervisor that
+/// uses cgroup containment), which kills and removes the supervisor's cgroups when it dies.
 pub fn run_if_shim() {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() != Some(std::ffi::OsStr::new(SHIM_ARG)) {
+    let role = args.nth(1);
+    #[cfg(target_os = "linux")]
+    if role.as_deref() == Some(std::ffi::OsStr::new(GUARD_ARG)) {
+        let code = match args.next() {
+            Some(base) => guard_main(std::path::Path::new(&base)),
+            None => 125,
+        };
+        std::process::exit(code);
+    }
+    if role.as_deref() != Some(std::ffi::OsStr::new(SHIM_ARG)) {
         SHIM_CAPABLE.store(true, Ordering::Relaxed);
         return;
     }
     let rest: Vec<OsString> = args.collect();
     let code = shim_main(rest);
     std::process::exit(code);
+}
+
+/// The cgroup guard: waits for EOF on stdin (a pipe whose only write end the supervisor
+/// holds, so EOF means the supervisor is gone, however it ended), then kills everything left
+/// under the supervisor's cgroup base and removes it. Stop signals are ignored: a Ctrl-C or a
+/// SIGTERM meant for the supervisor must not take its guard first.
+#[cfg(target_os = "linux")]
+fn guard_main(base: &std::path::Path) -> i32 {
+    use std::io::Read;
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ] {
+        super::unix::ignore_signal(sig);
+    }
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    super::cgroup::kill_and_remove_base(base);
+    0
 }
 
 fn shim_main(args: Vec<OsString>) -> i32 {

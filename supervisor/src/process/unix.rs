@@ -341,6 +341,14 @@ pub(crate) fn reset_signal_default(sig: libc::c_int) {
     unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
+/// Ignores `sig` in this process (the cgroup guard ignores stop signals meant for the
+/// supervisor).
+pub(crate) fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: installing SIG_IGN runs no code of ours in a handler; the guard is
+    // single-threaded when it calls this.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
 /// Replaces this process with `path` (argv as given), falling back to `/bin/sh path args...`
 /// on ENOEXEC as execvp does. Returns only on failure.
 pub(crate) fn exec(path: &std::ffi::OsStr, argv: &[std::ffi::OsString]) -> io::Error {

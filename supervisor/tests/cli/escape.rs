@@ -267,3 +267,193 @@ fn timeout_foreground_leaves_children_alone() {
     assert_eq!(done.ended, Ended::Code(124));
     assert_eq!(left.len(), 1, "the command's child is left alone: {left:?}");
 }
+
+/// warden's cgroup base directories (`warden-<pidns>-<pid>-<start>`) for `pid`, under our own
+/// cgroup (warden is our child, so it started in it).
+fn cgroup_bases_of(pid: i32) -> Vec<std::path::PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let Some(mount) = info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4))
+            .flatten()
+    }) else {
+        return Vec::new();
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Vec::new();
+    };
+    let dir = std::path::Path::new(mount).join(own.trim_start_matches('/'));
+    let infix = format!("-{pid}-");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("warden-") && n.contains(&infix))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// warden itself SIGKILLed while the whole tree is up: the command dies with it
+/// (`PR_SET_PDEATHSIG`). With cgroup containment nothing survives (warden's guard kills and
+/// removes its cgroups); in the other modes what the command started may outlive warden (the
+/// documented limit), and is killed here by PID.
+fn warden_sigkilled(sub: Sub, mode: Mode) {
+    if !mode.available() {
+        return;
+    }
+    let (exe, fixture_args) = fixture_argv();
+    let mut args: Vec<&str> = match sub {
+        Sub::Timeout => vec!["timeout", "30"],
+        Sub::Run => vec!["run", "--"],
+    };
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command(WARDEN, &args, &mark);
+    cmd.env("WARDEN_CONTAINMENT", mode.arg())
+        .env(ROLE_VAR, format!("tree:hang:{}", SHAPES.join(",")));
+    let what = format!("{sub:?} SIGKILLed under {}", mode.arg());
+    let mut proc = Proc::start(&what, cmd, &mark);
+    let mut shapes = BTreeSet::new();
+    for shape in SHAPES {
+        let prefix = format!("up {shape} ");
+        let line = proc.wait_line(&prefix, |l| l.starts_with(&prefix));
+        shapes.insert(line[prefix.len()..].parse::<i32>().expect("shape pid"));
+    }
+    let ready = proc.wait_line("ready", |l| l.starts_with("ready "));
+    let command_pid: i32 = ready["ready ".len()..].parse().expect("pid");
+    let warden = proc.pid();
+    proc.signal(Signal::SIGKILL);
+    let strong = mode == Mode::Cgroup;
+    let (done, left) = proc.finish_allowing(|s| !strong && shapes.contains(&s.pid));
+    assert_eq!(done.ended, Ended::Signal(libc::SIGKILL), "{what}");
+    assert!(
+        left.iter().all(|s| s.pid != command_pid),
+        "{what}: the command outlived warden"
+    );
+    eprintln!(
+        "{what}: {} of {} descendants outlived warden (killed by PID)",
+        left.len(),
+        shapes.len()
+    );
+    if strong {
+        // The guard removes the base once the tree is gone; observed, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !cgroup_bases_of(warden).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: cgroups left behind: {:?}",
+                cgroup_bases_of(warden)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn timeout_sigkilled_cgroup() {
+    warden_sigkilled(Sub::Timeout, Mode::Cgroup);
+}
+
+#[test]
+fn timeout_sigkilled_subreaper() {
+    warden_sigkilled(Sub::Timeout, Mode::Subreaper);
+}
+
+#[test]
+fn timeout_sigkilled_process_group() {
+    warden_sigkilled(Sub::Timeout, Mode::ProcessGroup);
+}
+
+#[test]
+fn run_sigkilled_cgroup() {
+    warden_sigkilled(Sub::Run, Mode::Cgroup);
+}
+
+#[test]
+fn run_sigkilled_subreaper() {
+    warden_sigkilled(Sub::Run, Mode::Subreaper);
+}
+
+#[test]
+fn run_sigkilled_process_group() {
+    warden_sigkilled(Sub::Run, Mode::ProcessGroup);
+}
+
+/// Without root (and without a delegated cgroup), `auto` degrades to the subreaper, says so in
+/// the report, and still lets nothing of the tree survive. Run as `nobody` through `setpriv`
+/// when the tests run as root; skipped otherwise.
+fn unprivileged_auto(sub: Sub) {
+    if effective_uid() != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping: needs root and setpriv to run warden as nobody");
+        return;
+    }
+    let (exe, fixture_args) = fixture_argv();
+    let mut args = vec!["--reuid=65534", "--regid=65534", "--clear-groups", WARDEN];
+    args.extend(match sub {
+        Sub::Timeout => &["timeout", "30"][..],
+        Sub::Run => &["run", "--report", "-", "--"],
+    });
+    args.push(&exe);
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command("/usr/bin/setpriv", &args, &mark);
+    cmd.env(ROLE_VAR, "tree:exit:setsid,daemon");
+    let what = format!("{sub:?} as nobody");
+    let mut proc = Proc::start(&what, cmd, &mark);
+    let mut left = BTreeSet::new();
+    for shape in ["setsid", "daemon"] {
+        let prefix = format!("up {shape} ");
+        let line = proc.wait_line(&prefix, |l| l.starts_with(&prefix));
+        left.insert(line[prefix.len()..].parse::<i64>().expect("pid"));
+    }
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(0), "{what}: {}", done.stderr);
+    if sub == Sub::Run {
+        let report: Value = done
+            .stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{what}: no report in {}", done.stdout));
+        assert_eq!(report["containment"], "subreaper", "{what}: {report}");
+        let escaped: BTreeSet<i64> = report["escaped"]
+            .as_array()
+            .expect("escaped is an array")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
+        assert_eq!(escaped, left, "{what}: {report}");
+    }
+}
+
+#[test]
+fn timeout_unprivileged_falls_back_to_subreaper() {
+    unprivileged_auto(Sub::Timeout);
+}
+
+#[test]
+fn run_unprivileged_falls_back_to_subreaper() {
+    unprivileged_auto(Sub::Run);
+}
+
+/// This process's effective uid, from /proc (nix's `user` feature is not enabled here).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
