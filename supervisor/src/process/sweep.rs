@@ -48,26 +48,34 @@ fn all_pids() -> Vec<i32> {
         .collect()
 }
 
-/// One snapshot of who is whose child, for any number of subtree queries.
+/// One read of /proc (live processes only), for any number of subtree and group queries.
 pub(crate) struct Snapshot {
+    stats: HashMap<i32, Stat>,
     children: HashMap<i32, Vec<i32>>,
 }
 
 impl Snapshot {
-    /// Reads /proc once (live processes only).
+    /// Reads /proc once.
     pub(crate) fn take() -> Snapshot {
+        let mut stats = HashMap::new();
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
         for pid in all_pids() {
             if let Some(st) = stat(pid)
                 && !st.zombie
             {
                 children.entry(st.ppid).or_default().push(pid);
+                stats.insert(pid, st);
             }
         }
-        Snapshot { children }
+        Snapshot { stats, children }
     }
 
-    /// Live descendants of `root` (not `root` itself), in this snapshot.
+    /// What the snapshot saw of `pid` (`None`: gone or a zombie by then).
+    pub(crate) fn stat(&self, pid: i32) -> Option<Stat> {
+        self.stats.get(&pid).copied()
+    }
+
+    /// Live descendants of `root` (not `root` itself).
     pub(crate) fn descendants(&self, root: i32) -> Vec<i32> {
         let mut out = Vec::new();
         let mut stack = vec![root];
@@ -81,6 +89,13 @@ impl Snapshot {
             }
         }
         out
+    }
+
+    /// Whether any live process other than `pgid` itself is in process group `pgid`.
+    pub(crate) fn group_has_members(&self, pgid: i32) -> bool {
+        self.stats
+            .iter()
+            .any(|(&pid, st)| pid != pgid && st.pgrp == pgid)
     }
 }
 
@@ -99,14 +114,6 @@ pub(crate) fn descends_from(pid: i32, root: i32) -> bool {
     false
 }
 
-/// Live members of process group `pgid`, from one snapshot of /proc.
-pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| p != pgid && stat(p).is_some_and(|s| s.pgrp == pgid && !s.zombie))
-        .collect()
-}
-
 /// Whether /proc/<pid>/environ holds `entry` (`KEY=VALUE`).
 pub(crate) fn has_env(pid: i32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -118,21 +125,22 @@ pub(crate) fn has_env(pid: i32, entry: &str) -> bool {
 /// child subreaper, or PID 1). Returns how many were reaped.
 pub(crate) fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
-    let owned = owned();
-    let mut reaped = 0;
-    for pid in all_pids() {
-        if owned.contains(&pid) {
-            continue;
-        }
-        if let Some(st) = stat(pid)
-            && st.ppid == me
-            && st.zombie
-            && matches!(super::unix::reap(pid, false), Ok(Some(_)))
-        {
-            reaped += 1;
-        }
+    // The scan reads every /proc/<pid>/stat: do it without the lock, which the spawner holds
+    // across posix_spawn (a scan under it delayed every spawn by a scan). A zombie child of ours
+    // stays ours until someone reaps it, and a pid is registered as owned before its process
+    // can exit, so checking ownership under the lock just before the reap is enough.
+    let zombies: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|&pid| stat(pid).is_some_and(|st| st.ppid == me && st.zombie))
+        .collect();
+    if zombies.is_empty() {
+        return 0;
     }
-    reaped
+    let owned = owned();
+    zombies
+        .into_iter()
+        .filter(|pid| !owned.contains(pid) && matches!(super::unix::reap(*pid, false), Ok(Some(_))))
+        .count()
 }
 
 /// Starts (once) a thread that reaps, every 100 ms, zombies among this process's children that

@@ -246,7 +246,7 @@ impl Tree {
             return self.child.signal(sig);
         }
         let result = self.child.signal_group(sig);
-        for pid in self.outside_group() {
+        for pid in self.outside_group(None) {
             if signal_member(pid, sig, |p| self.is_member(p)) {
                 self.escaped.insert(pid as u32);
             }
@@ -260,7 +260,7 @@ impl Tree {
             // cgroup.kill leaves nothing to find afterwards: note who left the group first
             // (membership in our leaf is proof enough), so the report names them.
             if self.new_group {
-                let outside = self.outside_group();
+                let outside = self.outside_group(None);
                 self.escaped.extend(outside.into_iter().map(|p| p as u32));
             }
             let _ = cg.kill();
@@ -305,11 +305,9 @@ impl Tree {
             Ok(Ok(_)) => {
                 // Members die while the exited, unreaped leader still pins the group id.
                 let mut pause = Duration::from_millis(1);
-                loop {
+                // The tree was SIGKILLed above: usually nothing is left to find.
+                while self.has_members() && deadline.is_none_or(|d| Instant::now() < d) {
                     let _ = self.kill_tree();
-                    if !self.has_members() || deadline.is_some_and(|d| Instant::now() >= d) {
-                        break;
-                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -334,16 +332,15 @@ impl Tree {
 
     /// Whether any member other than the (exited) program is still alive.
     fn has_members(&self) -> bool {
-        match &self.cgroup {
-            Some(cg) => cg.populated(),
-            None => !self.outside_group().is_empty() || self.group_alive(),
+        if let Some(cg) = &self.cgroup {
+            return cg.populated();
         }
-    }
-
-    fn group_alive(&self) -> bool {
-        self.new_group
-            && !self.child.is_reaped()
-            && !sweep::group_members(self.child.pid() as i32).is_empty()
+        // One read of /proc answers both questions.
+        let snapshot = sweep::Snapshot::take();
+        !self.outside_group(Some(&snapshot)).is_empty()
+            || (self.new_group
+                && !self.child.is_reaped()
+                && snapshot.group_has_members(self.child.pid() as i32))
     }
 
     fn is_member(&self, pid: i32) -> bool {
@@ -356,31 +353,41 @@ impl Tree {
         }
     }
 
-    /// Live members outside the program's process group.
-    fn outside_group(&self) -> Vec<i32> {
+    /// Live members outside the program's process group. `snapshot` is a fresh read of /proc
+    /// in subreaper mode (taken here if `None`); the other modes need none.
+    fn outside_group(&self, snapshot: Option<&sweep::Snapshot>) -> Vec<i32> {
         let leader = self.child.pid() as i32;
-        let me = std::process::id() as i32;
-        let candidates: Vec<i32> = match (&self.cgroup, self.mode) {
-            (Some(cg), _) => cg.pids().into_iter().map(|p| p as i32).collect(),
-            (None, ContainmentMode::Subreaper) => {
-                // One scan: the leader is our child, so its subtree is inside ours.
-                let snapshot = sweep::Snapshot::take();
-                let under_leader: HashSet<i32> = snapshot.descendants(leader).into_iter().collect();
-                let tag = format!("{TREE_TAG_ENV}={}", self.tag);
-                // Orphans re-parented to us are ours if they carry the tree's tag.
-                snapshot
-                    .descendants(me)
-                    .into_iter()
-                    .filter(|p| under_leader.contains(p) || sweep::has_env(*p, &tag))
-                    .collect()
-            }
-            _ => Vec::new(),
+        let outside = |p: i32, st: Option<sweep::Stat>| {
+            p != leader && st.is_some_and(|s| !s.zombie && s.pgrp != leader)
         };
-        candidates
+        if let Some(cg) = &self.cgroup {
+            return cg
+                .pids()
+                .into_iter()
+                .map(|p| p as i32)
+                .filter(|&p| outside(p, sweep::stat(p)))
+                .collect();
+        }
+        if self.mode != ContainmentMode::Subreaper {
+            return Vec::new();
+        }
+        let taken;
+        let snapshot = match snapshot {
+            Some(s) => s,
+            None => {
+                taken = sweep::Snapshot::take();
+                &taken
+            }
+        };
+        // The leader is our child, so its subtree is inside ours; orphans re-parented to us
+        // are ours if they carry the tree's tag.
+        let under_leader: HashSet<i32> = snapshot.descendants(leader).into_iter().collect();
+        let tag = format!("{TREE_TAG_ENV}={}", self.tag);
+        snapshot
+            .descendants(std::process::id() as i32)
             .into_iter()
-            .filter(|&p| {
-                p != leader && sweep::stat(p).is_some_and(|s| !s.zombie && s.pgrp != leader)
-            })
+            .filter(|&p| outside(p, snapshot.stat(p)))
+            .filter(|p| under_leader.contains(p) || sweep::has_env(*p, &tag))
             .collect()
     }
 }
