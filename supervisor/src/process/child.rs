@@ -136,9 +136,8 @@ impl Child {
     pub(crate) fn reap(&mut self) -> io::Result<ExitStatus> {
         debug_assert!(self.exited.is_some(), "reap only after exit was observed");
         if !self.reaped {
-            let status = unix::reap(self.pid, true)?;
+            let status = super::sweep::reap_owned(self.pid, true)?;
             self.reaped = true;
-            super::sweep::owned().remove(&self.pid);
             if self.exited.is_none() {
                 self.exited = status;
             }
@@ -163,18 +162,15 @@ impl Drop for Child {
         let _ = self.signal_group(libc::SIGKILL);
         let _ = self.signal(libc::SIGKILL);
         let pid = self.pid;
-        match unix::reap(pid, false) {
-            Ok(Some(_)) => {
-                super::sweep::owned().remove(&pid);
-            }
+        match super::sweep::reap_owned(pid, false) {
+            Ok(Some(_)) => {}
             // Not dead yet (SIGKILL is asynchronous; a D-state process may take long): reap it
             // on its own thread rather than block whoever dropped us.
             Ok(None) => {
                 let spawned = std::thread::Builder::new()
                     .name("warden-reap".into())
                     .spawn(move || {
-                        let _ = unix::reap(pid, true);
-                        super::sweep::owned().remove(&pid);
+                        let _ = super::sweep::reap_owned(pid, true);
                     });
                 if spawned.is_err() {
                     tracing::warn!(
@@ -184,7 +180,6 @@ impl Drop for Child {
                 }
             }
             Err(e) => {
-                super::sweep::owned().remove(&pid);
                 tracing::warn!(pid, error = %e, "reaping a dropped child failed");
             }
         }

@@ -113,8 +113,7 @@ fn abandon(pid: libc::pid_t, new_group: bool) {
     let reaper = std::thread::Builder::new()
         .name("warden-reap".into())
         .spawn(move || {
-            let _ = unix::reap(pid, true);
-            super::sweep::owned().remove(&pid);
+            let _ = super::sweep::reap_owned(pid, true);
         });
     if reaper.is_err() {
         tracing::warn!(

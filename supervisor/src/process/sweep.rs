@@ -17,6 +17,24 @@ pub(crate) fn owned() -> MutexGuard<'static, HashSet<i32>> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reaps an owned child and drops it from [`owned`] in one step under the lock: a pid freed by
+/// the reap can be given at once to a new child, which the spawner registers under the same
+/// lock, and removing the old entry after that would unregister the new child (and the orphan
+/// sweeper would then reap it). With `block`, waits for the exit first, without the lock.
+pub(crate) fn reap_owned(pid: i32, block: bool) -> std::io::Result<Option<super::ExitStatus>> {
+    if block && let Err(e) = super::unix::wait_exit_unreaped(pid) {
+        // Not ours to wait for (ECHILD): nobody will reap it through us.
+        owned().remove(&pid);
+        return Err(e);
+    }
+    let mut owned = owned();
+    let reaped = super::unix::reap(pid, false);
+    if !matches!(reaped, Ok(None)) {
+        owned.remove(&pid);
+    }
+    reaped
+}
+
 /// What /proc/<pid>/stat says about a process.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stat {

@@ -307,6 +307,11 @@ pub(crate) fn peek_exit(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
     waitid(pid, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
 }
 
+/// Blocks until `pid` has exited, without reaping it.
+pub(crate) fn wait_exit_unreaped(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    waitid(pid, libc::WEXITED | libc::WNOWAIT)
+}
+
 /// Reaps `pid`; with `block` false returns `None` if it has not exited yet.
 pub(crate) fn reap(pid: libc::pid_t, block: bool) -> io::Result<Option<ExitStatus>> {
     waitid(pid, libc::WEXITED | if block { 0 } else { libc::WNOHANG })
