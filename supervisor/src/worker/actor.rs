@@ -88,6 +88,8 @@ pub(crate) struct Actor {
     gone: Option<Option<ExitStatus>>,
     /// A plain program's one job (its whole run) has been handed out.
     plain_run_taken: bool,
+    /// The kill token SIGKILLed the tree while no job ran.
+    killed_idle: bool,
     span: Span,
 }
 
@@ -120,6 +122,7 @@ impl Actor {
             next_job: 1,
             gone: None,
             plain_run_taken: false,
+            killed_idle: false,
             span,
         }
     }
@@ -182,6 +185,14 @@ impl Actor {
                     Event::Eof => idle_eof_deadline = deadline_after(Instant::now(), self.config.drain_timeout),
                 },
                 status = self.tree.wait() => self.finish_process(status.ok()).await,
+                // The kill token means "SIGKILL now", job or no job.
+                () = self.config.kill.cancelled(), if !self.killed_idle => {
+                    self.killed_idle = true;
+                    tracing::warn!(parent: &self.span, "kill requested while idle; killing the worker");
+                    // No job may start on it now: a protocol worker's run gets `WorkerGone`.
+                    self.channel = None;
+                    let _ = self.tree.kill_tree();
+                }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
                     let _ = self.tree.kill_tree();
@@ -263,6 +274,11 @@ impl Actor {
         // and its exit decides the outcome.
         let ended_before_start = !self.config.protocol && self.tree.exit_status().is_some();
         if ended_before_start {
+            if self.killed_idle {
+                // Its run was ended by our SIGKILL, not on its own: the ladder says so.
+                esc.handle_kill(started);
+                while esc.poll_action().is_some() {}
+            }
             esc.handle_exit(started);
         }
 
