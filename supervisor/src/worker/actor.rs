@@ -189,9 +189,11 @@ impl Actor {
                 () = self.config.kill.cancelled(), if !self.killed_idle => {
                     self.killed_idle = true;
                     tracing::warn!(parent: &self.span, "kill requested while idle; killing the worker");
-                    // No job may start on it now: a protocol worker's run gets `WorkerGone`.
-                    self.channel = None;
+                    // SIGKILL before closing the channel: an SDK worker that saw EOF first could
+                    // exit on its own before the kill. Then no job may start on it: a protocol
+                    // worker's run gets `WorkerGone`.
                     let _ = self.tree.kill_tree();
+                    self.channel = None;
                 }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
@@ -209,8 +211,9 @@ impl Actor {
 
     fn idle_violation(&mut self, violation: Violation) {
         tracing::warn!(parent: &self.span, %violation, "worker broke the protocol while idle; killing it");
-        self.channel = None;
+        // Killed before the channel closes, so the exit is our SIGKILL, not its reaction to EOF.
         let _ = self.tree.kill_tree();
+        self.channel = None;
     }
 
     /// The process has exited: kill what is left of its tree (nothing of a finished worker may
