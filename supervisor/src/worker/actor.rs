@@ -88,6 +88,8 @@ pub(crate) struct Actor {
     gone: Option<Option<ExitStatus>>,
     /// A plain program's one job (its whole run) has been handed out.
     plain_run_taken: bool,
+    /// The kill token SIGKILLed the tree while no job ran.
+    killed_idle: bool,
     span: Span,
 }
 
@@ -120,6 +122,7 @@ impl Actor {
             next_job: 1,
             gone: None,
             plain_run_taken: false,
+            killed_idle: false,
             span,
         }
     }
@@ -182,6 +185,16 @@ impl Actor {
                     Event::Eof => idle_eof_deadline = deadline_after(Instant::now(), self.config.drain_timeout),
                 },
                 status = self.tree.wait() => self.finish_process(status.ok()).await,
+                // The kill token means "SIGKILL now", job or no job.
+                () = self.config.kill.cancelled(), if !self.killed_idle => {
+                    self.killed_idle = true;
+                    tracing::warn!(parent: &self.span, "kill requested while idle; killing the worker");
+                    // SIGKILL before closing the channel: an SDK worker that saw EOF first could
+                    // exit on its own before the kill. Then no job may start on it: a protocol
+                    // worker's run gets `WorkerGone`.
+                    let _ = self.tree.kill_tree();
+                    self.channel = None;
+                }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
                     let _ = self.tree.kill_tree();
@@ -198,8 +211,9 @@ impl Actor {
 
     fn idle_violation(&mut self, violation: Violation) {
         tracing::warn!(parent: &self.span, %violation, "worker broke the protocol while idle; killing it");
-        self.channel = None;
+        // Killed before the channel closes, so the exit is our SIGKILL, not its reaction to EOF.
         let _ = self.tree.kill_tree();
+        self.channel = None;
     }
 
     /// The process has exited: kill what is left of its tree (nothing of a finished worker may
@@ -263,6 +277,11 @@ impl Actor {
         // and its exit decides the outcome.
         let ended_before_start = !self.config.protocol && self.tree.exit_status().is_some();
         if ended_before_start {
+            if self.killed_idle {
+                // Its run was ended by our SIGKILL, not on its own: the ladder says so.
+                esc.handle_kill(started);
+                while esc.poll_action().is_some() {}
+            }
             esc.handle_exit(started);
         }
 

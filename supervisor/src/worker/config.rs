@@ -38,7 +38,9 @@ pub struct WorkerConfig {
     /// reason `shutdown`.
     pub shutdown: CancellationToken,
     /// Cancelled to SIGKILL the worker's tree at once, skipping whatever stages of the ladder
-    /// are left (a supervisor's second Ctrl-C). The running job's outcome is then `killed`.
+    /// are left (a supervisor's second Ctrl-C). The running job's outcome is then `killed`; an
+    /// idle worker is killed too, and a protocol worker then takes no more jobs
+    /// ([`RunError::WorkerGone`](crate::RunError::WorkerGone)).
     pub kill: CancellationToken,
     /// How the worker's process tree is contained (default: the strongest available).
     pub tree: TreeOptions,

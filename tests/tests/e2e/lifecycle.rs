@@ -190,3 +190,59 @@ fn worker_sees_only_stdio_and_its_channel() {
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
 }
+
+#[test]
+fn kill_token_kills_an_idle_worker() {
+    e2e("kill_token_kills_an_idle_worker", |t| async move {
+        let kill = warden::CancellationToken::new();
+        let config = WorkerConfig::protocol()
+            .deadlines(patient())
+            .kill_token(kill.clone());
+        let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+        let pid = worker.pid();
+        // Idle: no job runs, so only the actor's idle loop can act on the token.
+        kill.cancel();
+        t.wait_reaped(pid, "the idle worker after its kill token")
+            .await;
+        let next = within(
+            LIMIT,
+            "a run on the killed worker",
+            worker.run(echo(b"late"), JobOptions::new()),
+        )
+        .await;
+        assert!(
+            matches!(next, Err(warden::RunError::WorkerGone { .. })),
+            "{next:?}"
+        );
+        assert_eq!(
+            shutdown(worker).await,
+            Some(by_signal(nix::sys::signal::Signal::SIGKILL))
+        );
+    });
+}
+
+#[test]
+fn kill_token_before_the_run_of_a_plain_program_reports_killed() {
+    e2e(
+        "kill_token_before_the_run_of_a_plain_program_reports_killed",
+        |t| async move {
+            let kill = warden::CancellationToken::new();
+            let config = WorkerConfig::plain()
+                .deadlines(patient())
+                .kill_token(kill.clone());
+            let worker = t.spawn(&[mode::PLAIN_WAIT], config).await;
+            let pid = worker.pid();
+            kill.cancel();
+            t.wait_reaped(pid, "the plain program after its kill token")
+                .await;
+            // Its run (the whole life of the program) was ended by warden's SIGKILL.
+            let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
+            let sigkill = by_signal(nix::sys::signal::Signal::SIGKILL);
+            assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
+            assert_eq!(report.stage, Some(warden::Stage::Kill), "{report:#?}");
+            assert_eq!(report.exit, Some(sigkill));
+            assert!(report.trace.kill_sent.is_some(), "{report:#?}");
+            assert_eq!(shutdown(worker).await, Some(sigkill));
+        },
+    );
+}

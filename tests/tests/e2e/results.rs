@@ -233,6 +233,69 @@ fn result_after_the_cancel_is_completed_despite_cancel() {
 }
 
 #[test]
+fn cancel_crossing_the_result_gives_exactly_one_outcome() {
+    // The echo worker writes its progress and `Completed` together; the progress callback
+    // cancels the token, so the actor next sees a cancelled token and a buffered `Completed`
+    // at the same moment and may take either first. Cancel first: a `Cancel` goes out that
+    // crosses the result (the worker must ignore it) and the job is completed despite cancel.
+    // Result first: completed, and the cancel is moot. Anything else (a second terminal
+    // message, a violation, a stale cancel hitting the next job) fails below.
+    e2e(
+        "cancel_crossing_the_result_gives_exactly_one_outcome",
+        |t| async move {
+            const JOBS: u64 = 40;
+            let config = WorkerConfig::protocol().deadlines(patient());
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            let pid = worker.pid();
+            let mut despite = 0;
+            for i in 1..=JOBS {
+                let token = CancellationToken::new();
+                let cancel = token.clone();
+                let options = JobOptions::new()
+                    .token(token)
+                    .on_progress(move |_| cancel.cancel());
+                let data = format!("crossing {i}").into_bytes();
+                let report = run_job(&worker, echo(&data), options).await;
+                assert_eq!(report.job, JobId(i));
+                assert_eq!(report.exit, None, "{report:#?}");
+                assert_eq!(report.violation, None, "{report:#?}");
+                assert!(report.trace.result_received.is_some(), "{report:#?}");
+                assert_eq!(report.trace.signal_sent, None, "{report:#?}");
+                match &report.outcome {
+                    Outcome::Completed(out) => {
+                        assert_eq!(*out, data);
+                        assert_eq!(report.reason, None, "{report:#?}");
+                        assert_eq!(report.stage, None, "{report:#?}");
+                    }
+                    Outcome::CompletedDespiteCancel(out) => {
+                        despite += 1;
+                        assert_eq!(*out, data);
+                        assert_eq!(report.reason, Some(CancelReason::Requested));
+                        assert_eq!(report.stage, Some(Stage::Cooperative));
+                    }
+                    other => panic!("job {i}: {other:?}\n{report:#?}"),
+                }
+            }
+            eprintln!("{despite} of {JOBS} jobs saw the cancel cross their result");
+
+            // The stale cancels were ignored: the worker still serves, and a job that waits for
+            // its own cancel gets only that one.
+            let token = CancellationToken::new();
+            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
+            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+                progress.ready().await;
+                token.cancel();
+            });
+            assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+            assert_eq!(report.job, JobId(JOBS + 1));
+            assert_eq!(worker.pid(), pid);
+            // Exit 0 on Shutdown: the worker was never killed for a violation.
+            assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+        },
+    );
+}
+
+#[test]
 fn second_job_after_a_cooperative_cancel_runs() {
     e2e(
         "second_job_after_a_cooperative_cancel_runs",
