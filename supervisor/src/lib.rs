@@ -84,7 +84,7 @@ pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, Stdio, Tree, TreeOptions, TreeReport,
-    start_orphan_reaper,
+    claim_all_children, start_orphan_reaper,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use warden_protocol::{CancelReason, JobId};

@@ -29,6 +29,8 @@ mod gnu_differential;
 /// after argument parsing; as PID 1 also the reaper of orphaned zombies (tini's duty). Prints
 /// one line and returns `None` if the runtime cannot start.
 pub(crate) fn start_runtime(program: &str) -> Option<tokio::runtime::Runtime> {
+    // Every child of the CLI is a tree it spawned: it may be their subreaper.
+    warden::claim_all_children();
     if std::process::id() == 1 {
         warden::start_orphan_reaper();
     }

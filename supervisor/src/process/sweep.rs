@@ -6,6 +6,7 @@
 //!   same lock the spawner holds from `posix_spawn` until the new pid is registered.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// Pids whose reaping belongs to a `Child`.
@@ -161,15 +162,34 @@ pub(crate) fn reap_orphans() -> usize {
         .count()
 }
 
-/// Starts (once) a thread that reaps, every 100 ms, zombies among this process's children that
-/// no warden child owns: orphans adopted as a child subreaper (started automatically then) or
-/// as PID 1 in a container, where every orphan of the namespace is ours to reap (tini's duty).
-/// A library cannot own SIGCHLD delivery (tokio and the caller may use it), so this polls; a
-/// zombie lingers at most one period.
+static CHILDREN_CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// Declares that every child of this process is started through warden (a command-line
+/// supervisor, PID 1 in a container), so warden may make it a child subreaper and reap every
+/// zombie child that no warden [`Tree`](crate::Tree) or worker owns.
 ///
-/// Only for a process whose children are all spawned through warden: it reaps any child it
-/// does not own.
+/// With it, [`Containment::Auto`](crate::Containment::Auto) falls back to the subreaper when
+/// no cgroup can be made; without it, to the process group: orphans re-parented to a subreaper
+/// are zombies until someone reaps them, and a reaper cannot tell them from children the host
+/// started itself (`std::process`, `tokio::process`), whose exit statuses it would steal. The
+/// `warden` CLI calls this; a library host that starts processes of its own must not.
+/// Asking for [`Containment::Subreaper`](crate::Containment::Subreaper) explicitly implies it.
+pub fn claim_all_children() {
+    CHILDREN_CLAIMED.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`claim_all_children`] was called.
+pub(crate) fn children_claimed() -> bool {
+    CHILDREN_CLAIMED.load(Ordering::Relaxed)
+}
+
+/// [`claim_all_children`], and starts (once) a thread that reaps, every 100 ms, zombies among
+/// this process's children that no warden child owns: orphans adopted as a child subreaper
+/// (started automatically then) or as PID 1 in a container, where every orphan of the
+/// namespace is ours to reap (tini's duty). A library cannot own SIGCHLD delivery (tokio and
+/// the caller may use it), so this polls; a zombie lingers at most one period.
 pub fn start_orphan_reaper() {
+    claim_all_children();
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let started = std::thread::Builder::new()

@@ -18,12 +18,15 @@ use super::no_cgroup::Cgroup;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Containment {
-    /// The strongest available: a cgroup v2 leaf, else child subreaper, else process group.
+    /// The strongest available: a cgroup v2 leaf, else (once the host called
+    /// [`claim_all_children`](crate::claim_all_children)) child subreaper, else process group.
     #[default]
     Auto,
     /// A cgroup v2 leaf; spawning fails if none can be created.
     Cgroup,
-    /// Child subreaper, process group, and a /proc sweep of descendants (Linux).
+    /// Child subreaper, process group, and a /proc sweep of descendants (Linux). Makes this
+    /// whole process a child subreaper whose orphan reaper takes every zombie child that warden
+    /// does not own: it implies [`claim_all_children`](crate::claim_all_children).
     Subreaper,
     /// The process group only: descendants that call setsid or setpgid escape.
     ProcessGroup,
@@ -174,7 +177,9 @@ impl Tree {
             // may already have forked: then the subreaper is the stronger choice.
             Containment::Auto => match super::shim::available().then(Cgroup::create).flatten() {
                 Some(cg) => (ContainmentMode::Cgroup, Some(cg)),
-                None if become_subreaper() => (ContainmentMode::Subreaper, None),
+                None if sweep::children_claimed() && become_subreaper() => {
+                    (ContainmentMode::Subreaper, None)
+                }
                 None => (ContainmentMode::ProcessGroup, None),
             },
             Containment::Cgroup => match Cgroup::create() {
