@@ -98,6 +98,9 @@ pub enum RunError {
     WorkerGone {
         /// How it ended, when known.
         status: Option<ExitStatus>,
+        /// Why warden killed it while it ran no job, if it broke the protocol then (a job's
+        /// violation is in its [`JobReport`](crate::JobReport) instead).
+        violation: Option<crate::Violation>,
     },
     /// The payload does not fit in one frame.
     #[error("payload of {len} bytes exceeds the frame limit of {max} bytes")]

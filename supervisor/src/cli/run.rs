@@ -419,7 +419,7 @@ async fn supervise(
             facts.ending = Ending::Failed { exit_code: None };
             facts.error = Some(error_chain(&error));
             facts.exit = after_job.or(match error {
-                RunError::WorkerGone { status } => status,
+                RunError::WorkerGone { status, .. } => status,
                 _ => None,
             });
             facts.timings.ended = Some(t0.elapsed());

@@ -90,6 +90,8 @@ pub(crate) struct Actor {
     plain_run_taken: bool,
     /// The kill token SIGKILLed the tree while no job ran.
     killed_idle: bool,
+    /// The protocol violation that got the worker killed while no job ran.
+    idle_violation: Option<Violation>,
     span: Span,
 }
 
@@ -123,6 +125,7 @@ impl Actor {
             gone: None,
             plain_run_taken: false,
             killed_idle: false,
+            idle_violation: None,
             span,
         }
     }
@@ -146,7 +149,7 @@ impl Actor {
                         self.job(payload, options, reply).await;
                     }
                     Some(Request::Run { reply, .. }) => {
-                        let _ = reply.send(Err(RunError::WorkerGone { status }));
+                        let _ = reply.send(Err(self.gone_error(status)));
                     }
                     Some(Request::Shutdown { reply }) => {
                         let _ = reply.send(status);
@@ -163,7 +166,7 @@ impl Actor {
                     // job's outcome.
                     Some(Request::Run { reply, .. }) if self.config.protocol && !live => {
                         let status = self.tree.exit_status();
-                        let _ = reply.send(Err(RunError::WorkerGone { status }));
+                        let _ = reply.send(Err(self.gone_error(status)));
                     }
                     Some(Request::Run { payload, options, reply }) => self.job(payload, options, reply).await,
                     Some(Request::Shutdown { reply }) => {
@@ -214,6 +217,15 @@ impl Actor {
         // Killed before the channel closes, so the exit is our SIGKILL, not its reaction to EOF.
         let _ = self.tree.kill_tree();
         self.channel = None;
+        self.idle_violation = Some(violation);
+    }
+
+    /// What a run on a worker that can take no more jobs gets.
+    fn gone_error(&self, status: Option<ExitStatus>) -> RunError {
+        RunError::WorkerGone {
+            status,
+            violation: self.idle_violation.clone(),
+        }
     }
 
     /// The process has exited: kill what is left of its tree (nothing of a finished worker may

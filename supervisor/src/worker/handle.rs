@@ -126,9 +126,14 @@ impl Worker {
                 options,
                 reply,
             })
-            .map_err(|_| RunError::WorkerGone { status: None })?;
-        rx.await
-            .map_err(|_| RunError::WorkerGone { status: None })?
+            .map_err(|_| RunError::WorkerGone {
+                status: None,
+                violation: None,
+            })?;
+        rx.await.map_err(|_| RunError::WorkerGone {
+            status: None,
+            violation: None,
+        })?
     }
 
     /// Asks the worker to exit (a `Shutdown` message; for a plain program the polite signal),

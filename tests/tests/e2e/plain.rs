@@ -40,7 +40,8 @@ fn plain_program_exiting_zero_is_completed() {
             matches!(
                 next,
                 Err(RunError::WorkerGone {
-                    status: Some(ExitStatus::Code(0))
+                    status: Some(ExitStatus::Code(0)),
+                    violation: None,
                 })
             ),
             "{next:?}"

@@ -121,7 +121,12 @@ fn second_hello_is_killed() {
 
 /// A raw worker in `worker_mode` breaks the protocol while idle: it just disappears (killed
 /// and reaped by its actor), and a later job cannot run on it.
-async fn idle_violation(t: &Ctx, worker_mode: &str, mut config: WorkerConfig) {
+async fn idle_violation(
+    t: &Ctx,
+    worker_mode: &str,
+    mut config: WorkerConfig,
+    expected: fn(&Violation) -> bool,
+) {
     config.frame_timeout = ms(200);
     let worker = t.spawn(&[worker_mode], config.deadlines(patient())).await;
     let pid = worker.pid();
@@ -135,7 +140,11 @@ async fn idle_violation(t: &Ctx, worker_mode: &str, mut config: WorkerConfig) {
     .await;
     let killed = by_signal(Signal::SIGKILL);
     assert!(
-        matches!(next, Err(RunError::WorkerGone { status: Some(s) }) if s == killed),
+        matches!(
+            &next,
+            Err(RunError::WorkerGone { status: Some(s), violation: Some(v) })
+                if *s == killed && expected(v)
+        ),
         "{next:?}"
     );
     assert_eq!(shutdown(worker).await, Some(killed));
@@ -144,7 +153,10 @@ async fn idle_violation(t: &Ctx, worker_mode: &str, mut config: WorkerConfig) {
 #[test]
 fn garbage_while_idle_kills_the_worker() {
     e2e("garbage_while_idle_kills_the_worker", |t| async move {
-        idle_violation(&t, mode::GARBAGE_IDLE, WorkerConfig::protocol()).await;
+        idle_violation(&t, mode::GARBAGE_IDLE, WorkerConfig::protocol(), |v| {
+            matches!(v, Violation::Frame(_))
+        })
+        .await;
     });
 }
 
@@ -153,7 +165,10 @@ fn stalled_frame_while_idle_kills_the_worker() {
     e2e(
         "stalled_frame_while_idle_kills_the_worker",
         |t| async move {
-            idle_violation(&t, mode::STALL_IDLE, WorkerConfig::protocol()).await;
+            idle_violation(&t, mode::STALL_IDLE, WorkerConfig::protocol(), |v| {
+                matches!(v, Violation::StalledFrame { .. })
+            })
+            .await;
         },
     );
 }

@@ -103,7 +103,8 @@ fn nonzero_exit_mid_job_is_crashed_with_its_code() {
                 matches!(
                     next,
                     Err(RunError::WorkerGone {
-                        status: Some(ExitStatus::Code(3))
+                        status: Some(ExitStatus::Code(3)),
+                        violation: None,
                     })
                 ),
                 "{next:?}"
