@@ -12,6 +12,10 @@
 //!   how late SIGKILL was decided after its deadline (`kill_sent - (signal_sent + kill_after)`),
 //!   and how long after that deadline the exit was seen and the process reaped.
 //!
+//! Each measurement's median is also given as a ratio to the median of the baseline it rides on
+//! (cooperative cancels: the round trip; spawn: std's spawn+wait; stage-3 lateness: the timer's
+//! lateness), so a run on another machine compares like with like.
+//!
 //! The workers are this executable started in a worker role (`warden_examples::workers`, the
 //! same code as the standalone worker binaries).
 //!
@@ -26,7 +30,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use warden::{CancellationToken, Deadlines, JobOptions, JobReport, Outcome, Worker, WorkerConfig};
+use warden::{
+    CancellationToken, Containment, Deadlines, JobOptions, JobReport, Outcome, TreeOptions, Worker,
+    WorkerConfig,
+};
 use warden_examples::{BoxError, Table, WorkSpec, distribution, ms, within, workers};
 
 /// Bound on every wait for a worker to start, become ready or report.
@@ -240,21 +247,53 @@ async fn bench(o: Options) -> Result<(), BoxError> {
         o.kill_after.as_millis()
     );
     let started = Instant::now();
-    let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
+    // Each measurement names the baseline row its median is compared with (the report's ratio).
+    let mut rows: Vec<(String, Vec<Duration>, Option<usize>)> = Vec::new();
+    const ROUND_TRIP: Option<usize> = Some(0);
+    const STD_SPAWN: Option<usize> = Some(1);
+    const TIMER_LATE: Option<usize> = Some(2);
 
     // Baselines first, while nothing else is running.
     rows.push((
         "baseline: socketpair 1-byte round trip, 2 processes".into(),
         ping_pong(PING_PONGS)?,
+        None,
     ));
     rows.push((
         "baseline: std spawn+wait /bin/true".into(),
         spawn_true(o.n)?,
+        None,
     ));
     rows.push((
         format!("baseline: tokio sleep({} ms) lateness", TIMER.as_millis()),
         timer_lateness(o.n).await?,
+        None,
     ));
+
+    // Spawn + handshake in each containment this host can give, and what SIGKILL costs on top.
+    for containment in [Containment::Cgroup, Containment::ProcessGroup] {
+        let config = WorkerConfig::protocol().tree(TreeOptions::new().containment(containment));
+        let mut spawns = Vec::with_capacity(o.n);
+        for _ in 0..o.n {
+            let t = Instant::now();
+            let Ok(worker) = within(
+                WAIT,
+                "cooperative-worker to start",
+                Worker::spawn(&cooperative, config.clone()),
+            )
+            .await?
+            else {
+                break; // This containment is not available here.
+            };
+            spawns.push(t.elapsed());
+            within(WAIT, "cooperative-worker to shut down", worker.shutdown()).await?;
+        }
+        rows.push((
+            format!("warden: spawn + handshake, {containment:?}"),
+            spawns,
+            STD_SPAWN,
+        ));
+    }
 
     // Cooperative cancels, all on one reused worker.
     let worker = within(
@@ -286,10 +325,12 @@ async fn bench(o: Options) -> Result<(), BoxError> {
     rows.push((
         "cooperative: token.cancel() -> Cancelled report".into(),
         caller,
+        ROUND_TRIP,
     ));
     rows.push((
         "cooperative: actor saw cancel -> Cancelled read".into(),
         actor,
+        ROUND_TRIP,
     ));
 
     // Stage 3: a fresh stubborn worker per sample.
@@ -329,34 +370,69 @@ async fn bench(o: Options) -> Result<(), BoxError> {
         // Already reaped: returns at once with the exit status.
         within(WAIT, "stubborn-worker to shut down", worker.shutdown()).await?;
     }
-    rows.push(("warden: spawn + handshake (stubborn-worker)".into(), spawns));
-    rows.push(("stage 3: SIGKILL sent - deadline".into(), kill_late));
-    rows.push(("stage 3: exit seen - deadline".into(), exit_late));
-    rows.push(("stage 3: reaped - deadline".into(), reap_late));
+    rows.push((
+        "warden: spawn + handshake (stubborn-worker)".into(),
+        spawns,
+        STD_SPAWN,
+    ));
+    rows.push((
+        "stage 3: SIGKILL sent - deadline".into(),
+        kill_late,
+        TIMER_LATE,
+    ));
+    rows.push((
+        "stage 3: exit seen - deadline".into(),
+        exit_late,
+        TIMER_LATE,
+    ));
+    rows.push(("stage 3: reaped - deadline".into(), reap_late, TIMER_LATE));
     rows.push((
         format!(
             "stage 3: token.cancel() -> Killed report (>= {} ms)",
             o.kill_after.as_millis()
         ),
         caller,
+        None,
     ));
 
     println!();
-    let mut table = Table::new(["measurement (ms)", "n", "best", "median", "p90", "worst"]);
-    for (name, mut samples) in rows {
-        match distribution(&mut samples) {
-            Some(d) => table.row([
-                name,
-                d.n.to_string(),
-                ms(d.best),
-                ms(d.median),
-                ms(d.p90),
-                ms(d.worst),
-            ]),
-            None => table.row([name, "0".into()]),
+    let mut table = Table::new([
+        "measurement (ms)",
+        "n",
+        "best",
+        "median",
+        "p90",
+        "worst",
+        "median/baseline",
+    ]);
+    let mut medians: Vec<Option<Duration>> = Vec::with_capacity(rows.len());
+    for (name, mut samples, baseline) in rows {
+        let d = distribution(&mut samples);
+        medians.push(d.as_ref().map(|d| d.median));
+        let Some(d) = d else {
+            table.row([name, "0".into()]);
+            continue;
         };
+        let ratio = match baseline.and_then(|b| Some((b, medians.get(b).copied().flatten()?))) {
+            Some((b, base)) if !base.is_zero() => format!(
+                "{:.1}x row {}",
+                d.median.as_secs_f64() / base.as_secs_f64(),
+                b + 1
+            ),
+            _ => String::new(),
+        };
+        table.row([
+            name,
+            d.n.to_string(),
+            ms(d.best),
+            ms(d.median),
+            ms(d.p90),
+            ms(d.worst),
+            ratio,
+        ]);
     }
     print!("{table}");
+    println!("median/baseline: this median over the median of the named baseline row (rows 1-3).");
     println!();
     println!("outcomes: cooperative {coop_counts}; stage 3 {kill_counts}; kill pending {pending}");
     println!(
