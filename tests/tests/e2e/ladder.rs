@@ -62,12 +62,7 @@ fn worker_ignoring_its_token_is_terminated_at_the_signal_stage() {
             let deadlines = short(ms(200), ms(60_000));
             let config = WorkerConfig::protocol().deadlines(deadlines);
             let worker = t.spawn(&[mode::IGNORE_CANCEL], config).await;
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let report = cancel_when_ready(&worker, JobOptions::new()).await;
 
             assert_eq!(report.outcome, Outcome::Terminated, "{report:#?}");
             assert_eq!(report.stage, Some(Stage::Signal));
@@ -103,12 +98,7 @@ fn worker_ignoring_sigterm_is_killed_at_the_kill_stage() {
             let deadlines = short(ms(100), ms(200));
             let config = WorkerConfig::protocol().deadlines(deadlines);
             let worker = t.spawn(&[mode::IGNORE_TERM], config).await;
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let report = cancel_when_ready(&worker, JobOptions::new()).await;
 
             assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
             assert_eq!(report.stage, Some(Stage::Kill));

@@ -191,12 +191,7 @@ fn result_after_the_cancel_is_completed_despite_cancel() {
         |t| async move {
             let config = WorkerConfig::protocol().deadlines(patient());
             let worker = t.spawn(&[mode::LATE_RESULT], config).await;
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let report = cancel_when_ready(&worker, JobOptions::new()).await;
 
             assert_eq!(
                 report.outcome,
@@ -215,12 +210,7 @@ fn result_after_the_cancel_is_completed_despite_cancel() {
             assert_eq!(report.job, JobId(1));
 
             // A worker that finished is still usable.
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let report = cancel_when_ready(&worker, JobOptions::new()).await;
             assert_eq!(report.job, JobId(2));
             assert_eq!(
                 report.outcome,
@@ -281,12 +271,7 @@ fn cancel_crossing_the_result_gives_exactly_one_outcome() {
 
             // The stale cancels were ignored: the worker still serves, and a job that waits for
             // its own cancel gets only that one.
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let report = cancel_when_ready(&worker, JobOptions::new()).await;
             assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
             assert_eq!(report.job, JobId(JOBS + 1));
             assert_eq!(worker.pid(), pid);
@@ -304,12 +289,7 @@ fn second_job_after_a_cooperative_cancel_runs() {
             let config = WorkerConfig::protocol().deadlines(patient());
             let worker = t.spawn(&[mode::COOPERATIVE], config).await;
             let pid = worker.pid();
-            let token = CancellationToken::new();
-            let (options, mut progress) = watch(JobOptions::new().token(token.clone()));
-            let (first, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
-                progress.ready().await;
-                token.cancel();
-            });
+            let first = cancel_when_ready(&worker, JobOptions::new()).await;
             assert_eq!(first.outcome, Outcome::Cancelled, "{first:#?}");
 
             let second = run_job(&worker, echo(b"second"), JobOptions::new()).await;

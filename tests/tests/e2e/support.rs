@@ -19,8 +19,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use warden::{
-    Command, Deadlines, ExitStatus, JobOptions, JobReport, Progress, SpawnError, Worker,
-    WorkerConfig,
+    CancellationToken, Command, Deadlines, ExitStatus, JobOptions, JobReport, Progress, SpawnError,
+    Worker, WorkerConfig,
 };
 use warden_tests::{MARKER_VAR, READY, parse_ready};
 
@@ -282,6 +282,18 @@ pub async fn shutdown(worker: Worker) -> Option<ExitStatus> {
 /// Progress reports of one job, forwarded from the callback.
 pub struct Watch {
     rx: mpsc::UnboundedReceiver<Progress>,
+}
+
+/// Runs a job that waits to be cancelled ([`WAIT`]) with `options`, cancels its token once the
+/// worker reports that it is ready, and returns the report.
+pub async fn cancel_when_ready(worker: &Worker, options: JobOptions) -> JobReport {
+    let token = CancellationToken::new();
+    let (options, mut progress) = watch(options.token(token.clone()));
+    let (report, ()) = tokio::join!(run_job(worker, WAIT, options), async {
+        progress.ready().await;
+        token.cancel();
+    });
+    report
 }
 
 /// Adds a progress callback to `options` that forwards every report to the returned [`Watch`].
