@@ -29,6 +29,8 @@ struct Case {
     expect: Ended,
     /// GNU leaves the command running here (warden must not).
     gnu_leaks: bool,
+    /// `LC_ALL` for both sides.
+    locale: &'static str,
 }
 
 fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
@@ -38,6 +40,7 @@ fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
         signal: None,
         expect,
         gnu_leaks: false,
+        locale: "C",
     }
 }
 
@@ -61,6 +64,7 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
     args.extend(case.args.iter().map(String::as_str));
     let what = format!("{} {program} {args:?}", case.name);
     let mut cmd = command(program, &args, &mark);
+    cmd.env("LC_ALL", case.locale);
     // GNU names itself after argv[0].
     cmd.arg0(if program == GNU_TIMEOUT {
         "timeout"
@@ -428,6 +432,47 @@ fn forwarded_signals_match_gnu() {
             ],
             Signal::SIGTERM,
             Sig(libc::SIGTERM),
+        ),
+    ]);
+}
+
+/// In a UTF-8 locale (this machine's default is `LANG=C.UTF-8`) GNU quotes operands and
+/// command names as `‘...’` and keeps printable characters; getopt's own messages keep `'`.
+/// If C.UTF-8 is not installed, both fall back to the C locale and still agree.
+#[test]
+fn utf8_locale_messages_match_gnu() {
+    let dir = TempDir::new();
+    let no_exec = dir.file("not-executable-\u{e9}", "exit 0\n", 0o644);
+    let utf8 = |name, args: &[&str], expect| Case {
+        locale: "C.UTF-8",
+        ..case(name, args, expect)
+    };
+    check(&[
+        utf8("bad DURATION", &["x'\u{e9}\\", "true"], Code(125)),
+        utf8(
+            "bad DURATION, closing quote",
+            &["1\u{2019}", "true"],
+            Code(125),
+        ),
+        utf8(
+            "bad DURATION, unprintable",
+            &["\u{85}1\u{378}", "true"],
+            Code(125),
+        ),
+        utf8("bad -s", &["-s", "\u{e9}t\u{e9}", "1", "true"], Code(125)),
+        utf8("bad -k", &["-k", "1 s", "1", "true"], Code(125)),
+        utf8("getopt keeps ASCII quotes", &["-x", "1", "true"], Code(125)),
+        utf8(
+            "not found",
+            &["30", "no-such-\u{2018}cmd\u{2019}"],
+            Code(127),
+        ),
+        utf8("not executable", &["30", &no_exec], Code(126)),
+        utf8("-v", &["-v", "0.1", "sleep", "60"], Code(124)),
+        utf8(
+            "-v with -k",
+            &["-v", "-k", "0.1", "0.1", "sh", "-c", IGNORE_TERM],
+            Code(137),
         ),
     ]);
 }
