@@ -209,11 +209,14 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
 
 /// For a command given as a path (with a `/`, so no `PATH` search), the error `execve` would
 /// give, found before spawning so that the diagnostic is GNU's: `ENOENT` if it does not exist,
-/// `EACCES` for a directory or a file without execute permission. `None` otherwise (the
-/// spawner then finds the error, if any, itself).
+/// `EACCES` for a directory or a file without execute permission. For a name searched in
+/// `PATH`, `ENAMETOOLONG` if it is longer than `NAME_MAX`: `execvp` stops at the first
+/// directory that rejects such a name (GNU exits 126 then, where a search would find nothing,
+/// 127). `None` otherwise (the spawner then finds the error, if any, itself).
 pub(crate) fn precheck(program: &std::ffi::OsStr) -> Option<c_int> {
     if !program.as_bytes().contains(&b'/') {
-        return None;
+        let too_long = usize::try_from(libc::NAME_MAX).is_ok_and(|max| program.len() > max);
+        return too_long.then_some(libc::ENAMETOOLONG);
     }
     match std::fs::metadata(program) {
         Err(e) => e.raw_os_error(),
@@ -246,9 +249,15 @@ fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
     exit_status_for(result, false)
 }
 
-/// `strerror` text, as GNU's diagnostics print it.
+/// `strerror` text, as GNU's diagnostics print it. std's message is glibc's `strerror_r`
+/// (nix's own table words some differently: ELOOP is "Too many symbolic links encountered"
+/// there, "Too many levels of symbolic links" in GNU's messages).
 pub(crate) fn errno_text(errno: c_int) -> String {
-    nix::errno::Errno::from_raw(errno).desc().to_owned()
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.strip_suffix(&format!(" (os error {errno})")) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
 }
 
 /// An error and its causes on one line.

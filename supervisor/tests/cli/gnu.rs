@@ -171,6 +171,10 @@ fn exit_statuses_match_gnu() {
     let no_exec = dir.file("not-executable", "exit 0\n", 0o644);
     let no_shebang = dir.file("no-shebang", "echo from sh; exit 6\n", 0o755);
     let directory = dir.0.to_string_lossy().into_owned();
+    let symlink_loop = dir.0.join("loop");
+    std::os::unix::fs::symlink(&symlink_loop, &symlink_loop).expect("create a symlink loop");
+    let symlink_loop = symlink_loop.to_string_lossy().into_owned();
+    let too_long = "n".repeat(300);
     check(&[
         case("exit 0", &["30", "true"], Code(0)),
         case("exit 1", &["30", "false"], Code(1)),
@@ -234,6 +238,12 @@ fn exit_statuses_match_gnu() {
         case("not found", &["30", "warden-no-such-command"], Code(127)),
         case("not executable", &["30", &no_exec], Code(126)),
         case("a directory", &["30", &directory], Code(126)),
+        case(
+            "a symlink loop: glibc's strerror text",
+            &["30", &symlink_loop],
+            Code(126),
+        ),
+        case("a name longer than NAME_MAX", &["30", &too_long], Code(126)),
         case(
             "a script without #! runs under sh",
             &["30", &no_shebang],
