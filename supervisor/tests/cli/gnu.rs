@@ -31,6 +31,8 @@ struct Case {
     gnu_leaks: bool,
     /// `LC_ALL` for both sides.
     locale: &'static str,
+    /// `PATH` for both sides, if not the test's own.
+    path: Option<String>,
 }
 
 fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
@@ -41,6 +43,7 @@ fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
         expect,
         gnu_leaks: false,
         locale: "C",
+        path: None,
     }
 }
 
@@ -65,6 +68,9 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
     let what = format!("{} {program} {args:?}", case.name);
     let mut cmd = command(program, &args, &mark);
     cmd.env("LC_ALL", case.locale);
+    if let Some(path) = &case.path {
+        cmd.env("PATH", path);
+    }
     // GNU names itself after argv[0].
     cmd.arg0(if program == GNU_TIMEOUT {
         "timeout"
@@ -260,6 +266,58 @@ fn exit_statuses_match_gnu() {
             &["-k", "0", "0.1", "sleep", "60"],
             Code(124),
         ),
+    ]);
+}
+
+/// glibc's `execvp` search: a directory without the name is skipped, `EACCES` is remembered,
+/// any other error ends the search.
+#[test]
+fn path_search_matches_gnu() {
+    let first = TempDir::new();
+    let second = TempDir::new();
+    std::os::unix::fs::symlink("looped", first.0.join("looped")).expect("create a symlink loop");
+    first.file("runnable", "exit 1\n", 0o644);
+    second.file("runnable", "exit 5\n", 0o755);
+    second.file("looped", "exit 6\n", 0o755);
+    let (first_dir, second_dir) = (first.0.display(), second.0.display());
+    let both = format!("/nonexistent-dir:{first_dir}:{second_dir}");
+    let in_path = |name, args: &[&str], path: &str, expect| Case {
+        path: Some(path.to_owned()),
+        ..case(name, args, expect)
+    };
+    let too_long = "n".repeat(300);
+    check(&[
+        in_path(
+            "a non-executable file is passed over",
+            &["30", "runnable"],
+            &both,
+            Code(5),
+        ),
+        in_path(
+            "only a non-executable file: EACCES",
+            &["30", "runnable"],
+            &format!("{first_dir}"),
+            Code(126),
+        ),
+        in_path(
+            "a symlink loop ends the search",
+            &["30", "looped"],
+            &both,
+            Code(126),
+        ),
+        in_path(
+            "a name longer than NAME_MAX, an existing directory",
+            &["30", &too_long],
+            &both,
+            Code(126),
+        ),
+        in_path(
+            "a name longer than NAME_MAX, no existing directory",
+            &["30", &too_long],
+            "/nonexistent-dir",
+            Code(127),
+        ),
+        in_path("an empty PATH", &["30", "runnable"], "", Code(127)),
     ]);
 }
 
