@@ -6,7 +6,9 @@
 //! (`true`, or a name that does not exist) and compares: accepted or
 //! rejected, exit status 125 and the exact stderr text (GNU's program name in
 //! both) for rejected ones, help/version for those. GNU runs with `LC_ALL=C`
-//! because warden's messages are the C-locale ones.
+//! because under `cfg(test)` warden renders messages in the C-locale form
+//! whatever the runner's locale; the binary's UTF-8 quoting is compared with
+//! GNU's in `tests/cli/gnu.rs`.
 //!
 //! Every case also states the expected outcome, so warden is still checked
 //! when GNU is absent (the GNU side is then skipped with a message). Every GNU

@@ -7,9 +7,10 @@
 //! ended nothing of its tree is left running, except with `--foreground`, which keeps GNU's
 //! meaning: only the command is ever signalled, and its children are left alone.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
@@ -207,23 +208,44 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
     }
 }
 
-/// For a command given as a path (with a `/`, so no `PATH` search), the error `execve` would
-/// give, found before spawning so that the diagnostic is GNU's: `ENOENT` if it does not exist,
-/// `EACCES` for a directory or a file without execute permission. `None` otherwise (the
-/// spawner then finds the error, if any, itself).
-pub(crate) fn precheck(program: &std::ffi::OsStr) -> Option<c_int> {
-    if !program.as_bytes().contains(&b'/') {
-        return None;
+/// The error `execvp` would end with, found before spawning so that the diagnostic and the
+/// status are GNU's. A command given as a path (with a `/`) is checked itself. A name is
+/// searched in `PATH` as glibc's `execvp` does: a directory where it is missing (`ENOENT`,
+/// `ENOTDIR`...) is skipped, `EACCES` is remembered and the search goes on, and any other error
+/// ends it (`ELOOP`, or `ENAMETOOLONG` for a name longer than `NAME_MAX`: GNU exits 126 there,
+/// where a search that goes on finds nothing, 127). `None` when a runnable file comes first or
+/// there is nothing to search: the spawner then resolves the command and reports what is left.
+pub(crate) fn precheck(program: &OsStr) -> Option<c_int> {
+    if program.as_bytes().contains(&b'/') {
+        return exec_error(Path::new(program));
     }
-    match std::fs::metadata(program) {
+    let search = std::env::var_os("PATH").filter(|_| !program.is_empty())?;
+    let mut denied = false;
+    for dir in std::env::split_paths(&search) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        match exec_error(&dir.join(program)) {
+            None => return None,
+            Some(libc::EACCES) => denied = true,
+            Some(libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT) => {}
+            Some(other) => return Some(other),
+        }
+    }
+    denied.then_some(libc::EACCES)
+}
+
+/// The error `execve` would give for `path`, short of running it: the lookup's own error
+/// (`ENOENT`, `ELOOP`...), `EACCES` for a directory or a file without execute permission.
+fn exec_error(path: &Path) -> Option<c_int> {
+    match std::fs::metadata(path) {
         Err(e) => e.raw_os_error(),
         Ok(meta) if meta.is_dir() => Some(libc::EACCES),
-        Ok(_) => nix::unistd::access(
-            std::path::Path::new(program),
-            nix::unistd::AccessFlags::X_OK,
-        )
-        .err()
-        .map(|errno| errno as c_int),
+        Ok(_) => nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+            .err()
+            .map(|errno| errno as c_int),
     }
 }
 
@@ -246,9 +268,15 @@ fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
     exit_status_for(result, false)
 }
 
-/// `strerror` text, as GNU's diagnostics print it.
+/// `strerror` text, as GNU's diagnostics print it. std's message is glibc's `strerror_r`
+/// (nix's own table words some differently: ELOOP is "Too many symbolic links encountered"
+/// there, "Too many levels of symbolic links" in GNU's messages).
 pub(crate) fn errno_text(errno: c_int) -> String {
-    nix::errno::Errno::from_raw(errno).desc().to_owned()
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.strip_suffix(&format!(" (os error {errno})")) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
 }
 
 /// An error and its causes on one line.

@@ -1,4 +1,5 @@
-//! Process-wide signal state of the `warden` binary: the one platform module of the CLI.
+//! Process-wide signal state of the `warden` binary, and the locale its messages follow: the
+//! one platform module of the CLI.
 //!
 //! Contract for the rest of `cli`:
 //! - [`reset_inherited_signal_state`] runs first in `main`: nothing blocked, `SIGCHLD` at its
@@ -8,6 +9,11 @@
 //!   `SIGTTIN`/`SIGTTOU`; children start with default dispositions anyway (posix_spawn attrs).
 //! - [`reraise`] ends the process with the signal a command died of, with core dumps disabled,
 //!   as GNU `timeout` does; it returns only if the signal did not end the process.
+//! - [`Locale`]: the locale the environment selects, as GNU's `setlocale (LC_ALL, "")` would
+//!   load it, queried for its character set and printable characters. It changes no
+//!   process-wide state (nothing calls `setlocale`), so it is safe from any thread.
+
+use std::ffi::CStr;
 
 use libc::c_int;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
@@ -81,5 +87,68 @@ pub(crate) fn reraise(sig: c_int) {
         libc::sigaddset(&mut set, sig);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         libc::raise(sig);
+    }
+}
+
+/// A locale object from `newlocale`, freed on drop.
+///
+/// # Invariants
+/// The pointer is a valid `locale_t` that nothing else frees.
+pub(crate) struct Locale(libc::locale_t);
+
+// glibc, musl and the BSDs export this; the libc crate does not declare it for Linux.
+// `wint_t` is `unsigned int` there.
+unsafe extern "C" {
+    fn iswprint_l(wc: u32, locale: libc::locale_t) -> c_int;
+}
+
+impl Locale {
+    /// The locale `LC_ALL`, the `LC_*` variables and `LANG` select, or `None` when one of
+    /// them names a locale that is not installed: GNU's `setlocale (LC_ALL, "")` fails then,
+    /// and GNU stays in the C locale.
+    pub(crate) fn from_env() -> Option<Self> {
+        Self::named(c"")
+    }
+
+    /// The locale called `name` (all categories), if it is installed.
+    pub(crate) fn named(name: &CStr) -> Option<Self> {
+        // SAFETY: `name` is a NUL-terminated string that outlives the call; a null base asks
+        // for a new object, which the caller owns (freed in drop).
+        let locale =
+            unsafe { libc::newlocale(libc::LC_ALL_MASK, name.as_ptr(), std::ptr::null_mut()) };
+        // Not `then_some`: a `Locale` built eagerly around null would be dropped (freed).
+        if locale.is_null() {
+            None
+        } else {
+            Some(Self(locale))
+        }
+    }
+
+    /// Whether its character set is UTF-8 (gnulib `locale_charset`, compared as gnulib's
+    /// `quotearg` does).
+    pub(crate) fn is_utf8(&self) -> bool {
+        // SAFETY: `self.0` is a valid locale (invariant); the returned string belongs to it
+        // and is copied into the comparison before the locale can be freed.
+        let codeset = unsafe { libc::nl_langinfo_l(libc::CODESET, self.0) };
+        if codeset.is_null() {
+            return false;
+        }
+        // SAFETY: a non-null `nl_langinfo_l` result is a NUL-terminated string, valid while
+        // the locale lives (it does, for this whole function).
+        let codeset = unsafe { CStr::from_ptr(codeset) };
+        codeset.to_bytes().eq_ignore_ascii_case(b"UTF-8")
+    }
+
+    /// `iswprint` in this locale.
+    pub(crate) fn is_printable(&self, c: char) -> bool {
+        // SAFETY: `self.0` is a valid locale (invariant); iswprint_l only reads it.
+        unsafe { iswprint_l(u32::from(c), self.0) != 0 }
+    }
+}
+
+impl Drop for Locale {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` came from newlocale and is freed exactly once, here.
+        unsafe { libc::freelocale(self.0) };
     }
 }

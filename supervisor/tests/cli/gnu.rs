@@ -8,7 +8,10 @@
 //! Every case also states what warden must do, so warden is still checked without GNU.
 //! Timing is one-sided throughout: a command that should time out sleeps 60 s against a
 //! DURATION of at most 0.2 s, one that should not exits at once against 30 s; signals to the
-//! supervisor are sent only after the command printed `ready`.
+//! supervisor are sent only after the command printed `ready`. A command that must first set
+//! a trap (to ignore or catch the signal) prints `ready` once it has, and its timeout is then
+//! fired with SIGALRM, which is how both implement their timer: with a real 0.1 s timer, a
+//! slow shell start under load would get the signal before its trap.
 
 use std::os::unix::process::CommandExt;
 use std::thread;
@@ -16,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::fixture::ROLE_VAR;
 use crate::support::{
-    Ended, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command, gnu_available, new_mark,
+    Ended, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command, fixture_argv,
+    gnu_available, new_mark,
 };
 
 struct Case {
@@ -29,6 +34,10 @@ struct Case {
     expect: Ended,
     /// GNU leaves the command running here (warden must not).
     gnu_leaks: bool,
+    /// `LC_ALL` for both sides.
+    locale: &'static str,
+    /// More environment for both sides (`PATH`, a fixture role).
+    env: Vec<(&'static str, String)>,
 }
 
 fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
@@ -38,6 +47,8 @@ fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
         signal: None,
         expect,
         gnu_leaks: false,
+        locale: "C",
+        env: Vec::new(),
     }
 }
 
@@ -48,12 +59,23 @@ fn signalled(name: &'static str, args: &[&str], signal: Signal, expect: Ended) -
     }
 }
 
+/// The timeout fires (SIGALRM to the supervisor) once the command printed `ready`.
+fn timer_fired(name: &'static str, args: &[&str], expect: Ended) -> Case {
+    signalled(name, args, Signal::SIGALRM, expect)
+}
+
 use Ended::{Code, Signal as Sig};
 
 /// A command that exits 0 when it gets SIGTERM.
-const EXIT0_ON_TERM: &str = r#"trap "exit 0" TERM; sleep 60 & wait"#;
+///
+/// No background child: a TERM that arrives between a child's fork and its exec is caught by
+/// the trap handler it inherited, and the program it then becomes never sees it (GNU would
+/// leave it running). A foreground `sleep 1` hit that way just ends, and the trap runs then.
+/// (The loop's stderr is dropped: whether sh reports the `sleep` as "Terminated" is a race.)
+const EXIT0_ON_TERM: &str =
+    r#"trap "exit 0" TERM; echo ready; while :; do sleep 1; done 2>/dev/null"#;
 /// A command that ignores SIGTERM (and so does the `sleep` it becomes).
-const IGNORE_TERM: &str = r#"trap "" TERM; exec sleep 60"#;
+const IGNORE_TERM: &str = r#"trap "" TERM; echo ready; exec sleep 60"#;
 
 fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
     let mark = new_mark();
@@ -61,6 +83,8 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
     args.extend(case.args.iter().map(String::as_str));
     let what = format!("{} {program} {args:?}", case.name);
     let mut cmd = command(program, &args, &mark);
+    cmd.env("LC_ALL", case.locale);
+    cmd.envs(case.env.iter().map(|(k, v)| (k, v)));
     // GNU names itself after argv[0].
     cmd.arg0(if program == GNU_TIMEOUT {
         "timeout"
@@ -69,7 +93,7 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
     });
     let mut proc = Proc::start(&what, cmd, &mark);
     if let Some(sig) = case.signal {
-        proc.wait_line("ready", |l| l == "ready");
+        proc.wait_line("ready", |l| l == "ready" || l.starts_with("ready "));
         if program == GNU_TIMEOUT {
             wait_until_in_sigsuspend(proc.pid());
         }
@@ -124,6 +148,17 @@ fn normalise_gnu(stderr: &str) -> String {
         .collect()
 }
 
+/// A fixture's `ready PID` line as plain `ready`: the pids of the two sides differ.
+fn without_pids(stdout: &str) -> String {
+    stdout
+        .lines()
+        .map(|line| match line.strip_prefix("ready ") {
+            Some(pid) if pid.bytes().all(|b| b.is_ascii_digit()) => "ready\n".to_owned(),
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
 fn check(cases: &[Case]) {
     let gnu = gnu_available();
     for case in cases {
@@ -151,7 +186,12 @@ fn check(cases: &[Case]) {
             "{}: GNU ended {:?}, warden {:?}",
             case.name, reference.ended, warden.ended
         );
-        assert_eq!(warden.stdout, reference.stdout, "{}: stdout", case.name);
+        assert_eq!(
+            without_pids(&warden.stdout),
+            without_pids(&reference.stdout),
+            "{}: stdout",
+            case.name
+        );
         assert_eq!(
             warden.stderr,
             normalise_gnu(&reference.stderr),
@@ -167,6 +207,10 @@ fn exit_statuses_match_gnu() {
     let no_exec = dir.file("not-executable", "exit 0\n", 0o644);
     let no_shebang = dir.file("no-shebang", "echo from sh; exit 6\n", 0o755);
     let directory = dir.0.to_string_lossy().into_owned();
+    let symlink_loop = dir.0.join("loop");
+    std::os::unix::fs::symlink(&symlink_loop, &symlink_loop).expect("create a symlink loop");
+    let symlink_loop = symlink_loop.to_string_lossy().into_owned();
+    let too_long = "n".repeat(300);
     check(&[
         case("exit 0", &["30", "true"], Code(0)),
         case("exit 1", &["30", "false"], Code(1)),
@@ -183,14 +227,14 @@ fn exit_statuses_match_gnu() {
             Code(0),
         ),
         case("timed out", &["0.1", "sleep", "60"], Code(124)),
-        case(
+        timer_fired(
             "timed out, exits 0 on TERM",
-            &["0.1", "sh", "-c", EXIT0_ON_TERM],
+            &["30", "sh", "-c", EXIT0_ON_TERM],
             Code(124),
         ),
-        case(
+        timer_fired(
             "-k needed",
-            &["-k", "0.1", "0.1", "sh", "-c", IGNORE_TERM],
+            &["-k", "0.1", "30", "sh", "-c", IGNORE_TERM],
             Code(137),
         ),
         case(
@@ -198,14 +242,14 @@ fn exit_statuses_match_gnu() {
             &["--preserve-status", "0.1", "sleep", "60"],
             Code(143),
         ),
-        case(
+        timer_fired(
             "--preserve-status, command exits 7 on TERM",
             &[
                 "--preserve-status",
-                "0.1",
+                "30",
                 "sh",
                 "-c",
-                r#"trap "exit 7" TERM; sleep 60 & wait"#,
+                r#"trap "exit 7" TERM; echo ready; while :; do sleep 1; done 2>/dev/null"#,
             ],
             Code(7),
         ),
@@ -214,13 +258,13 @@ fn exit_statuses_match_gnu() {
             &["--preserve-status", "30", "sh", "-c", "exit 5"],
             Code(5),
         ),
-        case(
+        timer_fired(
             "--preserve-status and -k: still 137",
             &[
                 "--preserve-status",
                 "-k",
                 "0.1",
-                "0.1",
+                "30",
                 "sh",
                 "-c",
                 IGNORE_TERM,
@@ -230,6 +274,12 @@ fn exit_statuses_match_gnu() {
         case("not found", &["30", "warden-no-such-command"], Code(127)),
         case("not executable", &["30", &no_exec], Code(126)),
         case("a directory", &["30", &directory], Code(126)),
+        case(
+            "a symlink loop: glibc's strerror text",
+            &["30", &symlink_loop],
+            Code(126),
+        ),
+        case("a name longer than NAME_MAX", &["30", &too_long], Code(126)),
         case(
             "a script without #! runs under sh",
             &["30", &no_shebang],
@@ -246,6 +296,58 @@ fn exit_statuses_match_gnu() {
             &["-k", "0", "0.1", "sleep", "60"],
             Code(124),
         ),
+    ]);
+}
+
+/// glibc's `execvp` search: a directory without the name is skipped, `EACCES` is remembered,
+/// any other error ends the search.
+#[test]
+fn path_search_matches_gnu() {
+    let first = TempDir::new();
+    let second = TempDir::new();
+    std::os::unix::fs::symlink("looped", first.0.join("looped")).expect("create a symlink loop");
+    first.file("runnable", "exit 1\n", 0o644);
+    second.file("runnable", "exit 5\n", 0o755);
+    second.file("looped", "exit 6\n", 0o755);
+    let (first_dir, second_dir) = (first.0.display(), second.0.display());
+    let both = format!("/nonexistent-dir:{first_dir}:{second_dir}");
+    let in_path = |name, args: &[&str], path: &str, expect| Case {
+        env: vec![("PATH", path.to_owned())],
+        ..case(name, args, expect)
+    };
+    let too_long = "n".repeat(300);
+    check(&[
+        in_path(
+            "a non-executable file is passed over",
+            &["30", "runnable"],
+            &both,
+            Code(5),
+        ),
+        in_path(
+            "only a non-executable file: EACCES",
+            &["30", "runnable"],
+            &format!("{first_dir}"),
+            Code(126),
+        ),
+        in_path(
+            "a symlink loop ends the search",
+            &["30", "looped"],
+            &both,
+            Code(126),
+        ),
+        in_path(
+            "a name longer than NAME_MAX, an existing directory",
+            &["30", &too_long],
+            &both,
+            Code(126),
+        ),
+        in_path(
+            "a name longer than NAME_MAX, no existing directory",
+            &["30", &too_long],
+            "/nonexistent-dir",
+            Code(127),
+        ),
+        in_path("an empty PATH", &["30", "runnable"], "", Code(127)),
     ]);
 }
 
@@ -310,9 +412,9 @@ fn durations_match_gnu() {
 fn verbose_and_foreground_match_gnu() {
     check(&[
         case("-v", &["-v", "0.1", "sleep", "60"], Code(124)),
-        case(
+        timer_fired(
             "-v with -k",
-            &["-v", "-k", "0.1", "0.1", "sh", "-c", IGNORE_TERM],
+            &["-v", "-k", "0.1", "30", "sh", "-c", IGNORE_TERM],
             Code(137),
         ),
         case(
@@ -331,14 +433,14 @@ fn verbose_and_foreground_match_gnu() {
             &["--foreground", "0.1", "sleep", "60"],
             Code(124),
         ),
-        case(
+        timer_fired(
             "--foreground -v -k",
             &[
                 "--foreground",
                 "-v",
                 "-k",
                 "0.1",
-                "0.1",
+                "30",
                 "sh",
                 "-c",
                 IGNORE_TERM,
@@ -358,6 +460,9 @@ fn forwarded_signals_match_gnu() {
     let ready_then_sleep: &[&str] = &["30", "sh", "-c", "echo ready; exec sleep 60"];
     let mut verbose: Vec<&str> = vec!["-v"];
     verbose.extend_from_slice(ready_then_sleep);
+    let (exe, fixture_args) = fixture_argv();
+    let mut fixture_command: Vec<&str> = vec!["30", &exe];
+    fixture_command.extend(fixture_args);
     check(&[
         signalled(
             "SIGTERM forwarded",
@@ -408,11 +513,15 @@ fn forwarded_signals_match_gnu() {
             Signal::SIGUSR1,
             Sig(libc::SIGUSR1),
         ),
+        // The command that GNU leaves running says `ready` itself, after its last exec: a
+        // process caught in exec has an empty /proc/PID/environ for a moment, so the survivor
+        // scan could miss `sh` becoming `sleep`, and the leaked sleep would hold the pipes.
         Case {
             gnu_leaks: true,
+            env: vec![(ROLE_VAR, "tree:hang:".to_owned())],
             ..signalled(
                 "SIGUSR1 kills the supervisor (GNU leaves the command running)",
-                ready_then_sleep,
+                &fixture_command,
                 Signal::SIGUSR1,
                 Sig(libc::SIGUSR1),
             )
@@ -429,5 +538,49 @@ fn forwarded_signals_match_gnu() {
             Signal::SIGTERM,
             Sig(libc::SIGTERM),
         ),
+    ]);
+}
+
+/// In a UTF-8 locale (this machine's default is `LANG=C.UTF-8`) GNU quotes operands and
+/// command names as `‘...’` and keeps printable characters; getopt's own messages keep `'`.
+/// If C.UTF-8 is not installed, both fall back to the C locale and still agree.
+#[test]
+fn utf8_locale_messages_match_gnu() {
+    let dir = TempDir::new();
+    let no_exec = dir.file("not-executable-\u{e9}", "exit 0\n", 0o644);
+    let utf8 = |name, args: &[&str], expect| Case {
+        locale: "C.UTF-8",
+        ..case(name, args, expect)
+    };
+    check(&[
+        utf8("bad DURATION", &["x'\u{e9}\\", "true"], Code(125)),
+        utf8(
+            "bad DURATION, closing quote",
+            &["1\u{2019}", "true"],
+            Code(125),
+        ),
+        utf8(
+            "bad DURATION, unprintable",
+            &["\u{85}1\u{378}", "true"],
+            Code(125),
+        ),
+        utf8("bad -s", &["-s", "\u{e9}t\u{e9}", "1", "true"], Code(125)),
+        utf8("bad -k", &["-k", "1 s", "1", "true"], Code(125)),
+        utf8("getopt keeps ASCII quotes", &["-x", "1", "true"], Code(125)),
+        utf8(
+            "not found",
+            &["30", "no-such-\u{2018}cmd\u{2019}"],
+            Code(127),
+        ),
+        utf8("not executable", &["30", &no_exec], Code(126)),
+        utf8("-v", &["-v", "0.1", "sleep", "60"], Code(124)),
+        Case {
+            locale: "C.UTF-8",
+            ..timer_fired(
+                "-v with -k",
+                &["-v", "-k", "0.1", "30", "sh", "-c", IGNORE_TERM],
+                Code(137),
+            )
+        },
     ]);
 }
