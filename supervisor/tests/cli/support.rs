@@ -375,13 +375,38 @@ fn settle_survivors(mark: &str) -> Vec<Survivor> {
     // Cleanup of processes that are not our children: they cannot be waited for, only
     // observed. Bounded, and only ever long when something really survives.
     let deadline = Instant::now() + Duration::from_millis(500);
+    let mut looked_again = false;
     loop {
         let found = marked(mark);
+        if found.is_empty() && !looked_again && blank_environ_pids().next().is_some() {
+            // A process in the middle of an exec reads an empty environ, so the scan cannot
+            // see its marker: look once more after it had time to finish. (Some processes have
+            // an empty environment for good; they cost this one extra look.)
+            looked_again = true;
+            thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         if found.is_empty() || Instant::now() >= deadline {
             return found;
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Live processes other than kernel threads whose environ reads empty.
+fn blank_environ_pids() -> impl Iterator<Item = i32> {
+    proc_pids().into_iter().filter(|&pid| {
+        let kernel = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let ppid: i32 = s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()?;
+                Some(pid == 2 || ppid == 2)
+            })
+            .unwrap_or(true);
+        !kernel
+            && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.is_empty())
+            && !is_zombie(pid)
+    })
 }
 
 /// SIGKILLs each survivor by PID and waits (bounded) until none is alive.
