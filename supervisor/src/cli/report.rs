@@ -140,7 +140,10 @@ pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
     if let Ending::SpawnFailed { status } = facts.ending {
         return status;
     }
-    if facts.stage == Some(Stage::Kill) {
+    // SIGKILL was needed: the kill stage, or a polite signal that was KILL (as `timeout -s KILL`).
+    let killed_politely = facts.ending == Ending::Terminated
+        && matches!(facts.exit, Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL);
+    if facts.stage == Some(Stage::Kill) || killed_politely {
         return 137;
     }
     if facts.ending == Ending::Completed {
@@ -276,6 +279,13 @@ mod tests {
             ..facts(Ending::Killed)
         };
         assert_eq!(exit_status(&killed), 137);
+        let killed_by_the_polite_signal = RunFacts {
+            reason: Some("timeout"),
+            stage: Some(Stage::Signal),
+            exit: Some(KILLED),
+            ..facts(Ending::Terminated)
+        };
+        assert_eq!(exit_status(&killed_by_the_polite_signal), 137);
         // A result that beat the cancel is the program's own.
         let late = RunFacts {
             reason: Some("timeout"),

@@ -56,7 +56,7 @@ Exit status:
   125    warden itself failed (bad arguments, I/O, containment unavailable)
   126    PROGRAM found but not runnable
   127    PROGRAM not found
-  137    the kill stage was reached (SIGKILL)
+  137    SIGKILL was needed: the kill stage was reached, or --signal was KILL
   128+N  warden itself received signal N
 
 Containment (--containment, default from $WARDEN_CONTAINMENT, else auto): cgroup (a cgroup v2
