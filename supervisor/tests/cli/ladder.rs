@@ -156,6 +156,91 @@ fn timeout_second_stop_signal_kills_the_tree() {
     );
 }
 
+/// A cgroup v1 freezer group holding one process: its SIGKILL stays pending until it thaws,
+/// which is how a tree outlives warden's second stop signal. Thawed and removed on drop.
+struct Freezer(std::path::PathBuf);
+
+impl Freezer {
+    fn new(mark: &str) -> Option<Freezer> {
+        let root = std::path::Path::new("/sys/fs/cgroup/freezer");
+        let dir = root.join(format!("warden-cli-{mark}"));
+        (root.join("cgroup.procs").exists() && std::fs::create_dir(&dir).is_ok())
+            .then_some(Freezer(dir))
+    }
+
+    fn freeze(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join the freezer");
+        std::fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze");
+        // The kernel says when it is done; observed, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(self.0.join("freezer.state"))
+            .is_ok_and(|s| s.trim() != "FROZEN")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the freezer never froze"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        // Empty once its process died of its pending SIGKILL; bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn timeout_third_stop_signal_exits_at_once() {
+    let mark = new_mark();
+    let Some(freezer) = Freezer::new(&mark) else {
+        eprintln!("skipped: no writable cgroup v1 freezer to hold a tree past SIGKILL");
+        return;
+    };
+    let cmd = command(
+        WARDEN,
+        &[
+            "timeout",
+            "-v",
+            "30",
+            "sh",
+            "-c",
+            r#"echo "ready $$"; exec sleep 60"#,
+        ],
+        &mark,
+    );
+    let mut proc = Proc::start("timeout, three SIGTERMs", cmd, &mark);
+    let line = proc.wait_line("ready", |l| l.starts_with("ready "));
+    let command_pid: i32 = line["ready ".len()..].parse().expect("pid");
+    // Frozen, the command cannot die of TERM or KILL: warden's own ladder cannot end it.
+    freezer.freeze(command_pid);
+    proc.signal(Signal::SIGTERM);
+    proc.wait_stderr("sending signal TERM");
+    proc.signal(Signal::SIGTERM);
+    proc.wait_stderr("sending signal KILL");
+    proc.signal(Signal::SIGTERM);
+    // warden is gone while its command still lives (frozen, its SIGKILL pending)...
+    proc.wait_exited();
+    assert!(
+        std::path::Path::new(&format!("/proc/{command_pid}")).exists(),
+        "the command died before warden exited: nothing was left to wait for"
+    );
+    // ...which then dies as soon as it thaws; the survivor scan proves it.
+    freezer.thaw();
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
+}
+
 /// Scenario 16: started under `trap '' CHLD` with SIGTERM blocked, warden still collects exit
 /// statuses and handles SIGTERM, and its children start with nothing blocked or ignored.
 fn inherited_state(sub: &[&str], expect: Ended) {

@@ -205,6 +205,23 @@ impl Proc {
             .unwrap_or_else(|e| panic!("{}: cannot send {sig}: {e}", self.what));
     }
 
+    /// Waits (bounded) until the process has exited, without reaping it or looking at what
+    /// it left behind ([`finish`](Self::finish) does that).
+    pub fn wait_exited(&mut self) {
+        let pid = self.pid();
+        let (exited_tx, exited) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = exited_tx.send(waitid(
+                Id::Pid(Pid::from_raw(pid)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ));
+        });
+        if let Err(e) = exited.recv_timeout(LIMIT) {
+            self.kill_now();
+            panic!("{}: did not exit within {LIMIT:?} ({e:?})", self.what);
+        }
+    }
+
     fn kill_now(&self) {
         if self.reaped {
             return;
@@ -225,20 +242,7 @@ impl Proc {
         mut self,
         expected: impl Fn(&Survivor) -> bool,
     ) -> (Finished, Vec<Survivor>) {
-        let pid = self.pid();
-        let (exited_tx, exited) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = exited_tx.send(waitid(
-                Id::Pid(Pid::from_raw(pid)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ));
-        });
-        if let Err(e) = exited.recv_timeout(LIMIT) {
-            self.kill_now();
-            let _ = self.child.wait();
-            self.reaped = true;
-            panic!("{}: did not exit within {LIMIT:?} ({e:?})", self.what);
-        }
+        self.wait_exited();
         let elapsed = self.started.elapsed();
         let status = self.child.wait().expect("reap");
         self.reaped = true;
