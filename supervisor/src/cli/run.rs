@@ -25,11 +25,10 @@ use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::duration::{Interval, parse_duration};
 use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
-use super::exit_status::{exec_failure, exit_status_for};
 use super::report::{Ending, RunFacts, Timings, exit_status, stage_name, to_json};
 use super::signal_set::SignalSet;
 use super::signals::{parse_signal, signal_name};
-use super::timeout_main::{errno_text, error_chain, precheck};
+use super::timeout_main::{errno_text, error_chain, exec_errno};
 
 /// The name warden's diagnostics use for this command.
 const PROGRAM: &str = "warden run";
@@ -346,21 +345,6 @@ async fn supervise(
         error: None,
         violation: None,
     };
-    if let Some(errno) = precheck(program) {
-        let error = std::io::Error::from_raw_os_error(errno);
-        eprintln!(
-            "{PROGRAM}: cannot run {}: {}",
-            quote(program.as_bytes()),
-            errno_text(errno)
-        );
-        facts.ending = Ending::SpawnFailed {
-            status: exit_status_for(exec_failure(&error), false),
-        };
-        facts.error = Some(error.to_string());
-        facts.timings.ended = Some(t0.elapsed());
-        facts.warden_signal = stop.signal();
-        return (facts, None);
-    }
     let mut command = Command::new(program);
     command.args(rest);
     command.stdin(if args.protocol {
@@ -387,7 +371,14 @@ async fn supervise(
         Ok(worker) => worker,
         Err(error) => {
             let status = spawn_status(&error);
-            eprintln!("{PROGRAM}: {}", error_chain(&error));
+            match exec_errno(&error) {
+                Some(errno) => eprintln!(
+                    "{PROGRAM}: cannot run {}: {}",
+                    quote(program.as_bytes()),
+                    errno_text(errno)
+                ),
+                None => eprintln!("{PROGRAM}: {}", error_chain(&error)),
+            }
             facts.ending = Ending::SpawnFailed { status };
             if let SpawnError::ExitedDuringHandshake { status: exit, .. } = &error {
                 facts.exit = Some(*exit);

@@ -7,10 +7,9 @@
 //! ended nothing of its tree is left running, except with `--foreground`, which keeps GNU's
 //! meaning: only the command is ever signalled, and its children are left alone.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
@@ -102,15 +101,6 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         FATAL_UNHANDLED[0],
         FATAL_UNHANDLED[1],
     ]);
-    if let Some(errno) = precheck(&invocation.command) {
-        let failure = exec_failure(&std::io::Error::from_raw_os_error(errno));
-        let status = exit_status_for(failure, invocation.preserve_status);
-        eprintln!(
-            "{PROGRAM}: failed to run command {command_name}: {}",
-            errno_text(errno)
-        );
-        return Ending::Exit(status);
-    }
     let mut command = Command::new(&invocation.command);
     command.args(&invocation.args).stdin(Stdio::Inherit);
     let options = TreeOptions::new()
@@ -208,64 +198,30 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
     }
 }
 
-/// The error `execvp` would end with, found before spawning so that the diagnostic and the
-/// status are GNU's. A command given as a path (with a `/`) is checked itself. A name is
-/// searched in `PATH` as glibc's `execvp` does: a directory where it is missing (`ENOENT`,
-/// `ENOTDIR`...) is skipped, `EACCES` is remembered and the search goes on, and any other error
-/// ends it (`ELOOP`, or `ENAMETOOLONG` for a name longer than `NAME_MAX`: GNU exits 126 there,
-/// where a search that goes on finds nothing, 127). `None` when a runnable file comes first or
-/// there is nothing to search: the spawner then resolves the command and reports what is left.
-pub(crate) fn precheck(program: &OsStr) -> Option<c_int> {
-    if program.as_bytes().contains(&b'/') {
-        return exec_error(Path::new(program));
-    }
-    let search = std::env::var_os("PATH").filter(|_| !program.is_empty())?;
-    let mut denied = false;
-    for dir in std::env::split_paths(&search) {
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        match exec_error(&dir.join(program)) {
-            None => return None,
-            Some(libc::EACCES) => denied = true,
-            Some(libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT) => {}
-            Some(other) => return Some(other),
-        }
-    }
-    denied.then_some(libc::EACCES)
-}
-
-/// The error `execve` would give for `path`, short of running it: the lookup's own error
-/// (`ENOENT`, `ELOOP`...), `EACCES` for a directory or a file without execute permission.
-fn exec_error(path: &Path) -> Option<c_int> {
-    match std::fs::metadata(path) {
-        Err(e) => e.raw_os_error(),
-        Ok(meta) if meta.is_dir() => Some(libc::EACCES),
-        Ok(_) => nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
-            .err()
-            .map(|errno| errno as c_int),
-    }
-}
-
 /// Prints GNU's "failed to run command" diagnostic and returns the status for it.
 fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
-    let (result, reason) = match error {
-        SpawnError::NotFound { .. } => (RunResult::NotFound, errno_text(libc::ENOENT)),
-        SpawnError::NotExecutable { source, .. } => (
-            exec_failure(source),
-            source
-                .raw_os_error()
-                .map_or_else(|| source.to_string(), errno_text),
-        ),
-        other => {
-            eprintln!("{PROGRAM}: {}", error_chain(other));
-            return exit_status_for(RunResult::WardenFailed, false);
-        }
+    let Some(errno) = exec_errno(error) else {
+        eprintln!("{PROGRAM}: {}", error_chain(error));
+        return exit_status_for(RunResult::WardenFailed, false);
     };
-    eprintln!("{PROGRAM}: failed to run command {command_name}: {reason}");
-    exit_status_for(result, false)
+    eprintln!(
+        "{PROGRAM}: failed to run command {command_name}: {}",
+        errno_text(errno)
+    );
+    exit_status_for(
+        exec_failure(&std::io::Error::from_raw_os_error(errno)),
+        false,
+    )
+}
+
+/// The error `execvp` would have ended with, for a spawn that failed to find or run the
+/// program (the library resolves it with execvp's rules before spawning).
+pub(crate) fn exec_errno(error: &SpawnError) -> Option<c_int> {
+    match error {
+        SpawnError::NotFound { .. } => Some(libc::ENOENT),
+        SpawnError::NotExecutable { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
 }
 
 /// `strerror` text, as GNU's diagnostics print it. std's message is glibc's `strerror_r`

@@ -159,8 +159,11 @@ fn cstring(bytes: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Spa
     CString::new(bytes).map_err(|_| SpawnError::InvalidCommand { what })
 }
 
-/// Finds `program` as execvp would: a name with a slash is used as given; otherwise the first
-/// executable regular file of that name in `path_var`'s directories.
+/// Finds `program` as execvp would, with its errors: a name with a slash is used as given;
+/// otherwise the first executable regular file of that name in `path_var`'s directories. As in
+/// glibc's `execvp`, a directory where the name is missing (`ENOENT`, `ENOTDIR`, ...) is
+/// skipped, `EACCES` is remembered and the search goes on, and any other error ends it
+/// (`ELOOP`, or `ENAMETOOLONG` for a name longer than `NAME_MAX`), as `NotExecutable`.
 fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnError> {
     if program.is_empty() {
         return Err(SpawnError::NotFound {
@@ -179,9 +182,10 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnEr
                 program: program.to_owned(),
                 source,
             }),
+            // What execve says of a directory.
             Ok(meta) if meta.is_dir() => Err(SpawnError::NotExecutable {
                 program: program.to_owned(),
-                source: io::Error::from_raw_os_error(libc::EISDIR),
+                source: io::Error::from_raw_os_error(libc::EACCES),
             }),
             Ok(_) if nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_err() => {
                 Err(SpawnError::NotExecutable {
@@ -209,7 +213,19 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnEr
                 denied = true;
             }
             Ok(_) => denied = true,
-            Err(_) => {}
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EACCES) => denied = true,
+                Some(
+                    libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ENODEV | libc::ETIMEDOUT,
+                )
+                | None => {}
+                Some(_) => {
+                    return Err(SpawnError::NotExecutable {
+                        program: program.to_owned(),
+                        source: e,
+                    });
+                }
+            },
         }
     }
     if denied {
