@@ -192,11 +192,7 @@ impl Actor {
                 () = self.config.kill.cancelled(), if !self.killed_idle => {
                     self.killed_idle = true;
                     tracing::warn!(parent: &self.span, "kill requested while idle; killing the worker");
-                    // SIGKILL before closing the channel: an SDK worker that saw EOF first could
-                    // exit on its own before the kill. Then no job may start on it: a protocol
-                    // worker's run gets `WorkerGone`.
-                    let _ = self.tree.kill_tree();
-                    self.channel = None;
+                    self.kill_idle();
                 }
                 () = sleep_until(idle_eof_deadline) => {
                     idle_eof_deadline = None;
@@ -214,10 +210,16 @@ impl Actor {
 
     fn idle_violation(&mut self, violation: Violation) {
         tracing::warn!(parent: &self.span, %violation, "worker broke the protocol while idle; killing it");
-        // Killed before the channel closes, so the exit is our SIGKILL, not its reaction to EOF.
+        self.kill_idle();
+        self.idle_violation = Some(violation);
+    }
+
+    /// SIGKILLs an idle worker's tree, then closes the channel, in that order: an SDK worker
+    /// that saw EOF first could exit on its own before the kill. No job may start on it after
+    /// this: a protocol worker's run gets `WorkerGone`.
+    fn kill_idle(&mut self) {
         let _ = self.tree.kill_tree();
         self.channel = None;
-        self.idle_violation = Some(violation);
     }
 
     /// What a run on a worker that can take no more jobs gets.

@@ -126,14 +126,8 @@ impl Worker {
                 options,
                 reply,
             })
-            .map_err(|_| RunError::WorkerGone {
-                status: None,
-                violation: None,
-            })?;
-        rx.await.map_err(|_| RunError::WorkerGone {
-            status: None,
-            violation: None,
-        })?
+            .map_err(|_| actor_gone())?;
+        rx.await.map_err(|_| actor_gone())?
     }
 
     /// Asks the worker to exit (a `Shutdown` message; for a plain program the polite signal),
@@ -146,6 +140,14 @@ impl Worker {
             return None;
         }
         rx.await.unwrap_or(None)
+    }
+}
+
+/// A run that found the worker's actor already finished (it has nothing more to tell).
+fn actor_gone() -> RunError {
+    RunError::WorkerGone {
+        status: None,
+        violation: None,
     }
 }
 
