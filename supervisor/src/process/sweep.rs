@@ -1,9 +1,10 @@
 //! Finding a tree's processes through /proc, and reaping orphans we adopted as a subreaper.
 //!
 //! # Invariants
-//! - One reaper per pid: the owned set ([`owned`]) holds every pid a [`Child`](super::Child) will reap; the
-//!   orphan sweeper reaps only zombies among our children that are not in it, and holds the
-//!   same lock the spawner holds from `posix_spawn` until the new pid is registered. An owned
+//! - One reaper per pid: the owned set ([`owned`]) holds every pid a [`Child`](super::Child)
+//!   will reap; the orphan sweeper reaps only zombies among our children that are not in it,
+//!   and holds the same lock the spawner holds from `posix_spawn` until the new pid is
+//!   registered. An owned
 //!   pid is reaped and unregistered in one step under that lock ([`reap_owned`]), so a pid
 //!   recycled to a new child is never unregistered by its previous owner.
 
