@@ -4,7 +4,6 @@
 mod cli;
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::process::ExitCode;
 
 const HELP: &str = "\
@@ -41,29 +40,23 @@ fn main() -> ExitCode {
     let status = match args.split_first() {
         Some((command, rest)) if command == "timeout" => cli::timeout_main::main(rest),
         Some((command, rest)) if command == "run" => cli::run::main(rest),
-        Some((flag, _)) if flag == "--help" || flag == "-h" || flag == "help" => print_stdout(HELP),
+        Some((flag, _)) if flag == "--help" || flag == "-h" || flag == "help" => {
+            cli::timeout_main::print_stdout(HELP)
+        }
         Some((flag, _)) if flag == "--version" || flag == "-V" => {
-            print_stdout(&format!("warden {}\n", env!("CARGO_PKG_VERSION")))
+            cli::timeout_main::print_stdout(&format!("warden {}\n", env!("CARGO_PKG_VERSION")))
         }
         Some((other, _)) => {
-            eprintln!(
+            cli::out::say!(
                 "warden: unknown command '{}' (try 'warden --help')",
                 other.to_string_lossy()
             );
             cli::exit_status::EXIT_CANCELED
         }
         None => {
-            eprintln!("warden: missing command: timeout or run (try 'warden --help')");
+            cli::out::say!("warden: missing command: timeout or run (try 'warden --help')");
             cli::exit_status::EXIT_CANCELED
         }
     };
     ExitCode::from(status)
-}
-
-fn print_stdout(text: &str) -> u8 {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => 0,
-        Err(_) => cli::exit_status::EXIT_CANCELED,
-    }
 }

@@ -14,6 +14,7 @@ pub(crate) mod containment;
 pub(crate) mod duration;
 pub(crate) mod exit_status;
 pub(crate) mod gnu_ladder;
+pub(crate) mod out;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod signal_set;
@@ -40,7 +41,7 @@ pub(crate) fn start_runtime(program: &str) -> Option<tokio::runtime::Runtime> {
     {
         Ok(runtime) => Some(runtime),
         Err(e) => {
-            eprintln!("{program}: cannot start the runtime: {e}");
+            out::say!("{program}: cannot start the runtime: {e}");
             None
         }
     }

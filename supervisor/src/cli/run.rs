@@ -7,7 +7,7 @@
 //! once" and `inf` means "never escalate on a timer".
 
 use std::ffi::{OsStr, OsString};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::duration::{Interval, parse_duration};
 use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+use super::out::{say, stdout_all};
 use super::report::{Ending, RunFacts, Timings, exit_status, stage_name, to_json};
 use super::signal_set::SignalSet;
 use super::signals::{parse_signal, signal_name};
@@ -152,7 +153,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         None => match ContainmentArg::from_env() {
             Ok(choice) => choice.unwrap_or_default(),
             Err(text) => {
-                eprintln!(
+                say!(
                     "{PROGRAM}: invalid {CONTAINMENT_ENV} '{text}': expected auto, cgroup, subreaper or process-group"
                 );
                 return EXIT_CANCELED;
@@ -166,13 +167,15 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_target(false)
+            // Its report of a failed write is an `eprintln!`, which panics on a closed stderr.
+            .log_internal_errors(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     let payload = match read_input(args.input.as_deref()) {
         Ok(payload) => payload,
         Err(e) => {
-            eprintln!("{PROGRAM}: cannot read the input: {e}");
+            say!("{PROGRAM}: cannot read the input: {e}");
             return EXIT_CANCELED;
         }
     };
@@ -186,19 +189,19 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
     if let Some(output) = output
         && let Err(e) = write_to(args.output.as_deref(), &output)
     {
-        eprintln!("{PROGRAM}: cannot write the output: {e}");
+        say!("{PROGRAM}: cannot write the output: {e}");
         status = EXIT_CANCELED;
     }
     if let Some(path) = &args.report {
         let mut text = to_json(&facts).to_string();
         text.push('\n');
         if let Err(e) = write_to(Some(path), text.as_bytes()) {
-            eprintln!("{PROGRAM}: cannot write the report: {e}");
+            say!("{PROGRAM}: cannot write the report: {e}");
             status = EXIT_CANCELED;
         }
     }
     if args.verbose {
-        eprintln!(
+        say!(
             "{PROGRAM}: {} (reason {}, stage {}), exit status {status}",
             facts.ending.name(),
             facts.reason.unwrap_or("none"),
@@ -212,9 +215,12 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
 fn usage_error(error: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
     match error.kind() {
+        // Rendered and written by us: clap's own `print` would panic on a closed stdout.
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            0
+            match stdout_all(error.render().to_string().as_bytes()) {
+                Ok(()) => 0,
+                Err(_) => EXIT_CANCELED,
+            }
         }
         _ => {
             let rendered = error.to_string();
@@ -228,7 +234,7 @@ fn usage_error(error: &clap::Error) -> u8 {
                 .collect::<Vec<_>>()
                 .join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            eprintln!("{PROGRAM}: {message} (try '{PROGRAM} --help')");
+            say!("{PROGRAM}: {message} (try '{PROGRAM} --help')");
             EXIT_CANCELED
         }
     }
@@ -253,11 +259,7 @@ fn read_input(path: Option<&std::path::Path>) -> std::io::Result<Vec<u8>> {
 fn write_to(path: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()> {
     match path {
         Some(path) if !is_stdio(path) => std::fs::write(path, bytes),
-        _ => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()
-        }
+        _ => stdout_all(bytes),
     }
 }
 
@@ -299,7 +301,7 @@ impl Stop {
                         kill.cancel();
                     }
                     _ => {
-                        eprintln!("{PROGRAM}: third stop signal, exiting now");
+                        say!("{PROGRAM}: third stop signal, exiting now");
                         std::process::exit(128 + sig);
                     }
                 }
@@ -372,12 +374,12 @@ async fn supervise(
         Err(error) => {
             let status = spawn_status(&error);
             match exec_errno(&error) {
-                Some(errno) => eprintln!(
+                Some(errno) => say!(
                     "{PROGRAM}: cannot run {}: {}",
                     quote(program.as_bytes()),
                     errno_text(errno)
                 ),
-                None => eprintln!("{PROGRAM}: {}", error_chain(&error)),
+                None => say!("{PROGRAM}: {}", error_chain(&error)),
             }
             facts.ending = Ending::SpawnFailed { status };
             if let SpawnError::ExitedDuringHandshake { status: exit, .. } = &error {
@@ -406,7 +408,7 @@ async fn supervise(
             (facts, output)
         }
         Err(error) => {
-            eprintln!("{PROGRAM}: {}", error_chain(&error));
+            say!("{PROGRAM}: {}", error_chain(&error));
             facts.ending = Ending::Failed { exit_code: None };
             facts.error = Some(error_chain(&error));
             facts.exit = after_job.or(match error {
@@ -421,7 +423,7 @@ async fn supervise(
 
 fn unreachable_command() -> ! {
     // clap enforces `required = true, num_args = 1..`.
-    eprintln!("{PROGRAM}: missing PROGRAM");
+    say!("{PROGRAM}: missing PROGRAM");
     std::process::exit(i32::from(EXIT_CANCELED));
 }
 

@@ -19,6 +19,7 @@ use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
 use super::gnu_ladder::{Ending, FATAL_UNHANDLED, GnuLadder, Reaction, Step, sleep_until};
+use super::out::{say, stderr_bytes, stdout_all};
 use super::signal_set::SignalSet;
 use super::timeout::{Invocation, PROGRAM, Parsed, help_text, parse, version_text};
 use super::unix;
@@ -34,7 +35,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         Ok(Parsed::Help) => return print_stdout(&help_text()),
         Ok(Parsed::Version) => return print_stdout(&version_text()),
         Err(error) => {
-            let _ = std::io::stderr().write_all(&error.render(PROGRAM));
+            stderr_bytes(&error.render(PROGRAM));
             return error.exit_status();
         }
     };
@@ -46,7 +47,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         match ContainmentArg::from_env() {
             Ok(choice) => choice.unwrap_or_default().to_containment(),
             Err(text) => {
-                eprintln!(
+                say!(
                     "{PROGRAM}: invalid {CONTAINMENT_ENV} {}: expected auto, cgroup, subreaper or process-group",
                     quote(text.as_bytes())
                 );
@@ -71,9 +72,10 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
     }
 }
 
-fn print_stdout(text: &str) -> u8 {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+/// `--help` and `--version`: 0, or 125 if the text could not be written (as GNU's
+/// `close_stdout` does).
+pub(crate) fn print_stdout(text: &str) -> u8 {
+    match stdout_all(text.as_bytes()) {
         Ok(()) => 0,
         Err(_) => EXIT_CANCELED,
     }
@@ -154,7 +156,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     let status = match status.ok().or(report.status) {
         Some(status) => status,
         None => {
-            eprintln!("{PROGRAM}: error waiting for child");
+            say!("{PROGRAM}: error waiting for child");
             return Ending::Exit(EXIT_CANCELED);
         }
     };
@@ -165,7 +167,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             core_dumped,
         } => {
             if core_dumped {
-                eprintln!("{PROGRAM}: the monitored command dumped core");
+                say!("{PROGRAM}: the monitored command dumped core");
             }
             Termination::Signaled(signal)
         }
@@ -180,7 +182,7 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
     match step {
         Step::Announce(sig) => {
             if verbose {
-                eprintln!(
+                say!(
                     "{PROGRAM}: sending signal {} to command {command_name}",
                     super::signals::signal_name(sig)
                 );
@@ -201,10 +203,10 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
 /// Prints GNU's "failed to run command" diagnostic and returns the status for it.
 fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
     let Some(errno) = exec_errno(error) else {
-        eprintln!("{PROGRAM}: {}", error_chain(error));
+        say!("{PROGRAM}: {}", error_chain(error));
         return exit_status_for(RunResult::WardenFailed, false);
     };
-    eprintln!(
+    say!(
         "{PROGRAM}: failed to run command {command_name}: {}",
         errno_text(errno)
     );

@@ -15,6 +15,8 @@
 
 use std::ffi::CStr;
 
+use super::out::say;
+
 use libc::c_int;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
@@ -74,7 +76,7 @@ fn disable_core_dumps() -> bool {
 /// caller then exits with 128 + `sig`.
 pub(crate) fn reraise(sig: c_int) {
     if !disable_core_dumps() {
-        eprintln!("warden timeout: warning: disabling core dumps failed");
+        say!("warden timeout: warning: disabling core dumps failed");
         return;
     }
     set_default(sig);

@@ -140,7 +140,7 @@ fn guard_main(base: &std::path::Path) -> i32 {
 fn shim_main(args: Vec<OsString>) -> i32 {
     // [ppid, pdeathsig, cgroup.procs|-, path, argv0, args...]
     if args.len() < 5 {
-        eprintln!("warden: malformed shim invocation");
+        shim_say(format_args!("warden: malformed shim invocation"));
         return 125;
     }
     let mut it = args.into_iter();
@@ -166,17 +166,24 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     if let Some(procs) = cgroup
         && let Err(e) = std::fs::write(&procs, b"0\n")
     {
-        eprintln!(
+        shim_say(format_args!(
             "warden: cannot join cgroup {}: {e}",
             procs.to_string_lossy()
-        );
+        ));
         return 125;
     }
     super::unix::reset_signal_default(libc::SIGPIPE);
     let err = super::unix::exec(&path, &argv);
-    eprintln!("warden: {}: {err}", path.to_string_lossy());
+    shim_say(format_args!("warden: {}: {err}", path.to_string_lossy()));
     match err.raw_os_error() {
         Some(libc::ENOENT) => 127,
         _ => 126,
     }
+}
+
+/// One line on the shim's stderr (the program's), dropped if it cannot be written: `eprintln!`
+/// would panic on a closed pipe and turn a clear exit status into 101.
+fn shim_say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
