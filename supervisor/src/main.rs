@@ -34,9 +34,19 @@ As PID 1 (in a container), warden also reaps every orphaned zombie.
 fn main() -> ExitCode {
     // First: when started as warden's exec shim this execs the target and never returns.
     warden::shim::run_if_shim();
+    // What the caller left ignored, before anything of ours changes it: `warden timeout`
+    // keeps those ignored in COMMAND as GNU does, `warden run` keeps SIGPIPE so.
+    cli::unix::record_ignored_at_start();
     // Before any thread exists, so every thread (and the spawner) starts with this state.
     cli::unix::reset_inherited_signal_state();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let args: Vec<OsString> = argv.collect();
+    // Installed as `timeout` (a symlink or hard link): GNU's command line, no subcommand word.
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("timeout")) {
+        cli::timeout::set_program_name(argv0.to_string_lossy().into_owned());
+        return ExitCode::from(cli::timeout_main::main(&args));
+    }
     let status = match args.split_first() {
         Some((command, rest)) if command == "timeout" => cli::timeout_main::main(rest),
         Some((command, rest)) if command == "run" => cli::run::main(rest),

@@ -9,7 +9,9 @@
 //!   then cleaned up by PID);
 //! - `ladder`: warden's own first, second and third stop signal, and inherited signal state;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
-//! - `args`: bad arguments (one line, status 125), help and version.
+//! - `args`: bad arguments (one line, status 125), help and version;
+//! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
+//!   output to a closed pipe or a full device.
 //!
 //! Fixture processes are this test binary started with `WARDEN_CLI_FIXTURE` set (see
 //! `fixture`). Every run carries a mark in its environment; after it ends, a /proc scan for the
@@ -17,6 +19,8 @@
 
 #[path = "cli/args.rs"]
 mod args;
+#[path = "cli/dropin.rs"]
+mod dropin;
 #[path = "cli/escape.rs"]
 mod escape;
 #[path = "cli/fixture.rs"]

@@ -9,18 +9,21 @@
 //!   `0x1.8P1`; `0x1d` is 29, not one day), `inf`/`infinity` in any case;
 //! - nothing more, or exactly one of `s`, `m`, `h`, `d` (lower case).
 //!
-//! Negative values and NaN are rejected, but `-0` (and a negative number
-//! that underflows to `-0`, such as `-1e-400`) is accepted as 0, as GNU does.
-//! Overflow is not an error: `1e400` is infinity.
+//! Negative values and NaN are rejected; `-0` is accepted as 0. Overflow is
+//! not an error: `1e400` is infinity.
 //!
 //! The decimal point is always `.`: warden does not follow `LC_NUMERIC` (GNU
 //! tries the locale's point first, then `.`).
 //!
-//! # Rounding
-//! A value is rounded *up* to the next nanosecond, like gnulib's
-//! `dtotimespec`, so any positive value, even `1e-10` or `0x1p-1074`, arms a
-//! timer of at least 1 ns. Only an exact zero (or an underflow to zero, like
-//! `1e-400`) disables the timeout.
+//! # Rounding (upstream coreutils 9.7+, not 9.1)
+//! A value is rounded *up*, as upstream's `parse_duration` does with gnulib's
+//! `dtimespec_bound` (to the next representable double, and a number that
+//! underflows to zero becomes the smallest positive one, keeping its sign),
+//! then to the next nanosecond like `dtotimespec`. So any positive value, even
+//! `1e-10` or `1e-10000`, arms a timer of at least 1 ns, `-1e-10000` is a
+//! negative number (invalid), and only an exact zero (`0`, `-0`, `0x0p0`)
+//! disables the timeout. GNU 9.1 took underflows as 0 (no timeout) and
+//! accepted `-1e-400`; the differential tests mark those operands.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -104,7 +107,8 @@ pub(crate) fn parse_seconds(operand: &OsStr) -> Result<f64, InvalidDurationError
         operand: operand.to_owned(),
     };
     let bytes = operand.as_bytes();
-    let (value, used) = strtod(bytes).ok_or_else(invalid)?;
+    let (value, used, underflow) = strtod(bytes).ok_or_else(invalid)?;
+    let value = round_up(value, underflow);
     // GNU's `!(0 <= value)`: rejects negatives and NaN, keeps -0.0.
     if value.is_nan() || value < 0.0 {
         return Err(invalid());
@@ -116,13 +120,26 @@ pub(crate) fn parse_seconds(operand: &OsStr) -> Result<f64, InvalidDurationError
         b"d" => 60.0 * 60.0 * 24.0,
         _ => return Err(invalid()),
     };
-    Ok(value * multiplier)
+    Ok(round_up(value * multiplier, false))
+}
+
+/// gnulib's `dtimespec_bound`: a bound on the true value that is not below it. A non-zero
+/// finite value moves away from zero to the next double (about one part in 2^53); a value
+/// that underflowed to zero (`underflow`, strtod's ERANGE) becomes the smallest subnormal of
+/// the same sign; zero, infinities and NaN stay as they are.
+fn round_up(value: f64, underflow: bool) -> f64 {
+    if value == 0.0 && underflow {
+        return f64::from_bits(1).copysign(value);
+    }
+    let phi = f64::EPSILON / 2.0 * (1.0 + f64::EPSILON);
+    value + phi * value
 }
 
 /// glibc `strtod` in the C locale (round to nearest): the value of the longest
-/// prefix of `s` that is a number, and that prefix's length; `None` when no
-/// number starts `s`.
-fn strtod(s: &[u8]) -> Option<(f64, usize)> {
+/// prefix of `s` that is a number, that prefix's length, and whether a non-zero
+/// number underflowed to zero (where strtod sets ERANGE and returns 0); `None`
+/// when no number starts `s`.
+fn strtod(s: &[u8]) -> Option<(f64, usize, bool)> {
     let mut pos = s.iter().take_while(|&&b| is_space(b)).count();
     let negative = match s.get(pos) {
         Some(b'-') => {
@@ -151,7 +168,25 @@ fn strtod(s: &[u8]) -> Option<(f64, usize)> {
         scan_decimal(body)?
     };
     let value = if negative { -magnitude } else { magnitude };
-    Some((value, pos + used))
+    // A zero result from a mantissa with a non-zero digit underflowed. The mantissa is what
+    // comes before the exponent marker (`p` for hex, whose digits include `e`; `e` otherwise).
+    let number = &body[..used];
+    let hex = number.len() > 1 && number[1].eq_ignore_ascii_case(&b'x');
+    let mantissa = if hex {
+        let digits = &number[2..];
+        &digits[..digits
+            .iter()
+            .position(|b| b.eq_ignore_ascii_case(&b'p'))
+            .unwrap_or(digits.len())]
+    } else {
+        &number[..number
+            .iter()
+            .position(|b| b.eq_ignore_ascii_case(&b'e'))
+            .unwrap_or(number.len())]
+    };
+    let nonzero = mantissa.iter().any(|b| b.is_ascii_hexdigit() && *b != b'0');
+    let underflow = magnitude == 0.0 && nonzero && !starts_with_ignore_case(body, b"nan");
+    Some((value, pos + used, underflow))
 }
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
@@ -360,38 +395,43 @@ mod tests {
         parse_duration(OsStr::new(s)).unwrap_or_else(|e| panic!("{s:?}: {e}"))
     }
 
+    /// What upstream's `dtimespec_bound` makes of an exactly parsed value.
+    fn up(value: f64) -> f64 {
+        round_up(value, false)
+    }
+
     fn after(secs: u64, nanos: u32) -> Interval {
         Interval::After(Duration::new(secs, nanos))
     }
 
     #[test]
     fn plain_numbers_and_suffixes() {
-        assert_eq!(seconds("5"), Ok(5.0));
-        assert_eq!(seconds("5s"), Ok(5.0));
-        assert_eq!(seconds("1.5m"), Ok(90.0));
-        assert_eq!(seconds("2h"), Ok(7200.0));
-        assert_eq!(seconds("1d"), Ok(86400.0));
-        assert_eq!(seconds(".5"), Ok(0.5));
-        assert_eq!(seconds("1."), Ok(1.0));
-        assert_eq!(seconds("+3"), Ok(3.0));
-        assert_eq!(seconds(" \t\n1"), Ok(1.0));
-        assert_eq!(seconds("1e3"), Ok(1000.0));
-        assert_eq!(seconds("1E-1"), Ok(0.1));
-        assert_eq!(seconds("1.e2s"), Ok(100.0));
+        assert_eq!(seconds("5"), Ok(up(up(5.0))));
+        assert_eq!(seconds("5s"), Ok(up(up(5.0))));
+        assert_eq!(seconds("1.5m"), Ok(up(up(1.5) * 60.0)));
+        assert_eq!(seconds("2h"), Ok(up(up(2.0) * 3600.0)));
+        assert_eq!(seconds("1d"), Ok(up(up(1.0) * 86400.0)));
+        assert_eq!(seconds(".5"), Ok(up(up(0.5))));
+        assert_eq!(seconds("1."), Ok(up(up(1.0))));
+        assert_eq!(seconds("+3"), Ok(up(up(3.0))));
+        assert_eq!(seconds(" \t\n1"), Ok(up(up(1.0))));
+        assert_eq!(seconds("1e3"), Ok(up(up(1000.0))));
+        assert_eq!(seconds("1E-1"), Ok(up(up(0.1))));
+        assert_eq!(seconds("1.e2s"), Ok(up(up(100.0))));
     }
 
     #[test]
     fn hex_floats() {
-        assert_eq!(seconds("0x1p3"), Ok(8.0));
-        assert_eq!(seconds("0X1P3"), Ok(8.0));
-        assert_eq!(seconds("0x.8"), Ok(0.5));
-        assert_eq!(seconds("0x1.8p1"), Ok(3.0));
-        assert_eq!(seconds("0x10"), Ok(16.0));
-        assert_eq!(seconds("0x1."), Ok(1.0));
-        assert_eq!(seconds("0x1d"), Ok(29.0), "d is a hex digit here");
-        assert_eq!(seconds("0x1e"), Ok(30.0), "e is a hex digit here");
-        assert_eq!(seconds("0x1p-2m"), Ok(15.0));
-        assert_eq!(seconds("0x1p+2"), Ok(4.0));
+        assert_eq!(seconds("0x1p3"), Ok(up(up(8.0))));
+        assert_eq!(seconds("0X1P3"), Ok(up(up(8.0))));
+        assert_eq!(seconds("0x.8"), Ok(up(up(0.5))));
+        assert_eq!(seconds("0x1.8p1"), Ok(up(up(3.0))));
+        assert_eq!(seconds("0x10"), Ok(up(up(16.0))));
+        assert_eq!(seconds("0x1."), Ok(up(up(1.0))));
+        assert_eq!(seconds("0x1d"), Ok(up(up(29.0))), "d is a hex digit here");
+        assert_eq!(seconds("0x1e"), Ok(up(up(30.0))), "e is a hex digit here");
+        assert_eq!(seconds("0x1p-2m"), Ok(up(up(0.25) * 60.0)));
+        assert_eq!(seconds("0x1p+2"), Ok(up(up(4.0))));
     }
 
     #[test]
@@ -416,11 +456,8 @@ mod tests {
             ("0x1p-99999999999999999999", 0.0),
         ];
         for &(text, expected) in cases {
-            assert_eq!(
-                seconds(text).map(f64::to_bits),
-                Ok(expected.to_bits()),
-                "{text}"
-            );
+            let parsed = strtod(text.as_bytes()).map(|(value, _, _)| value.to_bits());
+            assert_eq!(parsed, Some(expected.to_bits()), "{text}");
         }
     }
 
@@ -439,29 +476,42 @@ mod tests {
         }
         assert_eq!(interval("1e308d"), Interval::Never);
         assert_eq!(interval("4294967295"), Interval::Never);
-        assert_eq!(interval("4294967294"), after(4_294_967_294, 0));
+        assert_eq!(interval("4294967294"), after(4_294_967_294, 954));
     }
 
     #[test]
-    fn zero_disables_including_negative_zero_and_underflow() {
+    fn only_an_exact_zero_disables() {
         for text in [
-            "0", "0s", "0.0d", "-0", "-0.0", "0x0p0", "-0x0", "1e-400", "-1e-400",
+            "0",
+            "0s",
+            "0.0d",
+            "-0",
+            "-0.0",
+            "0x0p0",
+            "-0x0",
+            "0e-400",
+            "-0x0p-2000",
         ] {
             assert_eq!(interval(text), Interval::Disabled, "{text}");
         }
     }
 
     #[test]
-    fn tiny_values_round_up_to_one_nanosecond() {
+    fn values_round_up_like_upstream() {
+        // Expected values computed with upstream's dtimespec_bound + dtotimespec in C.
         assert_eq!(interval("1e-10"), after(0, 1));
         assert_eq!(interval("1e-320"), after(0, 1));
         assert_eq!(interval("0x1p-1074"), after(0, 1));
-        assert_eq!(interval("0.1"), after(0, 100_000_000));
-        assert_eq!(interval("1.5"), after(1, 500_000_000));
-        // 1.1 * 3600 is 3960.0000000000005 in f64; GNU's timer is 3960 s + 1 ns.
+        // Underflows to zero: the smallest positive value, so a 1 ns timer (9.1: none).
+        assert_eq!(interval("1e-400"), after(0, 1));
+        assert_eq!(interval("1e-10000"), after(0, 1));
+        assert_eq!(interval("0x1p-1075"), after(0, 1));
+        assert_eq!(interval("0.1"), after(0, 100_000_001));
+        assert_eq!(interval("1.5"), after(1, 500_000_001));
+        assert_eq!(interval("5"), after(5, 1));
+        assert_eq!(interval("1.5m"), after(90, 1));
         assert_eq!(interval("1.1h"), after(3960, 1));
-        // 0.7 * 86400 is 60479.99999999999: rounds up to a whole second.
-        assert_eq!(interval("0.7d"), after(60480, 0));
+        assert_eq!(interval("0.7d"), after(60480, 1));
         assert_eq!(interval("0.9999999999"), after(1, 0));
     }
 
@@ -503,18 +553,21 @@ mod tests {
 
     #[test]
     fn strtod_prefix_lengths() {
-        assert_eq!(strtod(b"  1.5xyz"), Some((1.5, 5)));
-        assert_eq!(strtod(b"0x"), Some((0.0, 1)));
-        assert_eq!(strtod(b"0xg"), Some((0.0, 1)));
-        assert_eq!(strtod(b"infinit"), Some((f64::INFINITY, 3)));
-        assert_eq!(strtod(b"1e+x"), Some((1.0, 1)));
-        assert_eq!(strtod(b"0x1p+x"), Some((1.0, 3)));
+        assert_eq!(strtod(b"  1.5xyz"), Some((1.5, 5, false)));
+        assert_eq!(strtod(b"1e-400s"), Some((0.0, 6, true)));
+        assert_eq!(strtod(b"0e-400"), Some((0.0, 6, false)));
+        assert_eq!(strtod(b"0x1p-1075"), Some((0.0, 9, true)));
+        assert_eq!(strtod(b"0x"), Some((0.0, 1, false)));
+        assert_eq!(strtod(b"0xg"), Some((0.0, 1, false)));
+        assert_eq!(strtod(b"infinit"), Some((f64::INFINITY, 3, false)));
+        assert_eq!(strtod(b"1e+x"), Some((1.0, 1, false)));
+        assert_eq!(strtod(b"0x1p+x"), Some((1.0, 3, false)));
         assert_eq!(strtod(b"x"), None);
         assert_eq!(strtod(b"-"), None);
-        let (nan, used) = strtod(b"nan(abc_1)s").unwrap();
+        let (nan, used, _) = strtod(b"nan(abc_1)s").unwrap();
         assert!(nan.is_nan());
         assert_eq!(used, 10);
-        let (_, used) = strtod(b"nan(abc").unwrap();
+        let (_, used, _) = strtod(b"nan(abc").unwrap();
         assert_eq!(used, 3);
     }
 

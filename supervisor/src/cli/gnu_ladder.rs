@@ -20,9 +20,15 @@
 //! does; the second SIGKILLs the whole tree at once (the run then ends as if `--kill-after`
 //! had fired: status 137); the third makes warden exit at once with 128 + the signal.
 //!
-//! GNU does not handle `SIGUSR1` and `SIGUSR2` (unless one is the `--signal`): they kill GNU
-//! `timeout` and leave the command running. warden dies of them too, but kills the tree
-//! first ([`Reaction::DieOf`]), so that nothing it started outlives it.
+//! # Upstream, not 9.1: every terminating signal is handled
+//! As coreutils 9.10 does ("handle all terminating signals"), every signal whose default
+//! action ends a process (GNU's `term_sig` list and the real-time signals) is handled like
+//! `SIGINT` above: forwarded to the tree, and warden waits for the command, so a command that
+//! traps it runs its trap, and warden then ends the way the command did. GNU 9.1 left `SIGPIPE`,
+//! `SIGUSR1`, `SIGUSR2` and the rest at their default, so they killed `timeout` and left the
+//! command running. [`handled_signals`] says which; a signal that was ignored when warden
+//! started is not handled (a background job's ignored `SIGINT` stays ignored), except `SIGALRM`
+//! and the `--signal`.
 
 use std::time::{Duration, Instant};
 
@@ -49,13 +55,59 @@ pub(crate) enum Reaction {
     Steps(Vec<Step>),
     /// Exit at once with this status (third stop signal).
     ExitNow(u8),
-    /// Kill the tree, then die of this signal (one GNU leaves at its default action).
-    DieOf(c_int),
 }
 
-/// Signals GNU `timeout` leaves at their default action (terminate) that a user may well
-/// send; warden listens to them only to kill the tree before dying of them.
-pub(crate) const FATAL_UNHANDLED: [c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
+/// GNU's `term_sig` list (`src/term-sig.h`): what `timeout` handles besides the real-time
+/// signals, less the four it cannot handle safely in a Rust process: `SIGILL`, `SIGFPE`,
+/// `SIGSEGV` and `SIGBUS` are the signals of warden's own faults (a handler that returns would
+/// fault again forever, and std uses SEGV/BUS for its stack-overflow guard), so an external
+/// one of those still kills warden as it would have killed GNU 9.1.
+const TERMINATING: [c_int; 17] = [
+    libc::SIGALRM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGPIPE,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTRAP,
+    libc::SIGABRT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGSYS,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGPOLL,
+    libc::SIGPWR,
+];
+
+/// The signals `warden timeout` handles, GNU's `install_cleanup`: every terminating signal
+/// and real-time signal that was not ignored when warden started (`ignored_at_start`), plus
+/// `SIGALRM` and `term_signal` (the `--signal`) whatever their state. With `-s CHLD`,
+/// `-s TTIN` or `-s TTOU`, GNU's later `SIGCHLD` handler and `SIG_IGN` for the tty signals
+/// replace the cleanup handler, so those listen to nothing extra.
+pub(crate) fn handled_signals(
+    term_signal: c_int,
+    ignored_at_start: impl Fn(c_int) -> bool,
+) -> Vec<c_int> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let realtime = 1..=0;
+    let mut handled: Vec<c_int> = TERMINATING
+        .into_iter()
+        .chain(realtime)
+        .filter(|&sig| sig == libc::SIGALRM || sig == term_signal || !ignored_at_start(sig))
+        .collect();
+    if !matches!(term_signal, libc::SIGCHLD | libc::SIGTTIN | libc::SIGTTOU)
+        && term_signal > 0
+        && !handled.contains(&term_signal)
+    {
+        handled.push(term_signal);
+    }
+    handled
+}
 
 /// How `warden timeout` ends once the command has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +128,6 @@ pub(crate) enum Ending {
 #[derive(Debug, Clone)]
 pub(crate) struct GnuLadder {
     term_signal: c_int,
-    /// The `--signal` as given (`term_signal` turns into KILL after the first signal).
-    user_signal: c_int,
     kill_after: Interval,
     foreground: bool,
     timed_out: bool,
@@ -105,7 +155,6 @@ impl GnuLadder {
     ) -> Self {
         GnuLadder {
             term_signal: signal,
-            user_signal: signal,
             kill_after,
             foreground,
             timed_out: false,
@@ -149,9 +198,6 @@ impl GnuLadder {
         }
         if sig == libc::SIGALRM {
             return Reaction::Steps(self.alarm(now));
-        }
-        if FATAL_UNHANDLED.contains(&sig) && sig != self.user_signal {
-            return Reaction::DieOf(sig);
         }
         if self.ignored.contains(&sig) {
             return Reaction::Steps(Vec::new());
@@ -468,19 +514,60 @@ mod tests {
     }
 
     #[test]
-    fn usr1_kills_warden_unless_it_is_the_signal() {
+    fn usr1_is_forwarded_like_any_terminating_signal() {
         let t0 = Instant::now();
         let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
-        assert_eq!(l.handle_signal(SIGUSR1, t0), Reaction::DieOf(SIGUSR1));
-        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGUSR1, false, t0);
         assert_eq!(
             l.handle_signal(SIGUSR1, t0),
             Reaction::Steps(term_then_cont(SIGUSR1))
         );
+        assert!(!l.timed_out());
         assert_eq!(
-            l.handle_signal(libc::SIGUSR2, t0),
-            Reaction::DieOf(libc::SIGUSR2)
+            l.handle_signal(libc::SIGPIPE, t0),
+            Reaction::Steps(term_then_cont(libc::SIGPIPE))
         );
+        // The command died of it: warden dies of it too, as upstream does.
+        assert_eq!(
+            l.ending(Termination::Signaled(SIGUSR1), false),
+            Ending::Reraise {
+                signal: SIGUSR1,
+                fallback: 138
+            }
+        );
+    }
+
+    #[test]
+    fn handled_signals_follow_install_cleanup() {
+        let none = |_| false;
+        let handled = handled_signals(SIGTERM, none);
+        for sig in [
+            SIGALRM,
+            SIGINT,
+            libc::SIGPIPE,
+            SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGXCPU,
+        ] {
+            assert!(handled.contains(&sig), "{sig}");
+        }
+        assert!(handled.contains(&libc::SIGRTMIN()) && handled.contains(&libc::SIGRTMAX()));
+        for sig in [
+            SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGSEGV,
+            libc::SIGCHLD,
+            SIGCONT,
+        ] {
+            assert!(!handled.contains(&sig), "{sig}");
+        }
+        // Ignored at start: not handled (a background job's SIGINT), but ALRM and the
+        // --signal always are.
+        let all_ignored = |_| true;
+        let handled = handled_signals(SIGHUP, all_ignored);
+        assert_eq!(handled, vec![SIGALRM, SIGHUP]);
+        // -s USR1 while USR1 was ignored, and a signal outside GNU's list.
+        assert!(handled_signals(libc::SIGWINCH, all_ignored).contains(&libc::SIGWINCH));
+        assert_eq!(handled_signals(libc::SIGCHLD, all_ignored), vec![SIGALRM]);
     }
 
     #[test]

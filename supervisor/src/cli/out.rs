@@ -7,6 +7,7 @@
 //! `println!`/`eprintln!` panic on a failed write: the CLI never uses them.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One diagnostic line on stderr (the newline is added), written in one `write` where the
 /// line fits, so lines from concurrent writers do not interleave. Errors are dropped.
@@ -16,10 +17,22 @@ pub(crate) fn stderr_line(args: std::fmt::Arguments<'_>) {
     stderr_bytes(line.as_bytes());
 }
 
+/// Set once a write to stderr failed with EPIPE: later messages are dropped without a write.
+/// (Writes block SIGPIPE around themselves: warden handles SIGPIPE, and its own failed write
+/// must not read as a SIGPIPE sent to it.)
+static STDERR_GONE: AtomicBool = AtomicBool::new(false);
+
 /// Raw bytes on stderr; errors are dropped.
 pub(crate) fn stderr_bytes(bytes: &[u8]) {
+    if STDERR_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut err = std::io::stderr().lock();
-    let _ = err.write_all(bytes);
+    if let Err(e) = super::unix::without_sigpipe(|| err.write_all(bytes))
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        STDERR_GONE.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Bytes on stdout, flushed; `Err` if they could not all be written.
@@ -28,7 +41,7 @@ pub(crate) fn stderr_bytes(bytes: &[u8]) {
 /// The write's or the flush's error (EPIPE, ENOSPC, EBADF, ...).
 pub(crate) fn stdout_all(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).and_then(|()| out.flush())
+    super::unix::without_sigpipe(|| out.write_all(bytes).and_then(|()| out.flush()))
 }
 
 /// `eprintln!` that never panics: one line on stderr, dropped if it cannot be written.

@@ -493,6 +493,11 @@ fn fill_from_report(facts: &mut RunFacts, report: &JobReport, t0: Instant) -> Op
 mod tests {
     use super::*;
 
+    /// `n` seconds as parsed (upstream rounds every duration up, by a nanosecond here).
+    fn secs(n: u64) -> Interval {
+        parse_duration(OsStr::new(&n.to_string())).unwrap()
+    }
+
     fn parse(list: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("warden run").chain(list.iter().copied()))
     }
@@ -501,8 +506,8 @@ mod tests {
     fn defaults() {
         let args = parse(&["--", "prog", "a"]).unwrap();
         assert_eq!(args.timeout, None);
-        assert_eq!(args.grace, Interval::After(Duration::from_secs(5)));
-        assert_eq!(args.kill_after, Interval::After(Duration::from_secs(5)));
+        assert_eq!(args.grace, secs(5));
+        assert_eq!(args.kill_after, secs(5));
         assert_eq!(args.signal, libc::SIGTERM);
         assert!(!args.protocol && !args.verbose);
         assert_eq!(args.command, vec![OsString::from("prog"), "a".into()]);
@@ -516,7 +521,7 @@ mod tests {
             vec![OsString::from("prog"), "--timeout".into(), "-v".into()]
         );
         assert!(!args.verbose);
-        assert_eq!(args.timeout, Some(Interval::After(Duration::from_secs(1))));
+        assert_eq!(args.timeout, Some(secs(1)));
     }
 
     #[test]
@@ -534,7 +539,7 @@ mod tests {
             "p",
         ])
         .unwrap();
-        assert_eq!(args.timeout, Some(Interval::After(Duration::from_secs(30))));
+        assert_eq!(args.timeout, Some(secs(30)));
         assert_eq!(stage_deadline(args.grace), Duration::ZERO);
         assert_eq!(stage_deadline(args.kill_after), Duration::MAX);
         assert_eq!(args.signal, libc::SIGINT);

@@ -34,8 +34,23 @@ use super::duration::{Interval, InvalidDurationError, parse_duration};
 use super::exit_status::EXIT_CANCELED;
 use super::signals::{InvalidSignalError, parse_signal};
 
-/// The name warden's diagnostics use for this command.
+/// The name `warden timeout`'s diagnostics use unless the binary runs as `timeout`.
 pub(crate) const PROGRAM: &str = "warden timeout";
+
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Runs as a drop-in `timeout` from now on: messages, `--help` and `--version` name the
+/// program `argv0`, the argv[0] it was started with, verbatim (GNU's `program_name`: `timeout`
+/// through `PATH`, `/usr/local/bin/timeout` when run by path). Call before parsing; the first
+/// call wins.
+pub(crate) fn set_program_name(argv0: String) {
+    let _ = NAME.set(argv0);
+}
+
+/// The name this command's messages use: [`PROGRAM`], or argv[0] when installed as `timeout`.
+pub(crate) fn program_name() -> &'static str {
+    NAME.get().map_or(PROGRAM, String::as_str)
+}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,10 +403,11 @@ pub(crate) fn parse(args: &[OsString]) -> Result<Parsed, UsageError> {
 /// The `--help` text: GNU's, with warden's name, the `-f`/`-p` short forms
 /// and a note that warden signals the whole process tree.
 pub(crate) fn help_text() -> String {
+    let program = program_name();
     format!(
         "\
-Usage: {PROGRAM} [OPTION] DURATION COMMAND [ARG]...
-  or:  {PROGRAM} [OPTION]
+Usage: {program} [OPTION] DURATION COMMAND [ARG]...
+  or:  {program} [OPTION]
 Start COMMAND, and kill it if still running after DURATION.
 
 Mandatory arguments to long options are mandatory for short options too.
@@ -424,12 +440,12 @@ Unlike GNU timeout, warden sends these signals to the whole process tree of
 COMMAND, not only to its process group (except with --foreground), and no
 descendant of COMMAND is left running when it exits.
 
-Signals warden receives (INT, QUIT, HUP, TERM, ALRM and SIGNAL) are forwarded
-to COMMAND as GNU timeout does. A second INT or TERM kills the whole tree at
-once (exit status 137); a third makes warden exit at once (128 + the signal).
-USR1 and USR2 (unless one is SIGNAL) kill the tree, then warden dies of them.
-The containment comes from $WARDEN_CONTAINMENT: auto (the default), cgroup,
-subreaper or process-group.
+Every terminating signal warden receives (INT, QUIT, HUP, TERM, PIPE, USR1,
+USR2, ...), unless it was ignored when warden started, is forwarded to COMMAND
+as current GNU timeout does, and ALRM counts as the timeout. A second INT or
+TERM kills the whole tree at once (exit status 137); a third makes warden exit
+at once (128 + the signal). The containment comes from $WARDEN_CONTAINMENT:
+auto (the default), cgroup, subreaper or process-group.
 
 Exit status:
   124  if COMMAND times out, and --preserve-status is not specified
@@ -444,13 +460,16 @@ Exit status:
 
 /// The `--version` text.
 pub(crate) fn version_text() -> String {
-    format!("{PROGRAM} (warden) {}\n", env!("CARGO_PKG_VERSION"))
+    format!(
+        "{} (warden) {}\n",
+        program_name(),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::ffi::OsStringExt;
-    use std::time::Duration;
 
     use super::*;
 
@@ -476,8 +495,9 @@ mod tests {
         String::from_utf8(error(list).render(PROGRAM)).unwrap()
     }
 
+    /// `n` seconds as parsed (upstream rounds every duration up, by a nanosecond here).
     fn secs(n: u64) -> Interval {
-        Interval::After(Duration::from_secs(n))
+        parse_duration(OsStr::new(&n.to_string())).unwrap()
     }
 
     #[test]

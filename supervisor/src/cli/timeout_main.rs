@@ -18,10 +18,10 @@ use warden::{Command, Containment, ExitStatus, SpawnError, Stdio, Tree, TreeOpti
 use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
-use super::gnu_ladder::{Ending, FATAL_UNHANDLED, GnuLadder, Reaction, Step, sleep_until};
+use super::gnu_ladder::{Ending, GnuLadder, Reaction, Step, handled_signals, sleep_until};
 use super::out::{say, stderr_bytes, stdout_all};
 use super::signal_set::SignalSet;
-use super::timeout::{Invocation, PROGRAM, Parsed, help_text, parse, version_text};
+use super::timeout::{Invocation, Parsed, help_text, parse, program_name, version_text};
 use super::unix;
 
 /// How long leftovers of the tree get to die after SIGKILL once the command has ended.
@@ -30,12 +30,13 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs `warden timeout` with the arguments after the subcommand; returns the exit status
 /// (or does not return, when warden re-raises the command's fatal signal).
 pub(crate) fn main(args: &[OsString]) -> u8 {
+    let program = program_name();
     let invocation = match parse(args) {
         Ok(Parsed::Run(invocation)) => invocation,
         Ok(Parsed::Help) => return print_stdout(&help_text()),
         Ok(Parsed::Version) => return print_stdout(&version_text()),
         Err(error) => {
-            stderr_bytes(&error.render(PROGRAM));
+            stderr_bytes(&error.render(program));
             return error.exit_status();
         }
     };
@@ -48,7 +49,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
             Ok(choice) => choice.unwrap_or_default().to_containment(),
             Err(text) => {
                 say!(
-                    "{PROGRAM}: invalid {CONTAINMENT_ENV} {}: expected auto, cgroup, subreaper or process-group",
+                    "{program}: invalid {CONTAINMENT_ENV} {}: expected auto, cgroup, subreaper or process-group",
                     quote(text.as_bytes())
                 );
                 return EXIT_CANCELED;
@@ -56,7 +57,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         }
     };
     unix::ignore_tty_stop_signals();
-    let Some(runtime) = super::start_runtime(PROGRAM) else {
+    let Some(runtime) = super::start_runtime(program) else {
         return EXIT_CANCELED;
     };
     let ending = runtime.block_on(supervise(&invocation, containment));
@@ -83,26 +84,13 @@ pub(crate) fn print_stdout(text: &str) -> u8 {
 
 /// Starts the command and sees it through; returns how warden should end.
 async fn supervise(invocation: &Invocation, containment: Containment) -> Ending {
+    let program = program_name();
     let verbose = invocation.verbose;
     let command_name = quote(invocation.command.as_bytes());
     // Listen before spawning, as GNU installs its handlers before fork: a signal sent once the
     // command is running is never missed.
-    // GNU's install_cleanup list. Its later SIGCHLD handler and its SIG_IGN for SIGTTIN and
-    // SIGTTOU override the cleanup handler when `-s` names one of those.
-    let user_signal = match invocation.signal {
-        libc::SIGCHLD | libc::SIGTTIN | libc::SIGTTOU => libc::SIGTERM,
-        other => other,
-    };
-    let mut signals = SignalSet::listen(&[
-        libc::SIGALRM,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGHUP,
-        libc::SIGTERM,
-        user_signal,
-        FATAL_UNHANDLED[0],
-        FATAL_UNHANDLED[1],
-    ]);
+    let mut signals =
+        SignalSet::listen(&handled_signals(invocation.signal, unix::ignored_at_start));
     let mut command = Command::new(&invocation.command);
     command.args(&invocation.args).stdin(Stdio::Inherit);
     let options = TreeOptions::new()
@@ -130,13 +118,6 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             () = sleep_until(ladder.poll_timeout()) => ladder.handle_timeout(Instant::now()),
             sig = signals.recv() => match ladder.handle_signal(sig, Instant::now()) {
                 Reaction::Steps(steps) => steps,
-                Reaction::DieOf(signal) => {
-                    // GNU would die of it at once and leave the command running.
-                    let _ = tree.kill_tree();
-                    tree.finish(REAP_TIMEOUT).await;
-                    let fallback = u8::try_from(128 + signal).unwrap_or(255);
-                    return Ending::Reraise { signal, fallback };
-                }
                 Reaction::ExitNow(status) => {
                     // Third stop signal: go now. The tree already had SIGKILL (second signal);
                     // whatever is left dies with us (PDEATHSIG) or is reaped by init.
@@ -156,7 +137,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     let status = match status.ok().or(report.status) {
         Some(status) => status,
         None => {
-            say!("{PROGRAM}: error waiting for child");
+            say!("{program}: error waiting for child");
             return Ending::Exit(EXIT_CANCELED);
         }
     };
@@ -167,7 +148,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             core_dumped,
         } => {
             if core_dumped {
-                say!("{PROGRAM}: the monitored command dumped core");
+                say!("{program}: the monitored command dumped core");
             }
             Termination::Signaled(signal)
         }
@@ -178,13 +159,14 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
 }
 
 fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
+    let program = program_name();
     // Like GNU, a failure to signal (the process is already gone) is not an error.
     match step {
         Step::Announce(sig) => {
             if verbose {
                 say!(
-                    "{PROGRAM}: sending signal {} to command {command_name}",
-                    super::signals::signal_name(sig)
+                    "{program}: sending signal {} to command {command_name}",
+                    announced_name(sig)
                 );
             }
         }
@@ -200,14 +182,25 @@ fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
     }
 }
 
+/// How `-v` names a signal: its name, but 0 as `0` (upstream 9.10; 9.1 printed `EXIT`, the
+/// name `kill -l` gives 0).
+fn announced_name(sig: c_int) -> String {
+    if sig == 0 {
+        "0".to_owned()
+    } else {
+        super::signals::signal_name(sig)
+    }
+}
+
 /// Prints GNU's "failed to run command" diagnostic and returns the status for it.
 fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
+    let program = program_name();
     let Some(errno) = exec_errno(error) else {
-        say!("{PROGRAM}: {}", error_chain(error));
+        say!("{program}: {}", error_chain(error));
         return exit_status_for(RunResult::WardenFailed, false);
     };
     say!(
-        "{PROGRAM}: failed to run command {command_name}: {}",
+        "{program}: failed to run command {command_name}: {}",
         errno_text(errno)
     );
     exit_status_for(

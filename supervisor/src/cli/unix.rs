@@ -14,11 +14,122 @@
 //!   process-wide state (nothing calls `setlocale`), so it is safe from any thread.
 
 use std::ffi::CStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::out::say;
 
 use libc::c_int;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+
+/// Whether SIGPIPE was ignored when the process started, recorded before Rust's runtime set
+/// it to `SIG_IGN` (which it does before `main`, so `main` cannot ask the kernel any more).
+static SIGPIPE_IGNORED_AT_START: AtomicBool = AtomicBool::new(false);
+
+/// Runs from `.init_array`, before `main` and before Rust's runtime touches SIGPIPE.
+extern "C" fn record_sigpipe_at_start() {
+    SIGPIPE_IGNORED_AT_START.store(is_ignored_now(libc::SIGPIPE), Ordering::Relaxed);
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RECORD_SIGPIPE: extern "C" fn() = record_sigpipe_at_start;
+
+#[cfg(target_vendor = "apple")]
+#[used]
+#[unsafe(link_section = "__DATA,__mod_init_func")]
+static RECORD_SIGPIPE: extern "C" fn() = record_sigpipe_at_start;
+
+fn is_ignored_now(sig: c_int) -> bool {
+    // SAFETY: a zeroed sigaction is a valid value to read into; a null new action only
+    // queries, which has no effect and runs no code of ours.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+static IGNORED_AT_START: OnceLock<Vec<c_int>> = OnceLock::new();
+
+/// Records which signals warden inherited as ignored (`SIG_IGN`). Call first in `main`, before
+/// anything changes a disposition; later calls keep the first record.
+pub(crate) fn record_ignored_at_start() {
+    IGNORED_AT_START.get_or_init(|| {
+        (1..=max_signal())
+            .filter(|&sig| match sig {
+                libc::SIGKILL | libc::SIGSTOP => false,
+                libc::SIGPIPE => SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed),
+                _ => is_ignored_now(sig),
+            })
+            .collect()
+    });
+}
+
+/// Whether `sig` was ignored when warden started (see [`record_ignored_at_start`]).
+pub(crate) fn ignored_at_start(sig: c_int) -> bool {
+    IGNORED_AT_START
+        .get()
+        .is_some_and(|ignored| ignored.contains(&sig))
+}
+
+fn max_signal() -> c_int {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return libc::SIGRTMAX();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    return 31;
+}
+
+/// Runs `write` with SIGPIPE blocked in this thread, and takes back the SIGPIPE the kernel
+/// raised at this thread if the write met a closed pipe: warden handles SIGPIPE (`warden
+/// timeout` forwards a SIGPIPE it receives to the tree, as upstream GNU does), and its own
+/// failed write must not look like one sent to it. A SIGPIPE sent to the process meanwhile is
+/// not lost: another thread that does not block it takes it.
+pub(crate) fn without_sigpipe<T>(write: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    // SAFETY: the sets are initialised by sigemptyset before use and outlive the calls;
+    // pthread_sigmask only changes this thread's mask, restored below on every path.
+    let (set, old) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        (set, old)
+    };
+    let result = write();
+    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) {
+        consume_pending_sigpipe(&set);
+    }
+    // SAFETY: `old` is the mask read above; restoring it is always valid.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn consume_pending_sigpipe(set: &libc::sigset_t) {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is a valid, initialised set; a null siginfo is allowed; a zero timeout
+    // polls, so this never blocks. It dequeues the SIGPIPE pending on this thread (it is
+    // blocked here), if there is one.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn consume_pending_sigpipe(set: &libc::sigset_t) {
+    // SAFETY: a zeroed sigset_t is a valid value for sigpending to fill; valid pointers to
+    // initialised sets; sigwait returns at once, as SIGPIPE is pending (checked first) and
+    // blocked in this thread.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+            let mut sig = 0;
+            libc::sigwait(set, &mut sig);
+        }
+    }
+}
 
 /// Unblocks every signal and puts `SIGCHLD` back to its default disposition if it was ignored.
 pub(crate) fn reset_inherited_signal_state() {

@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::fixture::ROLE_VAR;
 use crate::support::{
-    Ended, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command, fixture_argv,
-    gnu_available, new_mark,
+    Ended, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command, gnu_available, new_mark,
 };
 
 struct Case {
@@ -32,12 +30,13 @@ struct Case {
     signal: Option<Signal>,
     /// What warden must do.
     expect: Ended,
-    /// GNU leaves the command running here (warden must not).
-    gnu_leaks: bool,
     /// `LC_ALL` for both sides.
     locale: &'static str,
     /// More environment for both sides (`PATH`, a fixture role).
     env: Vec<(&'static str, String)>,
+    /// warden follows upstream coreutils here, not the installed 9.1: why (the upstream
+    /// change). GNU is not run for such a case; what warden must do is still checked.
+    upstream: Option<&'static str>,
 }
 
 fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
@@ -46,9 +45,17 @@ fn case(name: &'static str, args: &[&str], expect: Ended) -> Case {
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         signal: None,
         expect,
-        gnu_leaks: false,
         locale: "C",
         env: Vec::new(),
+        upstream: None,
+    }
+}
+
+/// A case where warden follows upstream coreutils, not 9.1, for the reason given.
+fn upstream(reason: &'static str, case: Case) -> Case {
+    Case {
+        upstream: Some(reason),
+        ..case
     }
 }
 
@@ -98,14 +105,6 @@ fn run_side(program: &str, prefix: &[&str], case: &Case) -> Finished {
             wait_until_in_sigsuspend(proc.pid());
         }
         proc.signal(sig);
-    }
-    if program == GNU_TIMEOUT && case.gnu_leaks {
-        let (done, leaked) = proc.finish_allowing(|_| true);
-        assert!(
-            !leaked.is_empty(),
-            "{what}: GNU was expected to leave the command running"
-        );
-        return done;
     }
     proc.finish()
 }
@@ -164,7 +163,8 @@ fn check(cases: &[Case]) {
     for case in cases {
         let (warden, reference) = thread::scope(|scope| {
             let warden = scope.spawn(|| run_side(WARDEN, &["timeout"], case));
-            let reference = gnu.then(|| run_side(GNU_TIMEOUT, &[], case));
+            let reference =
+                (gnu && case.upstream.is_none()).then(|| run_side(GNU_TIMEOUT, &[], case));
             (warden.join().expect("warden side panicked"), reference)
         });
         assert_eq!(
@@ -399,7 +399,15 @@ fn durations_match_gnu() {
         case("0x.2p0 (0.125)", &["0x.2p0", "sleep", "60"], Code(124)),
         case("0.001m", &["0.001m", "sleep", "60"], Code(124)),
         case("+.1 with spaces", &["  +.1", "sleep", "60"], Code(124)),
-        case("1e-400 is 0", &["1e-400", "sh", "-c", "exit 9"], Code(9)),
+        upstream(
+            "9.7 rounds an underflow up to the smallest positive duration (9.1: 0, no timeout)",
+            case("1e-400 times out", &["1e-400", "sleep", "60"], Code(124)),
+        ),
+        upstream(
+            "9.7 keeps the sign of an underflow: a negative duration is invalid (9.1: 0)",
+            case("bad: -1e-10000", &[" -1e-10000", "sleep", "60"], Code(125)),
+        ),
+        case("0e-400 is 0", &["0e-400", "sh", "-c", "exit 9"], Code(9)),
         case("100d", &["100d", "sh", "-c", "exit 8"], Code(8)),
         case("1e400 never fires", &["1e400", "true"], Code(0)),
         case("bad: 1x", &["1x", "true"], Code(125)),
@@ -422,10 +430,13 @@ fn verbose_and_foreground_match_gnu() {
             &["-v", "-s", "USR1", "0.1", "sleep", "60"],
             Code(124),
         ),
-        case(
-            "-v -s 0 names EXIT",
-            &["-v", "-s", "0", "-k", "0.1", "0.1", "sleep", "60"],
-            Code(137),
+        upstream(
+            "9.10 prints signal 0 as `0` (9.1: `EXIT`)",
+            case(
+                "-v -s 0 names 0",
+                &["-v", "-s", "0", "-k", "0.1", "0.1", "sleep", "60"],
+                Code(137),
+            ),
         ),
         case("-v, no timeout: silent", &["-v", "30", "true"], Code(0)),
         case(
@@ -460,9 +471,6 @@ fn forwarded_signals_match_gnu() {
     let ready_then_sleep: &[&str] = &["30", "sh", "-c", "echo ready; exec sleep 60"];
     let mut verbose: Vec<&str> = vec!["-v"];
     verbose.extend_from_slice(ready_then_sleep);
-    let (exe, fixture_args) = fixture_argv();
-    let mut fixture_command: Vec<&str> = vec!["30", &exe];
-    fixture_command.extend(fixture_args);
     check(&[
         signalled(
             "SIGTERM forwarded",
@@ -513,19 +521,30 @@ fn forwarded_signals_match_gnu() {
             Signal::SIGUSR1,
             Sig(libc::SIGUSR1),
         ),
-        // The command that GNU leaves running says `ready` itself, after its last exec: a
-        // process caught in exec has an empty /proc/PID/environ for a moment, so the survivor
-        // scan could miss `sh` becoming `sleep`, and the leaked sleep would hold the pipes.
-        Case {
-            gnu_leaks: true,
-            env: vec![(ROLE_VAR, "tree:hang:".to_owned())],
-            ..signalled(
-                "SIGUSR1 kills the supervisor (GNU leaves the command running)",
-                &fixture_command,
+        upstream(
+            "9.10 handles every terminating signal: USR1 is forwarded and waited for (9.1 \
+             died of it and left the command running)",
+            signalled(
+                "SIGUSR1 is forwarded; the command's trap runs",
+                &[
+                    "30",
+                    "sh",
+                    "-c",
+                    r#"trap "echo trapped; exit 3" USR1; echo ready; while :; do sleep 1; done 2>/dev/null"#,
+                ],
                 Signal::SIGUSR1,
-                Sig(libc::SIGUSR1),
-            )
-        },
+                Code(3),
+            ),
+        ),
+        upstream(
+            "9.10 handles SIGPIPE like any terminating signal (9.1 died of it)",
+            signalled(
+                "SIGPIPE is forwarded",
+                ready_then_sleep,
+                Signal::SIGPIPE,
+                Sig(libc::SIGPIPE),
+            ),
+        ),
         signalled(
             "--foreground forwards too",
             &[

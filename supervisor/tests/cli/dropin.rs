@@ -1,0 +1,185 @@
+//! warden installed as `timeout`, and warden's own output never ending it.
+//!
+//! Installed as `timeout` (argv[0]'s file name, through a symlink or hard link), the binary is
+//! `warden timeout` with GNU's command line and GNU's program name in every message; compared
+//! here byte for byte with GNU's own `timeout` run under the same argv[0]. Then warden's writes
+//! to a closed pipe or a full device: dropped, never a panic, never a changed exit status
+//! (except `--help`/`--version`, whose text is the point: 125, as GNU).
+
+use std::os::unix::process::CommandExt;
+
+use crate::support::{
+    Ended, Finished, GNU_TIMEOUT, Proc, TempDir, WARDEN, command, gnu_available, new_mark,
+};
+
+/// Runs `program` with argv[0] `argv0` and `args`, bounded, survivors checked.
+fn run_as(program: &str, argv0: &str, args: &[&str]) -> Finished {
+    let mark = new_mark();
+    let mut cmd = command(program, args, &mark);
+    cmd.arg0(argv0).env("LC_ALL", "C");
+    Proc::start(&format!("{argv0} {args:?}"), cmd, &mark).finish()
+}
+
+#[test]
+fn as_timeout_it_speaks_gnus_words_byte_for_byte() {
+    let cases: &[(&[&str], Ended)] = &[
+        (&["-/", "1", "true"], Ended::Code(125)),
+        (&["--bogus", "1", "true"], Ended::Code(125)),
+        (&["--kill", "1", "true"], Ended::Code(125)),
+        (&["5"], Ended::Code(125)),
+        (&["-s", "NOPE", "1", "true"], Ended::Code(125)),
+        (&["x", "true"], Ended::Code(125)),
+        (
+            &["10", "sh", "-c", "echo out; echo err >&2; exit 3"],
+            Ended::Code(3),
+        ),
+        (&["10", "warden-no-such-command"], Ended::Code(127)),
+        (&["-v", "0.1", "sleep", "60"], Ended::Code(124)),
+        (
+            &["-v", "-k", "0.1", "-s", "0", "0.1", "sleep", "60"],
+            Ended::Code(137),
+        ),
+    ];
+    let gnu = gnu_available();
+    for &(args, expect) in cases {
+        let ours = run_as(WARDEN, "timeout", args);
+        assert_eq!(ours.ended, expect, "{args:?}: {}", ours.stderr);
+        if !gnu {
+            continue;
+        }
+        let theirs = run_as(GNU_TIMEOUT, "timeout", args);
+        let signal_zero = args.contains(&"0") && args.contains(&"-s");
+        if signal_zero {
+            // Upstream 9.10 prints `sending signal 0`; 9.1 here prints `EXIT`.
+            assert_eq!(
+                ours.stderr,
+                "timeout: sending signal 0 to command 'sleep'\n\
+                 timeout: sending signal KILL to command 'sleep'\n"
+            );
+            continue;
+        }
+        assert_eq!(ours.stderr, theirs.stderr, "{args:?}: stderr");
+        assert_eq!(ours.stdout, theirs.stdout, "{args:?}: stdout");
+    }
+}
+
+#[test]
+fn as_timeout_help_and_version_name_it_timeout() {
+    let help = run_as(WARDEN, "timeout", &["--help"]);
+    assert_eq!(help.ended, Ended::Code(0));
+    assert!(
+        help.stdout.starts_with(
+            "Usage: timeout [OPTION] DURATION COMMAND [ARG]...\n  or:  timeout [OPTION]\n"
+        ),
+        "{}",
+        help.stdout
+    );
+    let version = run_as(WARDEN, "timeout", &["--version"]);
+    assert_eq!(version.ended, Ended::Code(0));
+    assert_eq!(
+        version.stdout,
+        format!("timeout (warden) {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // argv[0] as given, as GNU's program_name: a path stays a path.
+    let done = run_as(WARDEN, "/usr/local/bin/timeout", &["-/"]);
+    assert_eq!(
+        done.stderr,
+        "/usr/local/bin/timeout: invalid option -- '/'\n\
+         Try '/usr/local/bin/timeout --help' for more information.\n"
+    );
+}
+
+/// `ln -s "$(command -v warden)" DIR/timeout`, then an unmodified script's `timeout` runs it.
+#[test]
+fn a_symlink_named_timeout_on_path_is_found_by_scripts() {
+    let dir = TempDir::new();
+    std::os::unix::fs::symlink(WARDEN, dir.0.join("timeout")).expect("symlink");
+    let path = format!(
+        "{}:{}",
+        dir.0.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mark = new_mark();
+    let mut cmd = command(
+        "/bin/sh",
+        &["-c", "timeout -v 0.1 sleep 60; echo \"status $?\""],
+        &mark,
+    );
+    cmd.env("PATH", path).env("LC_ALL", "C");
+    let done = Proc::start("sh -c 'timeout ...'", cmd, &mark).finish();
+    assert_eq!(done.ended, Ended::Code(0));
+    assert_eq!(done.stdout, "status 124\n");
+    assert_eq!(
+        done.stderr,
+        "timeout: sending signal TERM to command 'sleep'\n"
+    );
+}
+
+/// Runs `script` under `sh -c` with `$W` set to warden; returns how it ended and the script's
+/// stdout.
+fn shell(script: &str) -> Finished {
+    let mark = new_mark();
+    let mut cmd = command("/bin/sh", &["-c", script], &mark);
+    cmd.env("W", WARDEN).env("LC_ALL", "C");
+    Proc::start(script, cmd, &mark).finish()
+}
+
+#[test]
+fn a_closed_stderr_changes_nothing() {
+    // The -v line goes to a pipe nobody reads: no panic (101), no early exit; the timeout's
+    // status and the tree's death (the survivor scan) are as with a terminal.
+    for script in [
+        r#"{ { "$W" timeout -v .1 sleep 60 2>&1; echo "status $?" >&3; } | :; } 3>&1"#,
+        r#"{ { "$W" timeout -v -s INT -k .1 .1 sh -c 'trap "" INT; exec sleep 60' 2>&1; echo "status $?" >&3; } | :; } 3>&1"#,
+        r#"{ { "$W" run -v --timeout .1 -- sleep 60 2>&1; echo "status $?" >&3; } | :; } 3>&1"#,
+        r#"{ { "$W" timeout 10 warden-no-such-command 2>&1; echo "status $?" >&3; } | :; } 3>&1"#,
+    ] {
+        let done = shell(script);
+        let want = if script.contains("-k .1") {
+            "status 137\n"
+        } else if script.contains("no-such") {
+            "status 127\n"
+        } else {
+            "status 124\n"
+        };
+        assert_eq!(done.stdout, want, "{script}: {}", done.stderr);
+    }
+}
+
+#[test]
+fn help_and_version_to_a_full_device_are_125() {
+    for args in [
+        "--help",
+        "--version",
+        "timeout --help",
+        "timeout --version",
+        "run --help",
+        "run --version",
+    ] {
+        let done = shell(&format!("\"$W\" {args} >/dev/full; echo \"status $?\""));
+        assert_eq!(
+            done.stdout, "status 125\n",
+            "warden {args}: {}",
+            done.stderr
+        );
+    }
+    let done = run_as(WARDEN, "timeout", &["--help"]);
+    assert_eq!(done.ended, Ended::Code(0));
+}
+
+/// A report (or a result: the same write) that cannot be written is data lost: warden says so and exits 125,
+/// after the ladder ran in full (no panic, nothing left running).
+#[test]
+fn a_report_or_output_to_a_closed_pipe_is_125_not_a_panic() {
+    let done = shell(
+        r#"{ { "$W" run --report - --timeout .1 -- sleep 60; echo "status $?" >&3; } | :; } 3>&1"#,
+    );
+    assert_eq!(done.stdout, "status 125\n", "{}", done.stderr);
+    assert!(
+        done.stderr.contains("cannot write the report"),
+        "{}",
+        done.stderr
+    );
+    // `--output -` goes through the same write (`write_to`) as `--report -`; an SDK fixture
+    // cannot be used for it here, as libtest's own output would meet the closed pipe first.
+}
