@@ -69,6 +69,11 @@
 //! A worker that links the `warden-worker` SDK is spawned with [`WorkerConfig::protocol`]; its
 //! ladder starts with a cancel message that trips the token inside the worker.
 //! `examples/src/bin/demo.rs` runs all kinds side by side.
+//!
+//! # Features
+//! - `cli` (default): builds the `warden` binary (`warden timeout`, `warden run`) and pulls in
+//!   what only it needs (clap, serde_json, tracing-subscriber). The library's API is the same
+//!   without it; a host that embeds warden depends on it with `default-features = false`.
 #![warn(missing_docs)]
 
 mod error;
