@@ -83,14 +83,14 @@ mod outcome;
 mod process;
 mod worker;
 
-pub use error::{RunError, SpawnError};
+pub use error::{ParseNameError, RunError, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
-pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
+pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, Stdio, Tree, TreeOptions, TreeReport,
     claim_all_children, start_orphan_reaper,
 };
 pub use tokio_util::sync::CancellationToken;
-pub use warden_protocol::{CancelReason, JobId};
+pub use warden_protocol::{CancelReason, JobId, ParseCancelReasonError};
 pub use worker::{JobOptions, Progress, Worker, WorkerConfig, WorkerInfo};
