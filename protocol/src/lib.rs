@@ -43,7 +43,7 @@ mod message;
 
 pub use codec::{DecodeError, EncodeError, FrameDecoder, encode_frame, encode_frame_into};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_version};
-pub use message::{CancelReason, JobId, SupervisorMessage, WorkerMessage};
+pub use message::{CancelReason, JobId, ParseCancelReasonError, SupervisorMessage, WorkerMessage};
 
 /// Length of the frame header: a little-endian `u32` body length.
 pub const HEADER_LEN: usize = 4;

@@ -1,9 +1,11 @@
 //! The messages. Variant order is the wire tag: append new variants, never reorder.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
+use core::str::FromStr;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// Identifies one job on one connection. Chosen by the supervisor, unique per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,7 +32,16 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
-    /// Lower-case name used in reports and logs.
+    /// Every reason, in wire-tag order.
+    pub const ALL: [CancelReason; 4] = [
+        CancelReason::Requested,
+        CancelReason::Timeout,
+        CancelReason::Shutdown,
+        CancelReason::Unresponsive,
+    ];
+
+    /// Lower-case name used in reports and logs: `requested`, `timeout`, `shutdown`,
+    /// `unresponsive`. [`FromStr`] takes it back.
     pub fn as_str(self) -> &'static str {
         match self {
             CancelReason::Requested => "requested",
@@ -44,6 +55,28 @@ impl CancelReason {
 impl fmt::Display for CancelReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of [`CancelReason::as_str`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown cancel reason {name:?}")]
+pub struct ParseCancelReasonError {
+    /// The text that names no reason.
+    pub name: String,
+}
+
+impl FromStr for CancelReason {
+    type Err = ParseCancelReasonError;
+
+    /// The reason [`CancelReason::as_str`] names (exactly: lower case).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        CancelReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == name)
+            .ok_or_else(|| ParseCancelReasonError {
+                name: name.to_string(),
+            })
     }
 }
 
@@ -171,6 +204,33 @@ impl SupervisorMessage {
             SupervisorMessage::Cancel { .. } => "cancel",
             SupervisorMessage::Shutdown => "shutdown",
             SupervisorMessage::Refuse { .. } => "refuse",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cancel_reason_name_round_trips() {
+        // Exhaustive: a new reason does not compile here until it is in `ALL` at its wire tag.
+        let tag = |reason: CancelReason| match reason {
+            CancelReason::Requested => 0,
+            CancelReason::Timeout => 1,
+            CancelReason::Shutdown => 2,
+            CancelReason::Unresponsive => 3,
+        };
+        for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
+            assert_eq!(tag(reason), i);
+            assert_eq!(reason.as_str().parse(), Ok(reason));
+            assert_eq!(reason.to_string(), reason.as_str());
+        }
+        for bad in ["", "Timeout", "time out", "timeout "] {
+            assert_eq!(
+                bad.parse::<CancelReason>(),
+                Err(ParseCancelReasonError { name: bad.into() })
+            );
         }
     }
 }

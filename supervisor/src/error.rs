@@ -114,3 +114,25 @@ pub enum RunError {
     #[error("a plain program takes no payload")]
     PayloadForPlainProgram,
 }
+
+/// A name that none of a warden enum's values has: what [`FromStr`](std::str::FromStr) on
+/// [`Stage`](crate::Stage), [`ContainmentMode`](crate::ContainmentMode) or
+/// [`OutcomeKind`](crate::OutcomeKind) returns for text their `as_str` never gives.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown {kind} name {name:?}")]
+#[non_exhaustive]
+pub struct ParseNameError {
+    /// What was being parsed: `stage`, `containment mode` or `outcome`.
+    pub kind: &'static str,
+    /// The text that names none of them.
+    pub name: String,
+}
+
+impl ParseNameError {
+    pub(crate) fn new(kind: &'static str, name: &str) -> Self {
+        ParseNameError {
+            kind,
+            name: name.to_owned(),
+        }
+    }
+}

@@ -86,9 +86,13 @@
 //! 8. Nothing panics and memory is bounded: at most four actions are ever queued.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use warden_protocol::CancelReason;
+
+use crate::error::ParseNameError;
 
 /// How long each stage of the ladder waits before escalating to the next.
 ///
@@ -127,6 +131,39 @@ pub enum Stage {
     Signal,
     /// SIGKILL was sent to the process group.
     Kill,
+}
+
+impl Stage {
+    /// Every stage, from the mildest.
+    pub const ALL: [Stage; 3] = [Stage::Cooperative, Stage::Signal, Stage::Kill];
+
+    /// Lower-case name used in reports and logs: `cooperative`, `signal`, `kill`.
+    /// [`FromStr`] takes it back.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Cooperative => "cooperative",
+            Stage::Signal => "signal",
+            Stage::Kill => "kill",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = ParseNameError;
+
+    /// The stage [`Stage::as_str`] names (exactly: lower case).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == name)
+            .ok_or_else(|| ParseNameError::new("stage", name))
+    }
 }
 
 /// What the actor must do now. Emitted by [`Escalation::poll_action`], in order.
@@ -406,6 +443,26 @@ impl Escalation {
 mod tests {
     use super::*;
     use CancelReason::{Requested, Shutdown, Timeout, Unresponsive};
+
+    #[test]
+    fn every_stage_name_round_trips() {
+        // Exhaustive: a new stage does not compile here until it is in `ALL`, in order.
+        let rank = |stage: Stage| match stage {
+            Stage::Cooperative => 0,
+            Stage::Signal => 1,
+            Stage::Kill => 2,
+        };
+        for (i, stage) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(rank(stage), i);
+            assert_eq!(stage.as_str().parse(), Ok(stage));
+            assert_eq!(stage.to_string(), stage.as_str());
+        }
+        assert!(Stage::ALL.is_sorted());
+        assert_eq!(
+            "Kill".parse::<Stage>(),
+            Err(ParseNameError::new("stage", "Kill"))
+        );
+    }
 
     /// A virtual clock: a base instant plus offsets in milliseconds.
     struct Clock(Instant);

@@ -69,6 +69,11 @@
 //! A worker that links the `warden-worker` SDK is spawned with [`WorkerConfig::protocol`]; its
 //! ladder starts with a cancel message that trips the token inside the worker.
 //! `examples/src/bin/demo.rs` runs all kinds side by side.
+//!
+//! # Features
+//! - `cli` (default): builds the `warden` binary (`warden timeout`, `warden run`) and pulls in
+//!   what only it needs (clap, serde_json, tracing-subscriber). The library's API is the same
+//!   without it; a host that embeds warden depends on it with `default-features = false`.
 #![warn(missing_docs)]
 
 mod error;
@@ -78,14 +83,14 @@ mod outcome;
 mod process;
 mod worker;
 
-pub use error::{RunError, SpawnError};
+pub use error::{ParseNameError, RunError, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
-pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
+pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, Stdio, Tree, TreeOptions, TreeReport,
     claim_all_children, start_orphan_reaper,
 };
 pub use tokio_util::sync::CancellationToken;
-pub use warden_protocol::{CancelReason, JobId};
+pub use warden_protocol::{CancelReason, JobId, ParseCancelReasonError};
 pub use worker::{JobOptions, Progress, Worker, WorkerConfig, WorkerInfo};

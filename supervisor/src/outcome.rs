@@ -1,10 +1,13 @@
 //! How a job ended. Kept apart from errors: being killed at the deadline is a result.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use warden_protocol::{CancelReason, DecodeError, JobId};
 
+use crate::error::ParseNameError;
 use crate::escalation::Stage;
 use crate::{ContainmentMode, ExitStatus};
 
@@ -33,16 +36,84 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Lower-case name used in reports: completed, cancelled, failed, terminated, killed, crashed.
-    pub fn name(&self) -> &'static str {
+    /// Which kind of outcome this is, without its data.
+    pub fn kind(&self) -> OutcomeKind {
         match self {
-            Outcome::Completed(_) | Outcome::CompletedDespiteCancel(_) => "completed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Failed(_) => "failed",
-            Outcome::Terminated => "terminated",
-            Outcome::Killed => "killed",
-            Outcome::Crashed(_) => "crashed",
+            Outcome::Completed(_) | Outcome::CompletedDespiteCancel(_) => OutcomeKind::Completed,
+            Outcome::Cancelled => OutcomeKind::Cancelled,
+            Outcome::Failed(_) => OutcomeKind::Failed,
+            Outcome::Terminated => OutcomeKind::Terminated,
+            Outcome::Killed => OutcomeKind::Killed,
+            Outcome::Crashed(_) => OutcomeKind::Crashed,
         }
+    }
+
+    /// Lower-case name used in reports: completed, cancelled, failed, terminated, killed, crashed
+    /// (its [`OutcomeKind::as_str`]).
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// The kinds of [`Outcome`], without their data: what reports and logs name.
+/// [`Outcome::CompletedDespiteCancel`] is of kind `Completed` (the reason says a cancel came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OutcomeKind {
+    /// [`Outcome::Completed`] or [`Outcome::CompletedDespiteCancel`].
+    Completed,
+    /// [`Outcome::Cancelled`].
+    Cancelled,
+    /// [`Outcome::Failed`].
+    Failed,
+    /// [`Outcome::Terminated`].
+    Terminated,
+    /// [`Outcome::Killed`].
+    Killed,
+    /// [`Outcome::Crashed`].
+    Crashed,
+}
+
+impl OutcomeKind {
+    /// Every kind, in the order of [`Outcome`]'s variants.
+    pub const ALL: [OutcomeKind; 6] = [
+        OutcomeKind::Completed,
+        OutcomeKind::Cancelled,
+        OutcomeKind::Failed,
+        OutcomeKind::Terminated,
+        OutcomeKind::Killed,
+        OutcomeKind::Crashed,
+    ];
+
+    /// Lower-case name used in reports and logs: `completed`, `cancelled`, `failed`,
+    /// `terminated`, `killed`, `crashed`. [`FromStr`] takes it back.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Completed => "completed",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Terminated => "terminated",
+            OutcomeKind::Killed => "killed",
+            OutcomeKind::Crashed => "crashed",
+        }
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutcomeKind {
+    type Err = ParseNameError;
+
+    /// The kind [`OutcomeKind::as_str`] names (exactly: lower case).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        OutcomeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| ParseNameError::new("outcome", name))
     }
 }
 
@@ -56,6 +127,17 @@ pub enum Failure {
     ExitedWithoutResult,
     /// A plain program exited with this non-zero status.
     ExitCode(i32),
+}
+
+impl fmt::Display for Failure {
+    /// The worker's own message, or what happened in words.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Worker(message) => f.write_str(message),
+            Failure::ExitedWithoutResult => f.write_str("the worker exited without a result"),
+            Failure::ExitCode(code) => write!(f, "exited with status {code}"),
+        }
+    }
 }
 
 /// A worker broke the protocol; it is killed at once.
@@ -202,6 +284,48 @@ pub(crate) fn classify(f: Facts) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_kind_name_round_trips() {
+        // Exhaustive: a new kind does not compile here until it is in `ALL`, in order.
+        let rank = |kind: OutcomeKind| match kind {
+            OutcomeKind::Completed => 0,
+            OutcomeKind::Cancelled => 1,
+            OutcomeKind::Failed => 2,
+            OutcomeKind::Terminated => 3,
+            OutcomeKind::Killed => 4,
+            OutcomeKind::Crashed => 5,
+        };
+        for (i, kind) in OutcomeKind::ALL.into_iter().enumerate() {
+            assert_eq!(rank(kind), i);
+            assert_eq!(kind.as_str().parse(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(
+            "spawn_failed".parse::<OutcomeKind>(),
+            Err(ParseNameError::new("outcome", "spawn_failed"))
+        );
+    }
+
+    #[test]
+    fn an_outcome_is_named_by_its_kind() {
+        let status = ExitStatus::Code(3);
+        for (outcome, kind) in [
+            (Outcome::Completed(b"x".to_vec()), OutcomeKind::Completed),
+            (
+                Outcome::CompletedDespiteCancel(vec![]),
+                OutcomeKind::Completed,
+            ),
+            (Outcome::Cancelled, OutcomeKind::Cancelled),
+            (Outcome::Failed(Failure::ExitCode(3)), OutcomeKind::Failed),
+            (Outcome::Terminated, OutcomeKind::Terminated),
+            (Outcome::Killed, OutcomeKind::Killed),
+            (Outcome::Crashed(status), OutcomeKind::Crashed),
+        ] {
+            assert_eq!(outcome.kind(), kind);
+            assert_eq!(outcome.name(), kind.as_str());
+        }
+    }
 
     fn facts() -> Facts {
         Facts {

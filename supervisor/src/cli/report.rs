@@ -11,7 +11,9 @@
 //! 5. `--timeout` cancelled it (cancelled, terminated): 124;
 //! 6. it failed: a plain program's own exit status; a protocol worker's failure: 1;
 //! 7. it crashed: its exit status, or 128 + the signal that killed it;
-//! 8. anything else is warden's failure: 125.
+//! 8. anything else is warden's failure: 125. So is an outcome (or failure) of a kind this
+//!    build does not know, whatever else happened (the library's enums are non-exhaustive):
+//!    it is reported under the library's name with an `error` saying so, never as a guess.
 //!
 //! # Report
 //! One JSON object; the keys `outcome`, `reason`, `stage`, `exit_code`, `signal`,
@@ -19,14 +21,21 @@
 //! `kill_sent`, `ended`, plus `exited` and `reaped`) are always present, `null` when they do not
 //! apply. Extra keys: `exit_status` (warden's), `program`, `pid`, `protocol`, `warden_signal`,
 //! `core_dumped`, `error`, `violation`. Timings are whole milliseconds since warden started.
+//!
+//! Every name in it (outcome, reason, stage, containment) is the library's own `as_str`, which
+//! its `FromStr` parses back; only `spawn_failed` is the CLI's, as a spawn error is no outcome.
 
 use std::time::Duration;
 
 use libc::c_int;
 use serde_json::{Value, json};
-use warden::{ExitStatus, Stage};
+use warden::{CancelReason, ContainmentMode, ExitStatus, Failure, Outcome, OutcomeKind, Stage};
 
-use super::exit_status::EXIT_TIMED_OUT;
+use super::exit_status::{EXIT_CANCELED, EXIT_TIMED_OUT};
+
+/// The report's `outcome` when the program could not be started: a spawn error, not one of the
+/// library's outcomes.
+const SPAWN_FAILED: &str = "spawn_failed";
 
 /// How the run ended, as the report names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,19 +60,70 @@ pub(crate) enum Ending {
         /// The exit status for this failure.
         status: u8,
     },
+    /// The library decided an outcome (or a failure) this build does not know how to report:
+    /// warden's failure (125), named by the library's kind, never mapped to a plausible label.
+    Unrecognised {
+        /// The library's kind of the outcome.
+        kind: OutcomeKind,
+    },
 }
 
 impl Ending {
-    /// The report's `outcome` value.
-    pub(crate) fn name(&self) -> &'static str {
+    /// The library's kind of this ending; `None` for a spawn failure, which is no outcome.
+    pub(crate) fn kind(&self) -> Option<OutcomeKind> {
         match self {
-            Ending::Completed => "completed",
-            Ending::Cancelled => "cancelled",
-            Ending::Terminated => "terminated",
-            Ending::Killed => "killed",
-            Ending::Failed { .. } => "failed",
-            Ending::Crashed => "crashed",
-            Ending::SpawnFailed { .. } => "spawn_failed",
+            Ending::Completed => Some(OutcomeKind::Completed),
+            Ending::Cancelled => Some(OutcomeKind::Cancelled),
+            Ending::Terminated => Some(OutcomeKind::Terminated),
+            Ending::Killed => Some(OutcomeKind::Killed),
+            Ending::Failed { .. } => Some(OutcomeKind::Failed),
+            Ending::Crashed => Some(OutcomeKind::Crashed),
+            Ending::Unrecognised { kind } => Some(*kind),
+            Ending::SpawnFailed { .. } => None,
+        }
+    }
+
+    /// The report's `outcome` value: the library's name for the kind, or `spawn_failed`.
+    pub(crate) fn name(&self) -> &'static str {
+        self.kind().map_or(SPAWN_FAILED, OutcomeKind::as_str)
+    }
+
+    /// How a job's outcome ends the run, and the `error` text it carries: a worker's failure
+    /// in the library's words, or why warden cannot report the outcome.
+    pub(crate) fn of(outcome: &Outcome) -> (Ending, Option<String>) {
+        match outcome {
+            Outcome::Completed(_) | Outcome::CompletedDespiteCancel(_) => (Ending::Completed, None),
+            Outcome::Cancelled => (Ending::Cancelled, None),
+            Outcome::Terminated => (Ending::Terminated, None),
+            Outcome::Killed => (Ending::Killed, None),
+            Outcome::Crashed(_) => (Ending::Crashed, None),
+            Outcome::Failed(Failure::ExitCode(code)) => (
+                Ending::Failed {
+                    exit_code: Some(*code),
+                },
+                None,
+            ),
+            Outcome::Failed(failure @ (Failure::Worker(_) | Failure::ExitedWithoutResult)) => (
+                Ending::Failed { exit_code: None },
+                Some(failure.to_string()),
+            ),
+            // `Failure` and `Outcome` are non-exhaustive, so these arms must exist; what they
+            // catch was added to the library after this code, and is reported as such.
+            Outcome::Failed(failure) => (
+                Ending::Unrecognised {
+                    kind: OutcomeKind::Failed,
+                },
+                Some(format!(
+                    "cannot report this kind of failure ({failure}): warden run does not know it"
+                )),
+            ),
+            other => (
+                Ending::Unrecognised { kind: other.kind() },
+                Some(format!(
+                    "cannot report an outcome of kind '{}' (the library's name for it): warden run does not know it",
+                    other.kind()
+                )),
+            ),
         }
     }
 }
@@ -98,14 +158,14 @@ pub(crate) struct RunFacts {
     pub(crate) pid: Option<u32>,
     /// How the run ended.
     pub(crate) ending: Ending,
-    /// Why a cancel was requested (`requested`, `timeout`, `shutdown`, `unresponsive`).
-    pub(crate) reason: Option<&'static str>,
+    /// Why a cancel was requested.
+    pub(crate) reason: Option<CancelReason>,
     /// The highest stage of the ladder reached.
     pub(crate) stage: Option<Stage>,
     /// How the process ended, if it did.
     pub(crate) exit: Option<ExitStatus>,
-    /// `cgroup`, `subreaper` or `process_group`; `None` if the program never started.
-    pub(crate) containment: Option<&'static str>,
+    /// How the tree was contained; `None` if the program never started.
+    pub(crate) containment: Option<ContainmentMode>,
     /// Descendants found outside the process group and killed.
     pub(crate) escaped: Vec<u32>,
     /// Timings.
@@ -118,50 +178,32 @@ pub(crate) struct RunFacts {
     pub(crate) violation: Option<String>,
 }
 
-/// The report's name for a stage.
-pub(crate) fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Cooperative => "cooperative",
-        Stage::Signal => "signal",
-        Stage::Kill => "kill",
-        _ => "unknown",
-    }
-}
-
 fn shell_status(status: ExitStatus) -> u8 {
-    u8::try_from(status.shell_status().rem_euclid(256)).unwrap_or(125)
+    u8::try_from(status.shell_status().rem_euclid(256)).unwrap_or(EXIT_CANCELED)
 }
 
 /// warden's exit status for a run; see the module docs for the rules.
 pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
     if let Some(sig) = facts.warden_signal {
-        return u8::try_from((128 + sig).rem_euclid(256)).unwrap_or(125);
-    }
-    if let Ending::SpawnFailed { status } = facts.ending {
-        return status;
+        return u8::try_from((128 + sig).rem_euclid(256)).unwrap_or(EXIT_CANCELED);
     }
     // SIGKILL was needed: the kill stage, or a polite signal that was KILL (as `timeout -s KILL`).
     let killed_politely = facts.ending == Ending::Terminated
         && matches!(facts.exit, Some(ExitStatus::Signal { signal, .. }) if signal == libc::SIGKILL);
-    if facts.stage == Some(Stage::Kill) || killed_politely {
-        return 137;
-    }
-    if facts.ending == Ending::Completed {
-        return 0;
-    }
-    if facts.reason == Some("timeout") {
-        return EXIT_TIMED_OUT;
-    }
-    match (&facts.ending, facts.exit) {
-        (
-            Ending::Failed {
-                exit_code: Some(code),
-            },
-            _,
-        ) => u8::try_from(code & 0xff).unwrap_or(1),
-        (Ending::Failed { exit_code: None }, _) => 1,
-        (Ending::Crashed, Some(status)) => shell_status(status),
-        _ => 125,
+    match facts.ending {
+        Ending::SpawnFailed { status } => status,
+        Ending::Unrecognised { .. } => EXIT_CANCELED,
+        _ if facts.stage == Some(Stage::Kill) || killed_politely => 137,
+        Ending::Completed => 0,
+        _ if facts.reason == Some(CancelReason::Timeout) => EXIT_TIMED_OUT,
+        Ending::Failed {
+            exit_code: Some(code),
+        } => u8::try_from(code & 0xff).unwrap_or(1),
+        Ending::Failed { exit_code: None } => 1,
+        Ending::Crashed => facts.exit.map_or(EXIT_CANCELED, shell_status),
+        // Stopped, but neither by --timeout nor by warden's own signal: nothing in the CLI asks
+        // for that (an `unresponsive` cancel is the library's own), so it is warden's failure.
+        Ending::Cancelled | Ending::Terminated | Ending::Killed => EXIT_CANCELED,
     }
 }
 
@@ -176,11 +218,11 @@ pub(crate) fn to_json(facts: &RunFacts) -> Value {
     let t = &facts.timings;
     json!({
         "outcome": facts.ending.name(),
-        "reason": facts.reason,
-        "stage": facts.stage.map(stage_name),
+        "reason": facts.reason.map(CancelReason::as_str),
+        "stage": facts.stage.map(Stage::as_str),
         "exit_code": facts.exit.and_then(ExitStatus::code),
         "signal": facts.exit.and_then(ExitStatus::signal),
-        "containment": facts.containment,
+        "containment": facts.containment.map(ContainmentMode::as_str),
         "escaped": facts.escaped,
         "timings_ms": {
             "started": ms(t.started),
@@ -215,7 +257,7 @@ mod tests {
             reason: None,
             stage: None,
             exit: Some(ExitStatus::Code(0)),
-            containment: Some("cgroup"),
+            containment: Some(ContainmentMode::Cgroup),
             escaped: Vec::new(),
             timings: Timings {
                 started: Some(Duration::from_millis(3)),
@@ -260,27 +302,27 @@ mod tests {
     #[test]
     fn timeout_gives_124_unless_the_kill_stage_was_reached() {
         let terminated = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Signal),
             exit: Some(TERMED),
             ..facts(Ending::Terminated)
         };
         assert_eq!(exit_status(&terminated), 124);
         let cancelled = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Cooperative),
             ..facts(Ending::Cancelled)
         };
         assert_eq!(exit_status(&cancelled), 124);
         let killed = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Kill),
             exit: Some(KILLED),
             ..facts(Ending::Killed)
         };
         assert_eq!(exit_status(&killed), 137);
         let killed_by_the_polite_signal = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Signal),
             exit: Some(KILLED),
             ..facts(Ending::Terminated)
@@ -288,7 +330,7 @@ mod tests {
         assert_eq!(exit_status(&killed_by_the_polite_signal), 137);
         // A result that beat the cancel is the program's own.
         let late = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Cooperative),
             ..facts(Ending::Completed)
         };
@@ -298,7 +340,7 @@ mod tests {
     #[test]
     fn a_signalled_warden_exits_128_plus_the_signal() {
         let shut_down = RunFacts {
-            reason: Some("shutdown"),
+            reason: Some(CancelReason::Shutdown),
             stage: Some(Stage::Kill),
             warden_signal: Some(libc::SIGTERM),
             ..facts(Ending::Killed)
@@ -326,10 +368,138 @@ mod tests {
         }
     }
 
+    /// One outcome of every kind the library has (checked against [`OutcomeKind::ALL`]).
+    fn one_of_each_kind() -> Vec<Outcome> {
+        vec![
+            Outcome::Completed(b"out".to_vec()),
+            Outcome::CompletedDespiteCancel(Vec::new()),
+            Outcome::Cancelled,
+            Outcome::Failed(Failure::ExitCode(3)),
+            Outcome::Failed(Failure::Worker("boom".into())),
+            Outcome::Failed(Failure::ExitedWithoutResult),
+            Outcome::Terminated,
+            Outcome::Killed,
+            Outcome::Crashed(TERMED),
+        ]
+    }
+
+    #[test]
+    fn the_reports_names_are_the_librarys() {
+        let outcomes = one_of_each_kind();
+        for kind in OutcomeKind::ALL {
+            assert!(
+                outcomes.iter().any(|o| o.kind() == kind),
+                "no sample outcome of kind {kind}"
+            );
+        }
+        for outcome in &outcomes {
+            let (ending, _) = Ending::of(outcome);
+            let report = to_json(&facts(ending));
+            assert_eq!(report["outcome"], outcome.name(), "{outcome:?}");
+            assert_eq!(
+                report["outcome"].as_str().unwrap().parse(),
+                Ok(outcome.kind())
+            );
+        }
+        for stage in Stage::ALL {
+            let report = to_json(&RunFacts {
+                stage: Some(stage),
+                ..facts(Ending::Killed)
+            });
+            assert_eq!(report["stage"], stage.as_str());
+            assert_eq!(report["stage"].as_str().unwrap().parse(), Ok(stage));
+        }
+        for reason in CancelReason::ALL {
+            let report = to_json(&RunFacts {
+                reason: Some(reason),
+                ..facts(Ending::Cancelled)
+            });
+            assert_eq!(report["reason"], reason.as_str());
+            assert_eq!(report["reason"].as_str().unwrap().parse(), Ok(reason));
+        }
+        for mode in ContainmentMode::ALL {
+            let report = to_json(&RunFacts {
+                containment: Some(mode),
+                ..facts(Ending::Completed)
+            });
+            assert_eq!(report["containment"], mode.as_str());
+            assert_eq!(report["containment"].as_str().unwrap().parse(), Ok(mode));
+        }
+        // The one name of the CLI's own: no library outcome is called that.
+        let spawn_failed = facts(Ending::SpawnFailed { status: 127 });
+        assert_eq!(to_json(&spawn_failed)["outcome"], SPAWN_FAILED);
+        assert!(SPAWN_FAILED.parse::<OutcomeKind>().is_err());
+    }
+
+    #[test]
+    fn outcomes_map_to_endings_with_the_librarys_words() {
+        assert_eq!(
+            Ending::of(&Outcome::CompletedDespiteCancel(b"x".to_vec())),
+            (Ending::Completed, None)
+        );
+        assert_eq!(
+            Ending::of(&Outcome::Failed(Failure::ExitCode(3))),
+            (Ending::Failed { exit_code: Some(3) }, None)
+        );
+        assert_eq!(
+            Ending::of(&Outcome::Failed(Failure::Worker("boom".into()))),
+            (Ending::Failed { exit_code: None }, Some("boom".into()))
+        );
+        assert_eq!(
+            Ending::of(&Outcome::Failed(Failure::ExitedWithoutResult)),
+            (
+                Ending::Failed { exit_code: None },
+                Some(Failure::ExitedWithoutResult.to_string())
+            )
+        );
+        assert_eq!(
+            Ending::of(&Outcome::Crashed(TERMED)),
+            (Ending::Crashed, None)
+        );
+    }
+
+    #[test]
+    fn an_unrecognised_outcome_is_wardens_failure_whatever_else_happened() {
+        // What `Ending::of` gives for a variant added to the library after this code (no such
+        // variant exists to construct today).
+        for kind in OutcomeKind::ALL {
+            let f = RunFacts {
+                reason: Some(CancelReason::Timeout),
+                stage: Some(Stage::Kill),
+                exit: Some(KILLED),
+                error: Some("cannot report ...".into()),
+                ..facts(Ending::Unrecognised { kind })
+            };
+            assert_eq!(exit_status(&f), EXIT_CANCELED, "{kind}");
+            let report = to_json(&f);
+            assert_eq!(report["outcome"], kind.as_str());
+            assert_eq!(report["exit_status"], EXIT_CANCELED);
+            assert_eq!(report["error"], "cannot report ...");
+        }
+    }
+
+    #[test]
+    fn a_stop_nobody_asked_for_is_wardens_failure() {
+        for ending in [Ending::Cancelled, Ending::Terminated, Ending::Killed] {
+            let f = RunFacts {
+                reason: Some(CancelReason::Unresponsive),
+                stage: Some(Stage::Signal),
+                exit: Some(TERMED),
+                ..facts(ending.clone())
+            };
+            assert_eq!(exit_status(&f), EXIT_CANCELED, "{ending:?}");
+        }
+        let crashed_without_status = RunFacts {
+            exit: None,
+            ..facts(Ending::Crashed)
+        };
+        assert_eq!(exit_status(&crashed_without_status), EXIT_CANCELED);
+    }
+
     #[test]
     fn report_has_every_required_key() {
         let f = RunFacts {
-            reason: Some("timeout"),
+            reason: Some(CancelReason::Timeout),
             stage: Some(Stage::Kill),
             exit: Some(KILLED),
             escaped: vec![7, 9],

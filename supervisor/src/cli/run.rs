@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libc::c_int;
 use warden::{
-    CancellationToken, Command, Deadlines, Failure, JobOptions, JobReport, Outcome, RunError,
-    SpawnError, Stdio, TreeOptions, Worker, WorkerConfig,
+    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Outcome, RunError,
+    SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
 };
 
 use super::c_locale::quote;
@@ -26,7 +26,7 @@ use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::duration::{Interval, parse_duration};
 use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
 use super::out::{say, stdout_all};
-use super::report::{Ending, RunFacts, Timings, exit_status, stage_name, to_json};
+use super::report::{Ending, RunFacts, Timings, exit_status, to_json};
 use super::signal_set::SignalSet;
 use super::signals::{parse_signal, signal_name};
 use super::timeout_main::{errno_text, error_chain, exec_errno};
@@ -204,8 +204,8 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         say!(
             "{PROGRAM}: {} (reason {}, stage {}), exit status {status}",
             facts.ending.name(),
-            facts.reason.unwrap_or("none"),
-            facts.stage.map_or("none", stage_name)
+            facts.reason.map_or("none", CancelReason::as_str),
+            facts.stage.map_or("none", Stage::as_str)
         );
     }
     status
@@ -455,38 +455,28 @@ fn fill_from_report(facts: &mut RunFacts, report: &JobReport, t0: Instant) -> Op
         reaped: at(report.trace.reaped),
         ended: Some(base + report.trace.ended),
     };
-    facts.reason = report.reason.map(|r| r.as_str());
+    facts.reason = report.reason;
     facts.stage = report.stage;
     facts.exit = report.exit;
-    facts.containment = Some(report.containment.as_str());
+    facts.containment = Some(report.containment);
     facts.escaped = report.escaped.clone();
     facts.violation = report.violation.as_ref().map(ToString::to_string);
-    let mut output = None;
-    facts.ending = match &report.outcome {
-        Outcome::Completed(out) | Outcome::CompletedDespiteCancel(out) => {
-            if facts.protocol {
-                output = Some(out.clone());
-            }
-            Ending::Completed
+    let (ending, error) = Ending::of(&report.outcome);
+    if let Ending::Unrecognised { .. } = ending
+        && let Some(error) = &error
+    {
+        say!("{PROGRAM}: {error}");
+    }
+    facts.ending = ending;
+    if error.is_some() {
+        facts.error = error;
+    }
+    match &report.outcome {
+        Outcome::Completed(out) | Outcome::CompletedDespiteCancel(out) if facts.protocol => {
+            Some(out.clone())
         }
-        Outcome::Cancelled => Ending::Cancelled,
-        Outcome::Terminated => Ending::Terminated,
-        Outcome::Killed => Ending::Killed,
-        Outcome::Failed(Failure::ExitCode(code)) => Ending::Failed {
-            exit_code: Some(*code),
-        },
-        Outcome::Failed(Failure::Worker(message)) => {
-            facts.error = Some(message.clone());
-            Ending::Failed { exit_code: None }
-        }
-        Outcome::Failed(_) => {
-            facts.error = Some("the worker exited without a result".into());
-            Ending::Failed { exit_code: None }
-        }
-        Outcome::Crashed(_) => Ending::Crashed,
-        _ => Ending::Crashed,
-    };
-    output
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -152,8 +152,12 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             }
             Termination::Signaled(signal)
         }
-        // ExitStatus is non-exhaustive; a status nobody can read is warden's failure.
-        _ => return Ending::Exit(EXIT_CANCELED),
+        // ExitStatus is non-exhaustive; a status this build cannot read is warden's failure,
+        // said in the library's words rather than guessed at.
+        other => {
+            say!("{PROGRAM}: cannot interpret how the command ended: {other}");
+            return Ending::Exit(EXIT_CANCELED);
+        }
     };
     ladder.ending(termination, invocation.preserve_status)
 }

@@ -1,13 +1,15 @@
 //! A process tree under containment: the program, everything it starts, and nothing else.
 
 use std::collections::{BTreeSet, HashSet};
+use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use super::spawner::{SpawnOptions, spawn};
 use super::{Child, Command, ExitStatus, pidfd, sweep};
-use crate::error::SpawnError;
+use crate::error::{ParseNameError, SpawnError};
 
 #[cfg(target_os = "linux")]
 use super::cgroup::Cgroup;
@@ -47,13 +49,39 @@ pub enum ContainmentMode {
 }
 
 impl ContainmentMode {
-    /// The name used in reports: `cgroup`, `subreaper`, `process_group`.
+    /// Every mode, from the strongest.
+    pub const ALL: [ContainmentMode; 3] = [
+        ContainmentMode::Cgroup,
+        ContainmentMode::Subreaper,
+        ContainmentMode::ProcessGroup,
+    ];
+
+    /// The name used in reports: `cgroup`, `subreaper`, `process_group`. [`FromStr`] takes it
+    /// back.
     pub fn as_str(self) -> &'static str {
         match self {
             ContainmentMode::Cgroup => "cgroup",
             ContainmentMode::Subreaper => "subreaper",
             ContainmentMode::ProcessGroup => "process_group",
         }
+    }
+}
+
+impl fmt::Display for ContainmentMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ContainmentMode {
+    type Err = ParseNameError;
+
+    /// The mode [`ContainmentMode::as_str`] names (exactly: lower case, `process_group`).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ContainmentMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+            .ok_or_else(|| ParseNameError::new("containment mode", name))
     }
 }
 
@@ -417,4 +445,28 @@ fn signal_member(pid: i32, sig: i32, is_member: impl Fn(i32) -> bool) -> bool {
         return false;
     }
     pidfd::send_signal(&fd, sig, false).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_containment_mode_name_round_trips() {
+        // Exhaustive: a new mode does not compile here until it is in `ALL`, in order.
+        let rank = |mode: ContainmentMode| match mode {
+            ContainmentMode::Cgroup => 0,
+            ContainmentMode::Subreaper => 1,
+            ContainmentMode::ProcessGroup => 2,
+        };
+        for (i, mode) in ContainmentMode::ALL.into_iter().enumerate() {
+            assert_eq!(rank(mode), i);
+            assert_eq!(mode.as_str().parse(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+        }
+        assert_eq!(
+            "process-group".parse::<ContainmentMode>(),
+            Err(ParseNameError::new("containment mode", "process-group"))
+        );
+    }
 }
