@@ -155,7 +155,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         // ExitStatus is non-exhaustive; a status this build cannot read is warden's failure,
         // said in the library's words rather than guessed at.
         other => {
-            say!("{PROGRAM}: cannot interpret how the command ended: {other}");
+            say!("{program}: cannot interpret how the command ended: {other}");
             return Ending::Exit(EXIT_CANCELED);
         }
     };
