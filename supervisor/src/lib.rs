@@ -78,7 +78,7 @@ mod outcome;
 mod process;
 mod worker;
 
-pub use error::{RunError, SpawnError};
+pub use error::{JobControlError, RunError, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 pub use outcome::{Failure, JobReport, Outcome, Trace, Violation};
 pub use process::shim;
