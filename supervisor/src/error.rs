@@ -89,6 +89,27 @@ pub enum SpawnError {
     },
 }
 
+/// A worker could not be suspended or resumed ([`Worker::suspend`](crate::Worker::suspend),
+/// [`Worker::resume`](crate::Worker::resume)).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JobControlError {
+    /// The worker's actor has ended (the worker was shut down): there is nothing to stop.
+    #[error("the worker is gone")]
+    WorkerGone,
+    /// Stopping or continuing the tree failed (the freezer write, or the signal to the
+    /// process group). The worker counts as suspended (or resumed) anyway.
+    #[error("could not stop or continue the worker's process tree")]
+    Tree(#[source] io::Error),
+    /// The tree did not stop within the timeout (a process in uninterruptible sleep stops only
+    /// once it leaves it). The worker counts as suspended: resume it.
+    #[error("the worker's process tree did not stop within {timeout:?}")]
+    NotStopped {
+        /// The timeout given to `suspend`.
+        timeout: Duration,
+    },
+}
+
 /// A job could not be run.
 #[derive(Debug, Error)]
 #[non_exhaustive]

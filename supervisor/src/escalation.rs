@@ -61,6 +61,33 @@
 //! assert_eq!(ladder.poll_timeout(), None);
 //! ```
 //!
+//! # Pausing
+//!
+//! While the worker's tree is suspended (job control: the supervisor was stopped with Ctrl-Z),
+//! the job is not running, and a stop must not count against its budget.
+//! [`Escalation::pause`] stops the ladder's clock: no deadline is due while paused, and a stage
+//! decided while paused (a cancel, say) arms its deadline from the moment of the pause.
+//! [`Escalation::resume`] starts the clock again, every pending deadline moved later by the
+//! time spent paused, and fires what is due. Events are still accepted while paused, and
+//! their actions come out at once: a kill is never delayed by a pause.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use warden::escalation::{Action, Deadlines, Escalation};
+//! use warden_protocol::CancelReason;
+//!
+//! let secs = Duration::from_secs;
+//! let t0 = Instant::now();
+//! let mut ladder = Escalation::new(Deadlines::default(), true);
+//! ladder.handle_cancel(t0, CancelReason::Timeout);
+//! assert_eq!(ladder.poll_action(), Some(Action::SendCancel(CancelReason::Timeout)));
+//!
+//! ladder.pause(t0 + secs(1)); // stopped after 1 s of its 5 s grace
+//! assert_eq!(ladder.poll_timeout(), None);
+//! ladder.resume(t0 + secs(61)); // a minute later: 4 s of grace are left
+//! assert_eq!(ladder.poll_timeout(), Some(t0 + secs(65)));
+//! ```
+//!
 //! # Invariants
 //!
 //! These hold for every sequence of calls, with any deadlines (zero and [`Duration::MAX`]
@@ -84,6 +111,9 @@
 //! 7. A deadline too far away to represent as an `Instant` never fires (no overflow panic): pass
 //!    [`Duration::MAX`] for "wait forever".
 //! 8. Nothing panics and memory is bounded: at most four actions are ever queued.
+//! 9. [`Escalation::poll_timeout`] is `None` while paused, and with time that only moves
+//!    forward, a stage that fires on a timer fires only once its deadline has passed in
+//!    running time (wall time minus the time spent paused).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -256,6 +286,8 @@ pub struct Escalation {
     /// The highest stage handed out by `poll_action`.
     delivered: Option<Stage>,
     trace: Trace,
+    /// When the clock was stopped ([`Escalation::pause`]), while it is.
+    paused_at: Option<Instant>,
 }
 
 impl Escalation {
@@ -272,6 +304,7 @@ impl Escalation {
             queue: VecDeque::with_capacity(4),
             delivered: None,
             trace: Trace::default(),
+            paused_at: None,
         }
     }
 
@@ -297,7 +330,7 @@ impl Escalation {
             if self.cooperative {
                 self.queue.push_back((Action::SendCancel(reason), now));
                 self.state = State::Cooperative {
-                    signal_at: now.checked_add(self.deadlines.grace),
+                    signal_at: self.clock(now).checked_add(self.deadlines.grace),
                 };
             } else {
                 self.signal(now);
@@ -360,9 +393,50 @@ impl Escalation {
         Some(action)
     }
 
+    /// Stops the ladder's clock at `now`: the worker's tree is suspended, and the time until
+    /// [`resume`](Self::resume) does not count against any deadline. Until then no deadline
+    /// is due. A no-op while already paused.
+    pub fn pause(&mut self, now: Instant) {
+        self.paused_at.get_or_insert(now);
+    }
+
+    /// Starts the clock again at `now`: every pending deadline moves later by the time spent
+    /// paused (one that can no longer be represented never fires), then whatever is due fires,
+    /// as in [`handle_timeout`](Self::handle_timeout) (which is all it does unless paused).
+    pub fn resume(&mut self, now: Instant) {
+        let Some(at) = self.paused_at.take() else {
+            self.advance(now);
+            return;
+        };
+        let stopped = now.saturating_duration_since(at);
+        let shift = |t: Option<Instant>| t.and_then(|t| t.checked_add(stopped));
+        self.state = match self.state {
+            State::Cooperative { signal_at } => State::Cooperative {
+                signal_at: shift(signal_at),
+            },
+            State::Signalled { kill_at } => State::Signalled {
+                kill_at: shift(kill_at),
+            },
+            State::Killed { pending_at } => State::Killed {
+                pending_at: shift(pending_at),
+            },
+            other @ (State::Running | State::Finished(_)) => other,
+        };
+        self.advance(now);
+    }
+
+    /// Whether the clock is stopped ([`pause`](Self::pause) without a
+    /// [`resume`](Self::resume) since).
+    pub fn is_paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
     /// When to call [`handle_timeout`](Self::handle_timeout) next; `None` when nothing is
-    /// pending (not cancelled yet, finished, or kill pending already reported).
+    /// pending (not cancelled yet, finished, kill pending already reported, or paused).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.paused_at.is_some() {
+            return None;
+        }
         match self.state {
             State::Cooperative { signal_at: at }
             | State::Signalled { kill_at: at }
@@ -399,17 +473,23 @@ impl Escalation {
         &self.trace
     }
 
+    /// The ladder's time, from which deadlines count: `now`, or the moment of the pause while
+    /// paused (actions and the trace keep the real `now`).
+    fn clock(&self, now: Instant) -> Instant {
+        self.paused_at.map_or(now, |at| at.min(now))
+    }
+
     fn signal(&mut self, now: Instant) {
         self.queue.push_back((Action::SignalGroup, now));
         self.state = State::Signalled {
-            kill_at: now.checked_add(self.deadlines.kill_after),
+            kill_at: self.clock(now).checked_add(self.deadlines.kill_after),
         };
     }
 
     fn kill(&mut self, now: Instant) {
         self.queue.push_back((Action::KillGroup, now));
         self.state = State::Killed {
-            pending_at: now.checked_add(self.deadlines.reap_timeout),
+            pending_at: self.clock(now).checked_add(self.deadlines.reap_timeout),
         };
     }
 
@@ -421,15 +501,16 @@ impl Escalation {
     /// Fires every deadline at or before `now`. Terminates: each step moves strictly up the
     /// ladder, and the last one clears the timer.
     fn advance(&mut self, now: Instant) {
+        let due = self.clock(now);
         loop {
             match self.state {
                 State::Cooperative {
                     signal_at: Some(at),
-                } if at <= now => self.signal(now),
-                State::Signalled { kill_at: Some(at) } if at <= now => self.kill(now),
+                } if at <= due => self.signal(now),
+                State::Signalled { kill_at: Some(at) } if at <= due => self.kill(now),
                 State::Killed {
                     pending_at: Some(at),
-                } if at <= now => {
+                } if at <= due => {
                     self.queue.push_back((Action::KillPending, now));
                     self.state = State::Killed { pending_at: None };
                 }
@@ -954,6 +1035,107 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_moves_the_pending_deadline_by_its_length() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), true);
+        e.handle_cancel(c.at(10), Requested);
+        assert_eq!(drain(&mut e), [Action::SendCancel(Requested)]);
+        e.pause(c.at(50));
+        assert!(e.is_paused());
+        assert_eq!(e.poll_timeout(), None, "nothing is due while paused");
+        e.handle_timeout(c.at(5_000));
+        assert_eq!(
+            drain(&mut e),
+            [],
+            "wall time passing while paused fires nothing"
+        );
+        e.resume(c.at(1_050));
+        assert!(!e.is_paused());
+        // 40 ms of the 100 ms grace had run: 60 ms are left after the resume.
+        assert_eq!(e.poll_timeout(), Some(c.at(1_110)));
+        e.handle_timeout(c.at(1_109));
+        assert_eq!(drain(&mut e), []);
+        e.handle_timeout(c.at(1_110));
+        assert_eq!(drain(&mut e), [Action::SignalGroup]);
+        assert_eq!(e.trace().signal_sent, Some(c.at(1_110)));
+        // The next stage counts from its own decision, as always.
+        assert_eq!(e.poll_timeout(), Some(c.at(1_310)));
+    }
+
+    #[test]
+    fn a_cancel_while_paused_is_sent_at_once_and_its_grace_counts_from_the_resume() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), true);
+        e.pause(c.at(0));
+        e.handle_cancel(c.at(500), Timeout);
+        assert_eq!(drain(&mut e), [Action::SendCancel(Timeout)]);
+        assert_eq!(e.trace().cancel_requested, Some(c.at(500)), "real time");
+        assert_eq!(e.poll_timeout(), None);
+        e.resume(c.at(2_000));
+        assert_eq!(e.poll_timeout(), Some(c.at(2_100)));
+    }
+
+    #[test]
+    fn a_kill_while_paused_is_not_delayed() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), false);
+        e.handle_cancel(c.at(0), Shutdown);
+        assert_eq!(drain(&mut e), [Action::SignalGroup]);
+        e.pause(c.at(100));
+        e.handle_kill(c.at(150));
+        assert_eq!(drain(&mut e), [Action::KillGroup]);
+        assert_eq!(e.trace().kill_sent, Some(c.at(150)));
+        // Kill pending counts reap_timeout of running time from the pause on.
+        e.resume(c.at(1_100));
+        assert_eq!(e.poll_timeout(), Some(c.at(1_400)));
+        e.handle_exit(c.at(1_200));
+        assert_done(&mut e);
+    }
+
+    #[test]
+    fn what_was_overdue_before_the_pause_fires_on_the_resume() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), true);
+        e.handle_cancel(c.at(0), Requested);
+        assert_eq!(drain(&mut e), [Action::SendCancel(Requested)]);
+        // The actor was late: the grace ended at 100, the pause came at 150.
+        e.pause(c.at(150));
+        e.resume(c.at(400));
+        assert_eq!(drain(&mut e), [Action::SignalGroup]);
+        assert_eq!(e.trace().signal_sent, Some(c.at(400)));
+        assert_eq!(e.poll_timeout(), Some(c.at(600)));
+    }
+
+    #[test]
+    fn repeated_pauses_and_stray_resumes() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), true);
+        e.resume(c.at(0)); // not paused: nothing
+        e.handle_cancel(c.at(0), Requested);
+        drain(&mut e);
+        e.pause(c.at(20));
+        e.pause(c.at(70)); // still the first pause
+        e.resume(c.at(120));
+        assert_eq!(e.poll_timeout(), Some(c.at(200)));
+        // A resume "before" the pause moves nothing; a far-away one drops the deadline
+        // rather than overflow.
+        e.pause(c.at(150));
+        e.resume(c.at(100));
+        assert_eq!(e.poll_timeout(), Some(c.at(200)));
+        let mut far = Escalation::new(
+            Deadlines {
+                grace: Duration::MAX,
+                ..deadlines()
+            },
+            true,
+        );
+        far.handle_cancel(c.at(0), Requested);
+        far.pause(c.at(0));
+        far.resume(c.at(u64::from(u32::MAX)));
+        assert_eq!(far.poll_timeout(), None);
+    }
+
+    #[test]
     fn earlier_now_does_nothing_and_breaks_nothing() {
         let c = Clock::new();
         let mut e = Escalation::new(deadlines(), true);
@@ -986,6 +1168,8 @@ mod tests {
             Timeout,
             /// Hand out one action (the actor may lag behind the inputs).
             Poll,
+            Pause,
+            Resume,
         }
 
         fn reason() -> impl Strategy<Value = CancelReason> {
@@ -1005,6 +1189,8 @@ mod tests {
                 1 => Just(Input::Exit),
                 4 => Just(Input::Timeout),
                 4 => Just(Input::Poll),
+                1 => Just(Input::Pause),
+                1 => Just(Input::Resume),
             ]
         }
 
@@ -1051,6 +1237,25 @@ mod tests {
             expected_reason: Option<CancelReason>,
             /// Any input that closes the door on a later cancel (cancel, kill, result, exit).
             closed: bool,
+            /// Pauses the machine took (start, end once resumed).
+            pauses: Vec<(Instant, Option<Instant>)>,
+            /// Time only moved forward.
+            monotonic: bool,
+        }
+
+        impl Seen {
+            /// Wall time from `a` to `b` minus the time spent paused in between.
+            fn running(&self, a: Instant, b: Instant) -> Duration {
+                let paused: Duration = self
+                    .pauses
+                    .iter()
+                    .map(|&(start, end)| {
+                        let (lo, hi) = (start.max(a), end.unwrap_or(b).min(b));
+                        hi.saturating_duration_since(lo)
+                    })
+                    .sum();
+                b.saturating_duration_since(a).saturating_sub(paused)
+            }
         }
 
         fn check_state(e: &Escalation, seen: &Seen, d: Deadlines, cooperative: bool) {
@@ -1093,16 +1298,30 @@ mod tests {
             if has(|a| matches!(a, Action::SendCancel(_))) {
                 assert!(t.cancel_requested.is_some());
             }
-            // Timer-driven steps happen no earlier than their deadline, whatever the clock did.
+            // Timer-driven steps happen no earlier than their deadline, whatever the clock did
+            // (with pauses: in running time, and only when time moved forward).
+            let unpaused = seen.pauses.is_empty();
             if let (Some(c), Some(s)) = (t.cancel_requested, t.signal_sent) {
-                if cooperative {
-                    assert!(c.checked_add(d.grace).is_some_and(|due| s >= due));
-                } else {
+                if !cooperative {
                     assert_eq!(s, c, "a plain program is signalled at the cancel");
+                } else if unpaused {
+                    assert!(c.checked_add(d.grace).is_some_and(|due| s >= due));
+                } else if seen.monotonic && t.kill_sent.is_none_or(|k| k > s) {
+                    assert!(
+                        seen.running(c, s) >= d.grace,
+                        "signal early in running time"
+                    );
                 }
             }
             if let (Some(k), Some(p)) = (t.kill_sent, t.kill_pending) {
-                assert!(k.checked_add(d.reap_timeout).is_some_and(|due| p >= due));
+                if unpaused {
+                    assert!(k.checked_add(d.reap_timeout).is_some_and(|due| p >= due));
+                } else if seen.monotonic {
+                    assert!(seen.running(k, p) >= d.reap_timeout, "pending early");
+                }
+            }
+            if e.is_paused() {
+                assert_eq!(e.poll_timeout(), None, "a deadline due while paused");
             }
             if t.kill_pending.is_some() {
                 assert!(t.kill_sent.is_some());
@@ -1130,7 +1349,10 @@ mod tests {
         fn run(d: Deadlines, cooperative: bool, monotonic: bool, steps: &[(Input, u64)]) {
             let base = Instant::now();
             let mut e = Escalation::new(d, cooperative);
-            let mut seen = Seen::default();
+            let mut seen = Seen {
+                monotonic,
+                ..Seen::default()
+            };
             let mut now_ms = 0u64;
             for (input, step) in steps {
                 now_ms = if monotonic { now_ms + step } else { *step };
@@ -1160,6 +1382,20 @@ mod tests {
                         e.handle_exit(now);
                     }
                     Input::Timeout => e.handle_timeout(now),
+                    Input::Pause => {
+                        if !e.is_paused() {
+                            seen.pauses.push((now, None));
+                        }
+                        e.pause(now);
+                    }
+                    Input::Resume => {
+                        if let Some(last) = seen.pauses.last_mut()
+                            && last.1.is_none()
+                        {
+                            last.1 = Some(now);
+                        }
+                        e.resume(now);
+                    }
                     Input::Poll => {
                         if let Some(a) = e.poll_action() {
                             assert!(!seen.exited, "action {a:?} after exit");

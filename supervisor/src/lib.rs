@@ -83,7 +83,7 @@ mod outcome;
 mod process;
 mod worker;
 
-pub use error::{ParseNameError, RunError, SpawnError};
+pub use error::{JobControlError, ParseNameError, RunError, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;

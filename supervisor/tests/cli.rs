@@ -8,6 +8,8 @@
 //!   for both subcommands; nothing survives (process-group mode: the known leak is asserted,
 //!   then cleaned up by PID);
 //! - `ladder`: warden's own first, second and third stop signal, and inherited signal state;
+//! - `jobctl`: Ctrl-Z and `fg` in a real terminal (tmux): the whole tree stops with warden and
+//!   runs again after `fg`, and the deadline does not count the time stopped;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
@@ -27,6 +29,8 @@ mod escape;
 mod fixture;
 #[path = "cli/gnu.rs"]
 mod gnu;
+#[path = "cli/jobctl.rs"]
+mod jobctl;
 #[path = "cli/ladder.rs"]
 mod ladder;
 #[path = "cli/report.rs"]

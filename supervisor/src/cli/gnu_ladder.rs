@@ -29,6 +29,13 @@
 //! command running. [`handled_signals`] says which; a signal that was ignored when warden
 //! started is not handled (a background job's ignored `SIGINT` stays ignored), except `SIGALRM`
 //! and the `--signal`.
+//!
+//! # Job control
+//! While warden and its tree are stopped (Ctrl-Z), the command is not running, so the stop must
+//! not count against its DURATION or `--kill-after`: [`GnuLadder::pause`] stops the ladder's
+//! clock, [`GnuLadder::resume`] starts it again with every timer moved later by the stopped
+//! time. While paused no timer is due, and a signal handled then arms its `--kill-after` timer
+//! from the moment of the pause (so it too counts only running time).
 
 use std::time::{Duration, Instant};
 
@@ -135,6 +142,8 @@ pub(crate) struct GnuLadder {
     ignored: Vec<c_int>,
     timers: Vec<Instant>,
     stop_signals: u32,
+    /// When the ladder's clock was stopped ([`GnuLadder::pause`]), while it is.
+    paused_at: Option<Instant>,
 }
 
 fn deadline(now: Instant, interval: Interval) -> Option<Instant> {
@@ -162,12 +171,40 @@ impl GnuLadder {
             ignored: Vec::new(),
             timers: deadline(now, duration).into_iter().collect(),
             stop_signals: 0,
+            paused_at: None,
         }
     }
 
-    /// When the next timer fires, if one is armed.
+    /// When the next timer fires, if one is armed; `None` while paused.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.paused_at.is_some() {
+            return None;
+        }
         self.timers.iter().min().copied()
+    }
+
+    /// Stops the ladder's clock at `now` (warden and its tree are being stopped). A no-op
+    /// while already paused.
+    pub(crate) fn pause(&mut self, now: Instant) {
+        self.paused_at.get_or_insert(now);
+    }
+
+    /// Starts the clock again at `now`: every armed timer moves later by the time spent
+    /// paused (one that cannot be represented any more never fires). A no-op unless paused.
+    pub(crate) fn resume(&mut self, now: Instant) {
+        if let Some(at) = self.paused_at.take() {
+            let stopped = now.saturating_duration_since(at);
+            self.timers = self
+                .timers
+                .iter()
+                .filter_map(|t| t.checked_add(stopped))
+                .collect();
+        }
+    }
+
+    /// The ladder's time: `now`, or the moment of the pause while paused.
+    fn clock(&self, now: Instant) -> Instant {
+        self.paused_at.map_or(now, |at| at.min(now))
     }
 
     /// Whether the command has timed out (a timer fired or `SIGALRM` arrived).
@@ -178,6 +215,7 @@ impl GnuLadder {
 
     /// Fires every timer due at `now`; each is a `SIGALRM` to GNU.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Vec<Step> {
+        let now = self.clock(now);
         let mut steps = Vec::new();
         while let Some(pos) = self.timers.iter().position(|&t| t <= now) {
             self.timers.swap_remove(pos);
@@ -188,6 +226,7 @@ impl GnuLadder {
 
     /// A signal warden received from outside.
     pub(crate) fn handle_signal(&mut self, sig: c_int, now: Instant) -> Reaction {
+        let now = self.clock(now);
         if sig == libc::SIGINT || sig == libc::SIGTERM {
             self.stop_signals += 1;
             match self.stop_signals {
@@ -575,6 +614,100 @@ mod tests {
         let l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, Instant::now());
         assert_eq!(l.ending(Termination::Exited(3), false), Ending::Exit(3));
         assert_eq!(l.ending(Termination::Exited(0), true), Ending::Exit(0));
+    }
+
+    #[test]
+    fn a_stop_does_not_count_against_the_duration() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        l.pause(at(4_000));
+        assert_eq!(l.poll_timeout(), None, "no timer is due while stopped");
+        // The DURATION has passed on the wall clock, not in running time.
+        assert!(l.handle_timeout(at(12_000)).is_empty());
+        l.resume(at(34_000));
+        // 4 s ran before the stop, 30 s stopped: 6 s of running time are left.
+        assert_eq!(l.poll_timeout(), Some(at(40_000)));
+        assert!(l.handle_timeout(at(39_999)).is_empty());
+        assert_eq!(l.handle_timeout(at(40_000)), term_then_cont(SIGTERM));
+        assert!(l.timed_out());
+    }
+
+    #[test]
+    fn every_timer_moves_by_each_stop() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = GnuLadder::new(secs(1), secs(2), SIGTERM, false, t0);
+        assert_eq!(l.handle_timeout(at(1_000)), term_then_cont(SIGTERM));
+        // The first -k timer is due at 3 s; GNU's second (from DURATION's timer, re-armed by
+        // the signal) is the same here. Two stops of 500 ms and 1.5 s move it to 5 s.
+        l.pause(at(1_500));
+        l.resume(at(2_000));
+        l.pause(at(2_500));
+        l.pause(at(2_900)); // a repeated pause keeps the first moment
+        l.resume(at(4_000));
+        l.resume(at(9_000)); // a resume without a pause changes nothing
+        assert_eq!(l.poll_timeout(), Some(at(5_000)));
+        assert_eq!(
+            l.handle_timeout(at(5_000)),
+            vec![
+                Announce(SIGKILL),
+                SignalCommand(SIGKILL),
+                SignalTree(SIGKILL)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_signal_while_paused_arms_kill_after_from_the_pause() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = GnuLadder::new(secs(60), secs(2), SIGTERM, false, t0);
+        l.pause(at(1_000));
+        assert_eq!(
+            l.handle_signal(SIGHUP, at(5_000)),
+            Reaction::Steps(term_then_cont(SIGHUP))
+        );
+        assert_eq!(l.poll_timeout(), None);
+        l.resume(at(10_000));
+        // -k counts from the pause (1 s) plus the 9 s stopped: due at 12 s, and DURATION at
+        // 60 + 9 s.
+        assert_eq!(l.poll_timeout(), Some(at(12_000)));
+        assert_eq!(
+            l.handle_timeout(at(12_000)).first(),
+            Some(&Announce(SIGKILL))
+        );
+        assert_eq!(l.poll_timeout(), Some(at(69_000)));
+    }
+
+    #[test]
+    fn odd_clocks_neither_panic_nor_fire_early() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A resume "before" the pause shifts by nothing.
+        let mut l = GnuLadder::new(secs(10), Interval::Disabled, SIGTERM, false, t0);
+        l.pause(at(5_000));
+        l.resume(at(1_000));
+        assert_eq!(l.poll_timeout(), Some(at(10_000)));
+        // A shift too large to represent drops the timer: it never fires.
+        let huge = Duration::from_secs(u64::MAX / 3);
+        let mut l = GnuLadder::new(
+            Interval::After(huge),
+            Interval::Disabled,
+            SIGTERM,
+            false,
+            t0,
+        );
+        let armed = l.poll_timeout();
+        l.pause(t0);
+        if let Some(late) = t0.checked_add(huge) {
+            l.resume(late);
+            assert_eq!(
+                l.poll_timeout(),
+                armed.and_then(|t| t.checked_add(huge)),
+                "moved by the stop, or dropped"
+            );
+        }
     }
 
     #[test]

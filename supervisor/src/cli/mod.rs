@@ -26,6 +26,10 @@ pub(crate) mod unix;
 #[cfg(test)]
 mod gnu_differential;
 
+/// How long warden waits, on Ctrl-Z, for its tree to stop (the freezer to report `frozen 1`,
+/// or every member to be stopped) before it stops itself anyway.
+pub(crate) const SUSPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The runtime both subcommands run on (current-thread: warden itself does little), started
 /// after argument parsing; as PID 1 also the reaper of orphaned zombies (tini's duty). Prints
 /// one line and returns `None` if the runtime cannot start.

@@ -5,6 +5,10 @@
 //! so one spelling works everywhere and no second parser is needed. For `--timeout`, 0 means no
 //! timeout (as in GNU `timeout`); for `--grace` and `--kill-after`, 0 means "the next stage at
 //! once" and `inf` means "never escalate on a timer".
+//!
+//! Job control: on `SIGTSTP` (Ctrl-Z) warden suspends the worker ([`Worker::suspend`]: its
+//! tree is frozen or SIGSTOPped, its deadlines paused), then stops itself; when continued it
+//! resumes the worker. The time stopped does not count against `--timeout` or the ladder.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -30,6 +34,7 @@ use super::report::{Ending, RunFacts, Timings, exit_status, to_json};
 use super::signal_set::SignalSet;
 use super::signals::{parse_signal, signal_name};
 use super::timeout_main::{errno_text, error_chain, exec_errno};
+use super::unix;
 
 /// The name warden's diagnostics use for this command.
 const PROGRAM: &str = "warden run";
@@ -179,6 +184,9 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
             return EXIT_CANCELED;
         }
     };
+    // Only now: reading `--input -` from the terminal in the background may stop warden (no
+    // tree exists yet); from here on, see `ignore_tty_stop_signals` for why they are ignored.
+    unix::ignore_tty_stop_signals();
     let Some(runtime) = super::start_runtime(PROGRAM) else {
         return EXIT_CANCELED;
     };
@@ -326,6 +334,10 @@ async fn supervise(
 ) -> (RunFacts, Option<Vec<u8>>) {
     let t0 = Instant::now();
     let stop = Stop::listen();
+    // Ctrl-Z: at its default action warden would stop alone, its tree running on. A SIGTSTP
+    // ignored at start stays ignored (whoever started warden wanted no job control).
+    let job_control = !unix::ignored_at_start(libc::SIGTSTP);
+    let mut job_stops = SignalSet::listen(if job_control { &[libc::SIGTSTP] } else { &[] });
     let (program, rest) = match args.command.split_first() {
         Some(split) => split,
         None => unreachable_command(),
@@ -396,7 +408,16 @@ async fn supervise(
     if let Some(Interval::After(timeout)) = args.timeout {
         options = options.timeout(timeout);
     }
-    let result = worker.run(payload, options).await;
+    let result = {
+        let job = worker.run(payload, options);
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                result = &mut job => break result,
+                _ = job_stops.recv() => stop_job(&worker).await,
+            }
+        }
+    };
     let after_job = worker.shutdown().await;
     facts.warden_signal = stop.signal();
     match result {
@@ -419,6 +440,20 @@ async fn supervise(
             (facts, None)
         }
     }
+}
+
+/// Ctrl-Z: suspends the worker (its tree stopped, its deadlines paused), stops warden, and
+/// resumes the worker once warden is continued.
+async fn stop_job(worker: &Worker) {
+    if let Err(error) = worker.suspend(super::SUSPEND_TIMEOUT).await {
+        tracing::warn!(error = %error_chain(&error), "stopping the tree");
+    }
+    tracing::info!("stopped (job control); the deadlines are paused");
+    unix::stop_self();
+    if let Err(error) = worker.resume().await {
+        tracing::warn!(error = %error_chain(&error), "continuing the tree");
+    }
+    tracing::info!("continued");
 }
 
 fn unreachable_command() -> ! {

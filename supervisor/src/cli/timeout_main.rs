@@ -6,6 +6,11 @@
 //! the whole tree (descendants that left the process group included), and once the command has
 //! ended nothing of its tree is left running, except with `--foreground`, which keeps GNU's
 //! meaning: only the command is ever signalled, and its children are left alone.
+//!
+//! Job control: on `SIGTSTP` (Ctrl-Z) warden stops the whole tree, then itself; when continued
+//! (`fg`, `bg`) it continues the tree. The time stopped does not count against DURATION or
+//! `-k` ([`GnuLadder::pause`]). With `--foreground` the command, in warden's process group,
+//! got the terminal's `SIGTSTP` itself: warden only pauses its timers and stops itself.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -91,6 +96,12 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     // command is running is never missed.
     let mut signals =
         SignalSet::listen(&handled_signals(invocation.signal, unix::ignored_at_start));
+    // GNU leaves SIGTSTP at its default, which would stop warden alone: the tree, in a group of
+    // its own, would run on unsupervised. A `-s TSTP` keeps GNU's meaning (forwarded), and a
+    // SIGTSTP ignored at start stays ignored (no job control was wanted).
+    let job_control =
+        invocation.signal != libc::SIGTSTP && !unix::ignored_at_start(libc::SIGTSTP);
+    let mut job_stops = SignalSet::listen(if job_control { &[libc::SIGTSTP] } else { &[] });
     let mut command = Command::new(&invocation.command);
     command.args(&invocation.args).stdin(Stdio::Inherit);
     let options = TreeOptions::new()
@@ -125,6 +136,10 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
                     return Ending::Exit(status);
                 }
             },
+            _ = job_stops.recv() => {
+                stop_job(&mut tree, &mut ladder, invocation.foreground).await;
+                Vec::new()
+            }
         };
         for step in steps {
             perform(&mut tree, step, verbose, &command_name);
@@ -160,6 +175,26 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         }
     };
     ladder.ending(termination, invocation.preserve_status)
+}
+
+/// Ctrl-Z: stops the tree (unless `--foreground`: the command got the terminal's `SIGTSTP`
+/// itself), then warden; once warden is continued, continues the tree. The ladder's clock
+/// stands still from the first step to the last.
+async fn stop_job(tree: &mut Tree, ladder: &mut GnuLadder, foreground: bool) {
+    ladder.pause(Instant::now());
+    if !foreground {
+        if let Err(error) = tree.suspend() {
+            tracing::debug!(%error, "stopping the tree failed");
+        }
+        if !tree.wait_suspended(super::SUSPEND_TIMEOUT).await {
+            tracing::debug!("the tree did not stop in time; stopping warden anyway");
+        }
+    }
+    unix::stop_self();
+    if !foreground && let Err(error) = tree.resume() {
+        tracing::debug!(%error, "continuing the tree failed");
+    }
+    ladder.resume(Instant::now());
 }
 
 fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {

@@ -7,6 +7,8 @@
 //!   blocked still sees its children and its signals (threads created later inherit the mask).
 //! - [`ignore_tty_stop_signals`]: like GNU `timeout`, warden itself is never stopped by
 //!   `SIGTTIN`/`SIGTTOU`; children start with default dispositions anyway (posix_spawn attrs).
+//! - [`stop_self`]: job control's last step, once the tree is stopped: warden stops (SIGSTOP,
+//!   so the shell sees the job stopped) and returns once continued.
 //! - [`reraise`] ends the process with the signal a command died of, with core dumps disabled,
 //!   as GNU `timeout` does; it returns only if the signal did not end the process.
 //! - [`Locale`]: the locale the environment selects, as GNU's `setlocale (LC_ALL, "")` would
@@ -146,12 +148,30 @@ pub(crate) fn reset_inherited_signal_state() {
 
 /// Ignores `SIGTTIN` and `SIGTTOU` for warden itself (GNU `timeout` does the same, so that a
 /// background warden writing a diagnostic is not stopped).
+///
+/// Why they are not handled like `SIGTSTP` (stop the tree, then warden): the terminal sends
+/// them only to a background process group that reads the terminal, or writes to it under
+/// `stty tostop`, and warden's tree has a group of its own, so they come only from warden's own
+/// terminal I/O or from `kill`. At their default action warden would stop alone and leave its
+/// tree running unsupervised; caught, a background write would never finish (the kernel sends
+/// `SIGTTOU` again each time the interrupted write is restarted). Ignored, the write goes
+/// through and a read fails with `EIO`. `SIGTSTP` (Ctrl-Z, `kill -TSTP`) is the way to stop
+/// warden with its tree.
 pub(crate) fn ignore_tty_stop_signals() {
     for sig in [libc::SIGTTIN, libc::SIGTTOU] {
         // SAFETY: installs SIG_IGN, which runs no code of ours; called before any thread that
         // could race on the disposition cares about these two signals.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+}
+
+/// Stops warden itself with `SIGSTOP`, which cannot be caught: the shell that waits for it
+/// sees the job stopped, as after the default action of `SIGTSTP`. Returns once warden is
+/// continued (`SIGCONT`: the shell's `fg` or `bg`).
+pub(crate) fn stop_self() {
+    // Sent to the calling thread, so the stop takes effect before `raise` returns (and it
+    // stops every thread of the process). It cannot fail for a valid signal.
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
 }
 
 fn set_default(sig: c_int) {

@@ -65,6 +65,14 @@ impl Channel {
         })
     }
 
+    /// Moves the start of a partial frame later by `by`: the worker was suspended that long
+    /// and could not send the rest, so that time does not count against `frame_timeout`.
+    pub(crate) fn defer_stall(&mut self, by: Duration) {
+        if let Some(since) = &mut self.partial_since {
+            *since = since.checked_add(by).unwrap_or(*since);
+        }
+    }
+
     /// Queues `msg` and writes what the socket takes now. A broken pipe is not an error here:
     /// the worker's exit (or EOF) is how its death is observed.
     pub(crate) fn send(&mut self, msg: &SupervisorMessage) -> Result<(), EncodeError> {

@@ -285,6 +285,32 @@ impl Cgroup {
     pub(crate) fn populated(&self) -> bool {
         populated(&self.dir)
     }
+
+    /// Freezes (`true`) or thaws the leaf; see [`set_frozen`].
+    pub(crate) fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        set_frozen(&self.dir, frozen)
+    }
+
+    /// True once every process in the leaf is frozen (`frozen 1` in `cgroup.events`).
+    pub(crate) fn frozen(&self) -> bool {
+        events_say(&self.dir, "frozen 1")
+    }
+}
+
+/// Writes `cgroup.freeze` of the cgroup at `dir`: `1` freezes every process in it and below
+/// it (they stop running, and new children are frozen too), `0` thaws them. Freezing is
+/// asynchronous: the kernel says `frozen 1` in `cgroup.events` once it is complete. A frozen
+/// process still dies of SIGKILL (and of `cgroup.kill`), and a process that had stopped
+/// itself before the freeze stays stopped after the thaw.
+///
+/// # Errors
+/// The write's error: `ENOENT` where the kernel has no cgroup v2 freezer (before 5.2) or the
+/// cgroup is gone, `EACCES` without write access to it.
+pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> io::Result<()> {
+    std::fs::write(
+        dir.join("cgroup.freeze"),
+        if frozen { b"1\n" } else { b"0\n" },
+    )
 }
 
 impl Drop for Cgroup {
@@ -341,8 +367,13 @@ fn remove_base_if_idle(counted: bool) {
 
 /// True while any process is in the cgroup at `dir` or below it.
 fn populated(dir: &Path) -> bool {
+    events_say(dir, "populated 1")
+}
+
+/// Whether `cgroup.events` of the cgroup at `dir` holds the line `line`.
+fn events_say(dir: &Path, line: &str) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
+        .map(|s| s.lines().any(|l| l.trim() == line))
         .unwrap_or(false)
 }
 

@@ -26,4 +26,10 @@ impl Cgroup {
     pub(crate) fn populated(&self) -> bool {
         false
     }
+    pub(crate) fn set_frozen(&self, _frozen: bool) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    pub(crate) fn frozen(&self) -> bool {
+        false
+    }
 }

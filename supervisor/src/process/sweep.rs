@@ -45,6 +45,8 @@ pub(crate) struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub zombie: bool,
+    /// Stopped by a signal (`T`) or by a tracer (`t`).
+    pub stopped: bool,
 }
 
 pub(crate) fn stat(pid: i32) -> Option<Stat> {
@@ -59,6 +61,7 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
         ppid,
         pgrp,
         zombie: state == "Z" || state == "X",
+        stopped: state == "T" || state == "t",
     })
 }
 
@@ -111,6 +114,15 @@ impl Snapshot {
             }
         }
         out
+    }
+
+    /// Live processes in process group `pgid` (its leader included, if alive).
+    pub(crate) fn group_members(&self, pgid: i32) -> Vec<i32> {
+        self.stats
+            .iter()
+            .filter(|(_, st)| st.pgrp == pgid)
+            .map(|(&pid, _)| pid)
+            .collect()
     }
 
     /// Whether any live process other than `pgid` itself is in process group `pgid`.

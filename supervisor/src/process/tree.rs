@@ -161,6 +161,16 @@ pub struct Tree {
     new_group: bool,
     tag: String,
     escaped: BTreeSet<u32>,
+    suspended: Option<Suspension>,
+}
+
+/// How a suspended tree was stopped, so that it is continued the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspension {
+    /// Its cgroup was frozen (`cgroup.freeze`).
+    Frozen,
+    /// SIGSTOP went to its process group and to the members that left it.
+    Signalled,
 }
 
 impl std::fmt::Debug for Child {
@@ -253,6 +263,7 @@ impl Tree {
             new_group: options.new_process_group,
             tag,
             escaped: BTreeSet::new(),
+            suspended: None,
         })
     }
 
@@ -299,6 +310,104 @@ impl Tree {
             let _ = cg.kill();
         }
         self.signal_tree(libc::SIGKILL)
+    }
+
+    /// Stops every process of the tree, for job control (a shell's Ctrl-Z): freezes its cgroup
+    /// (`cgroup.freeze`) where it has one, else SIGSTOPs its process group and the members that
+    /// left it, as [`signal_tree`](Self::signal_tree) reaches them (pid-reuse safe). Returns at
+    /// once: [`wait_suspended`](Self::wait_suspended) waits until it took effect. A no-op while
+    /// already suspended. The tree can still be killed while suspended.
+    ///
+    /// # Errors
+    /// The SIGSTOP to the process group failed (a freeze that fails falls back to SIGSTOP).
+    pub fn suspend(&mut self) -> io::Result<()> {
+        if self.suspended.is_some() {
+            return Ok(());
+        }
+        if let Some(cg) = &self.cgroup {
+            match cg.set_frozen(true) {
+                Ok(()) => {
+                    self.suspended = Some(Suspension::Frozen);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot freeze the cgroup; stopping the tree with SIGSTOP")
+                }
+            }
+        }
+        self.suspended = Some(Suspension::Signalled);
+        self.signal_tree(libc::SIGSTOP)
+    }
+
+    /// Waits, up to `timeout`, until a [`suspend`](Self::suspend) took effect: the cgroup says
+    /// `frozen 1`, or every live member of the process group and every member found outside
+    /// it is stopped. Returns whether it did (`true` also when nothing is left to stop, and
+    /// `false` when the tree is not suspended). A process in uninterruptible sleep (state `D`)
+    /// stops only once it leaves it, so the wait can time out.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only looks.
+    pub async fn wait_suspended(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let done = match self.suspended {
+                None => return false,
+                Some(Suspension::Frozen) => self.cgroup.as_ref().is_some_and(Cgroup::frozen),
+                Some(Suspension::Signalled) => self.all_stopped(),
+            };
+            if done {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Continues a suspended tree the way it was stopped: thaws its cgroup, or SIGCONTs its
+    /// process group and the members outside it. A no-op if it is not suspended.
+    ///
+    /// # Errors
+    /// The thaw or the SIGCONT to the process group failed; the tree counts as continued
+    /// either way (a second call does nothing).
+    pub fn resume(&mut self) -> io::Result<()> {
+        match self.suspended.take() {
+            None => Ok(()),
+            Some(Suspension::Frozen) => match &self.cgroup {
+                Some(cg) => cg.set_frozen(false),
+                None => Ok(()),
+            },
+            Some(Suspension::Signalled) => self.signal_tree(libc::SIGCONT),
+        }
+    }
+
+    /// Whether the tree is suspended ([`suspend`](Self::suspend) without a
+    /// [`resume`](Self::resume) since).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.is_some()
+    }
+
+    /// Whether every live member that SIGSTOP reached is stopped.
+    fn all_stopped(&self) -> bool {
+        if self.child.is_reaped() {
+            return true;
+        }
+        let leader = self.child.pid() as i32;
+        let snapshot = sweep::Snapshot::take();
+        let mut members = if self.new_group {
+            snapshot.group_members(leader)
+        } else {
+            vec![leader]
+        };
+        if self.new_group {
+            members.extend(self.outside_group(Some(&snapshot)));
+        }
+        members
+            .iter()
+            .all(|&p| snapshot.stat(p).is_none_or(|st| st.stopped))
     }
 
     /// Waits until the program exits (without reaping it, so its group can still be signalled).

@@ -3,9 +3,14 @@
 //! It is a thin loop around [`Escalation`]: turn events (exit, messages, tokens, timers) into
 //! `handle_*` calls, perform the actions the machine emits, and decide the outcome once the
 //! facts are in (a result for a reusable worker; otherwise exit observed AND channel drained).
+//!
+//! Job control ([`Control`], on a channel of its own so that it is heard during a job too):
+//! a suspension stops the tree and pauses every timer of the loop that runs at the time (the
+//! job's timeout, the ladder, the drain and hang-up waits, a partial frame's stall timer);
+//! the resume continues the tree and moves those timers by the time suspended.
 
 use std::future::pending;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
@@ -15,7 +20,7 @@ use warden_protocol::{
 };
 
 use super::config::{JobOptions, Progress, WorkerConfig};
-use crate::error::RunError;
+use crate::error::{JobControlError, RunError};
 use crate::escalation::{Action, Escalation};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify};
@@ -32,6 +37,32 @@ pub(crate) enum Request {
     Shutdown {
         reply: oneshot::Sender<Option<ExitStatus>>,
     },
+}
+
+type ControlReply = oneshot::Sender<Result<(), JobControlError>>;
+
+/// Job control requests, heard in every state of the actor.
+pub(crate) enum Control {
+    /// Stop the tree and pause the timers; reply once the tree is stopped (or `timeout`).
+    Suspend {
+        timeout: Duration,
+        reply: ControlReply,
+    },
+    /// Continue the tree and the timers.
+    Resume { reply: ControlReply },
+}
+
+/// What a control request did, for the loop that owns the timers.
+enum Pause {
+    /// Suspended at this instant: pause the ladder.
+    Began(Instant),
+    /// Resumed at `at` after `stopped`: resume the ladder, move the other timers.
+    Ended { at: Instant, stopped: Duration },
+}
+
+/// Moves an armed timer later by `by` (an unrepresentable one never fires).
+fn defer(timer: &mut Option<Instant>, by: Duration) {
+    *timer = timer.and_then(|t| t.checked_add(by));
 }
 
 /// Sleeps until `at`, or forever when there is no deadline. Sleeps at most a day at a time:
@@ -82,6 +113,13 @@ async fn reply_closed(reply: &mut Option<Reply>) {
 pub(crate) struct Actor {
     tree: Tree,
     channel: Option<Channel>,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// False once every handle is gone (the control channel is closed).
+    control_open: bool,
+    /// When the tree was suspended, while it is.
+    suspended_at: Option<Instant>,
+    /// The polite signal went out while suspended: its SIGCONT is sent on the resume.
+    cont_owed: bool,
     config: WorkerConfig,
     next_job: u64,
     /// Set once the process is reaped (with its status) or given up on after SIGKILL.
@@ -114,12 +152,17 @@ impl Actor {
     pub(crate) fn new(
         tree: Tree,
         channel: Option<Channel>,
+        control: mpsc::UnboundedReceiver<Control>,
         config: WorkerConfig,
         span: Span,
     ) -> Self {
         Actor {
             tree,
             channel,
+            control,
+            control_open: true,
+            suspended_at: None,
+            cont_owed: false,
             config,
             next_job: 1,
             gone: None,
@@ -138,7 +181,14 @@ impl Actor {
         let mut idle_eof_deadline: Option<Instant> = None;
         loop {
             if let Some(status) = self.gone {
-                match rx.recv().await {
+                let request = tokio::select! {
+                    request = rx.recv() => request,
+                    control = self.control.recv(), if self.control_open => {
+                        self.on_control(control).await;
+                        continue;
+                    }
+                };
+                match request {
                     // A plain program's run is its job: one that ended before the caller asked
                     // for it still has its report to give.
                     Some(Request::Run {
@@ -194,12 +244,68 @@ impl Actor {
                     tracing::warn!(parent: &self.span, "kill requested while idle; killing the worker");
                     self.kill_idle();
                 }
-                () = sleep_until(idle_eof_deadline) => {
+                () = sleep_until(idle_eof_deadline), if self.suspended_at.is_none() => {
                     idle_eof_deadline = None;
                     let _ = self.tree.kill_tree();
                 }
+                control = self.control.recv(), if self.control_open => {
+                    if let Some(Pause::Ended { stopped, .. }) = self.on_control(control).await {
+                        defer(&mut idle_eof_deadline, stopped);
+                    }
+                }
             }
         }
+    }
+
+    /// Performs a control request; `None` (every handle dropped) resumes a suspended tree,
+    /// since nobody is left to do it.
+    async fn on_control(&mut self, control: Option<Control>) -> Option<Pause> {
+        match control {
+            None => {
+                self.control_open = false;
+                self.resume_tree().1
+            }
+            Some(Control::Suspend { timeout, reply }) => {
+                if self.suspended_at.is_some() {
+                    let _ = reply.send(Ok(()));
+                    return None;
+                }
+                let at = Instant::now();
+                self.suspended_at = Some(at);
+                let result = match self.tree.suspend() {
+                    Err(e) => Err(JobControlError::Tree(e)),
+                    Ok(()) if self.tree.wait_suspended(timeout).await => Ok(()),
+                    Ok(()) => Err(JobControlError::NotStopped { timeout }),
+                };
+                tracing::info!(parent: &self.span, ok = result.is_ok(), "worker suspended");
+                let _ = reply.send(result);
+                Some(Pause::Began(at))
+            }
+            Some(Control::Resume { reply }) => {
+                let (result, pause) = self.resume_tree();
+                let _ = reply.send(result);
+                pause
+            }
+        }
+    }
+
+    /// Continues a suspended tree (and sends the SIGCONT a polite signal owes); moves the
+    /// channel's stall timer. Nothing to do unless suspended.
+    fn resume_tree(&mut self) -> (Result<(), JobControlError>, Option<Pause>) {
+        let Some(since) = self.suspended_at.take() else {
+            return (Ok(()), None);
+        };
+        let result = self.tree.resume().map_err(JobControlError::Tree);
+        if std::mem::take(&mut self.cont_owed) {
+            let _ = self.tree.signal_tree(libc::SIGCONT);
+        }
+        let at = Instant::now();
+        let stopped = at.saturating_duration_since(since);
+        if let Some(channel) = &mut self.channel {
+            channel.defer_stall(stopped);
+        }
+        tracing::info!(parent: &self.span, ?stopped, "worker resumed");
+        (result, Some(Pause::Ended { at, stopped }))
     }
 
     fn stalled(&self) -> Violation {
@@ -259,8 +365,13 @@ impl Actor {
                 if let Err(e) = self.tree.signal_tree(self.config.polite_signal) {
                     tracing::warn!(parent: &self.span, error = %e, "polite signal failed");
                 }
-                // A stopped worker must wake to see the polite signal.
-                let _ = self.tree.signal_tree(libc::SIGCONT);
+                // A stopped worker must wake to see the polite signal; a suspended one gets its
+                // SIGCONT with the resume.
+                if self.suspended_at.is_some() {
+                    self.cont_owed = true;
+                } else {
+                    let _ = self.tree.signal_tree(libc::SIGCONT);
+                }
                 tracing::info!(parent: &self.span, signal = self.config.polite_signal, "polite signal sent");
             }
             Action::KillGroup => {
@@ -286,7 +397,11 @@ impl Actor {
         }
         let deadlines = options.deadlines.unwrap_or(self.config.deadlines);
         let mut esc = Escalation::new(deadlines, self.config.protocol);
-        let timeout_at = options.timeout.and_then(|t| deadline_after(started, t));
+        if let Some(at) = self.suspended_at {
+            // The job starts on a suspended worker: its clock starts with the resume.
+            esc.pause(at.max(started));
+        }
+        let mut timeout_at = options.timeout.and_then(|t| deadline_after(started, t));
         // A plain program that already ended: its run is over whatever the caller's token says,
         // and its exit decides the outcome.
         let ended_before_start = !self.config.protocol && self.tree.exit_status().is_some();
@@ -387,10 +502,19 @@ impl Actor {
             }
             let live = self.channel_live() && st.violation.is_none();
             let open = esc.reason().is_none() && !esc.is_finished() && st.violation.is_none();
-            let drain = if exited { st.drain_deadline } else { None };
-            let hangup = if exited { None } else { st.hangup_deadline };
+            let running = self.suspended_at.is_none();
+            let drain = if exited && running {
+                st.drain_deadline
+            } else {
+                None
+            };
+            let hangup = if exited || !running {
+                None
+            } else {
+                st.hangup_deadline
+            };
             let esc_deadline = esc.poll_timeout();
-            let waiting_timeout = if open { timeout_at } else { None };
+            let waiting_timeout = if open && running { timeout_at } else { None };
             tokio::select! {
                 status = self.tree.wait(), if !exited => {
                     if let Err(e) = &status {
@@ -426,6 +550,20 @@ impl Actor {
                     st.hangup_deadline = None;
                     tracing::warn!(parent: &span, "worker closed its channel mid-job and did not exit; killing it");
                     esc.handle_kill(Instant::now());
+                }
+                control = self.control.recv(), if self.control_open => {
+                    match self.on_control(control).await {
+                        Some(Pause::Began(at)) => esc.pause(at),
+                        Some(Pause::Ended { at, stopped }) => {
+                            esc.resume(at);
+                            // A suspension older than the job counts from the job's start.
+                            let stopped = stopped.min(at.saturating_duration_since(started));
+                            for timer in [&mut timeout_at, &mut st.drain_deadline, &mut st.hangup_deadline] {
+                                defer(timer, stopped);
+                            }
+                        }
+                        None => {}
+                    }
                 }
             }
             while let Some(action) = esc.poll_action() {
@@ -559,6 +697,9 @@ impl Actor {
             return gone;
         }
         let mut esc = Escalation::new(self.config.deadlines, self.channel_live());
+        if let Some(at) = self.suspended_at {
+            esc.pause(at);
+        }
         esc.handle_cancel(Instant::now(), CancelReason::Shutdown);
         let mut kill_requested = false;
         loop {
@@ -581,6 +722,13 @@ impl Actor {
                 () = self.config.kill.cancelled(), if !kill_requested => {
                     kill_requested = true;
                     esc.handle_kill(Instant::now());
+                }
+                control = self.control.recv(), if self.control_open => {
+                    match self.on_control(control).await {
+                        Some(Pause::Began(at)) => esc.pause(at),
+                        Some(Pause::Ended { at, .. }) => esc.resume(at),
+                        None => {}
+                    }
                 }
             }
         }

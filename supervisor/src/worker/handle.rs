@@ -6,9 +6,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use warden_protocol::{SupervisorMessage, WorkerMessage, check_version};
 
-use super::actor::{Actor, Request, sleep_until};
+use std::time::Duration;
+
+use super::actor::{Actor, Control, Request, sleep_until};
 use super::config::{JobOptions, WorkerConfig};
-use crate::error::{RunError, SpawnError};
+use crate::error::{JobControlError, RunError, SpawnError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{JobReport, Violation};
 use crate::process::{self, Child, Command, ExitStatus, Tree};
@@ -33,9 +35,11 @@ pub struct WorkerInfo {
 /// Dropping the handle shuts the worker down in the background as [`shutdown`](Self::shutdown)
 /// does: a `Shutdown` message, then the ladder (polite signal, SIGKILL) with the worker's
 /// deadlines. If the runtime itself goes away first, the process group is SIGKILLed and reaped.
+/// A worker [suspended](Self::suspend) when its handle is dropped is resumed first.
 #[derive(Debug)]
 pub struct Worker {
     tx: mpsc::UnboundedSender<Request>,
+    control: mpsc::UnboundedSender<Control>,
     info: WorkerInfo,
 }
 
@@ -88,9 +92,10 @@ impl Worker {
         };
         tracing::debug!(parent: &span, containment = tree.containment().as_str(), "worker ready");
         let (tx, rx) = mpsc::unbounded_channel();
-        let actor = Actor::new(tree, channel, config, span.clone());
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let actor = Actor::new(tree, channel, control_rx, config, span.clone());
         tokio::spawn(actor.run(rx).instrument(span));
-        Ok(Worker { tx, info })
+        Ok(Worker { tx, control, info })
     }
 
     /// The worker's pid (also its process group id). Valid only while the worker runs: do not
@@ -128,6 +133,54 @@ impl Worker {
             })
             .map_err(|_| actor_gone())?;
         rx.await.map_err(|_| actor_gone())?
+    }
+
+    /// Suspends the worker, for job control (the host was stopped with Ctrl-Z, say): stops its
+    /// whole process tree (freezes its cgroup where it has one, else SIGSTOPs its process group
+    /// and the members that left it) and pauses every deadline of the running job (its
+    /// timeout, the ladder's stages, the drain and hang-up waits) until
+    /// [`resume`](Self::resume), so the time suspended does not count against them. Returns
+    /// once the tree is stopped, or after `timeout` if it does not stop (an error; the worker
+    /// counts as suspended all the same). A no-op while already suspended.
+    ///
+    /// While suspended, events are still handled at once: a cancel message is sent, a polite
+    /// signal too (its SIGCONT waits for the resume), and the kill token or a protocol
+    /// violation SIGKILLs the tree. Only the deadlines wait.
+    ///
+    /// # Errors
+    /// [`JobControlError::WorkerGone`] if the worker was shut down;
+    /// [`JobControlError::Tree`] if stopping the tree failed;
+    /// [`JobControlError::NotStopped`] if it did not stop within `timeout`.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe once polled: the request is sent on the first poll, and dropping the
+    /// future then does not undo the suspension. Call [`resume`](Self::resume).
+    pub async fn suspend(&self, timeout: Duration) -> Result<(), JobControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Suspend { timeout, reply })
+            .map_err(|_| JobControlError::WorkerGone)?;
+        rx.await.map_err(|_| JobControlError::WorkerGone)?
+    }
+
+    /// Resumes a [suspended](Self::suspend) worker: continues its tree (thaws the cgroup, or
+    /// SIGCONT) and its deadlines, each moved later by the time suspended. A no-op unless
+    /// suspended.
+    ///
+    /// # Errors
+    /// [`JobControlError::WorkerGone`] if the worker was shut down;
+    /// [`JobControlError::Tree`] if continuing the tree failed (the deadlines run again
+    /// anyway).
+    ///
+    /// # Cancel safety
+    /// As [`suspend`](Self::suspend): once polled, the resume happens even if the future is
+    /// dropped.
+    pub async fn resume(&self) -> Result<(), JobControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Resume { reply })
+            .map_err(|_| JobControlError::WorkerGone)?;
+        rx.await.map_err(|_| JobControlError::WorkerGone)?
     }
 
     /// Asks the worker to exit (a `Shutdown` message; for a plain program the polite signal),

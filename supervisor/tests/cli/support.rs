@@ -432,6 +432,18 @@ pub fn kill_all(survivors: &[Survivor]) {
     }
 }
 
+/// Proves that no process carrying `mark` is alive (after a bounded moment for those already
+/// dying); survivors are killed by PID, then fail the test. For runs not started through
+/// [`Proc`] (a shell in a terminal, say).
+pub fn assert_no_survivors(mark: &str, what: &str) {
+    let survivors = settle_survivors(mark);
+    kill_all(&survivors);
+    assert!(
+        survivors.is_empty(),
+        "{what}: processes survived: {survivors:#?}"
+    );
+}
+
 /// Kills every marked process (a failing test's clean-up).
 pub fn kill_marked(mark: &str) {
     kill_all(&marked(mark));
