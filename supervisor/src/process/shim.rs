@@ -6,7 +6,8 @@
 //! signal, SIGKILL by default, when the spawning thread, which lives as long as the
 //! supervisor, goes away), checks its parent is still there, joins the worker's cgroup (so not
 //! even its first fork can escape), restores SIGPIPE (Rust's runtime ignores it, and an ignored
-//! signal would survive exec) unless the tree asks for it ignored, sets the signals the tree
+//! signal would survive exec) unless the tree asks for it ignored, and glibc's internal
+//! signals 32 and 33 (its posix_spawn child leaves them ignored), sets the signals the tree
 //! asks for to SIG_IGN, and execs the real program (with execvp's `/bin/sh` fallback for a
 //! file without `#!`). Binaries that never call [`run_if_shim`] are spawned directly: the
 //! cgroup is then joined from the supervisor right after spawn, and PDEATHSIG is not available.
@@ -298,8 +299,12 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         return report.fail(Step::JoinCgroup, &e, &path);
     }
     // Rust's runtime ignores SIGPIPE in the shim, and an ignored signal survives exec: put it
-    // back unless the program must start with it ignored. Everything else is at its default
-    // already (posix_spawn's SETSIGDEF); handlers never survive exec.
+    // back unless the program must start with it ignored; so for glibc's internal signals,
+    // which its posix_spawn left ignored. Everything else is at its default already
+    // (posix_spawn's SETSIGDEF); handlers never survive exec.
+    if let Err(e) = super::unix::reset_internal_signals() {
+        return report.fail(Step::ResetSignals, &e, &path);
+    }
     if !ignored.contains(&libc::SIGPIPE)
         && let Err(e) = super::unix::reset_signal_default(libc::SIGPIPE)
     {

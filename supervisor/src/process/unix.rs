@@ -450,6 +450,43 @@ fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<
     }
 }
 
+/// Puts glibc's internal signals (32 and 33, below `SIGRTMIN`) back to SIG_DFL. glibc's
+/// posix_spawn child sets them to SIG_IGN when the parent had handlers for them (any threaded
+/// glibc process does), and an ignored signal survives exec: without this every program
+/// would start with them ignored. glibc's `sigaction` refuses these numbers, hence the raw
+/// system call. Only the single-threaded shim calls it, just before exec.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn reset_internal_signals() -> io::Result<()> {
+    for sig in 32..libc::SIGRTMIN() {
+        // The kernel's `struct sigaction` (handler, flags, restorer where the architecture
+        // has one, mask): all zero is SIG_DFL with no flags and an empty mask, whatever the
+        // layout.
+        let action = [0u64; 4];
+        // SAFETY: rt_sigaction reads a kernel sigaction from `action` (32 valid, zeroed bytes,
+        // at least the struct's size), writes no old action (null), and takes the size of
+        // the kernel's sigset (8 bytes); SIG_DFL runs no code of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere there are no such signals to put back.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn reset_internal_signals() -> io::Result<()> {
+    Ok(())
+}
+
 /// Whether `sig` is a signal a process may set to SIG_IGN (not SIGKILL or SIGSTOP, and a
 /// number this system has).
 pub(crate) fn can_be_ignored(sig: libc::c_int) -> bool {
