@@ -228,6 +228,7 @@ fn a_sigkilled_supervisors_trees_get_their_death_signal_and_orphan_ladder() {
         .expect("reader");
         let host_pid = host.id();
         assert_eq!(cgroup_bases_of(host_pid).len(), 1, "the host's cgroup base");
+        let killed = std::time::Instant::now();
         host.kill().expect("SIGKILL the host");
         host.wait().expect("reap the host");
 
@@ -237,12 +238,18 @@ fn a_sigkilled_supervisors_trees_get_their_death_signal_and_orphan_ladder() {
                     .await;
             }
         }
+        // Bounded by LIMIT (20 s), well below tree a's 60 s delay: the guard saw a empty
+        // (its members exit on SIGTERM) rather than waiting the delay out.
         within(LIMIT, "the guard to remove the host's cgroups", async {
             while !cgroup_bases_of(host_pid).is_empty() {
                 tokio::time::sleep(ms(5)).await;
             }
         })
         .await;
+        eprintln!(
+            "orphan ladder: host SIGKILLed to its cgroups removed in {:?} (tree b's delay: 300 ms)",
+            killed.elapsed()
+        );
         t.wait_none_marked("the guard and every member").await;
 
         let text = std::fs::read_to_string(record.path()).expect("the record");
