@@ -14,13 +14,16 @@ use crate::{ExitStatus, Violation};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SpawnError {
-    /// No such program (the shell's 127).
+    /// No such program (the shell's 127): nothing of that name in `PATH`, or `execve` said
+    /// ENOENT (the file, or the interpreter its `#!` line names, does not exist).
     #[error("program not found: {program:?}")]
     NotFound {
         /// The program as given.
         program: OsString,
     },
-    /// The program exists but cannot be executed (the shell's 126).
+    /// The program exists but cannot be executed (the shell's 126): `execve` failed with
+    /// `source` (EACCES, ETXTBSY, ELOOP, ENAMETOOLONG, ENOTDIR, E2BIG, ...; ENOEXEC only if the
+    /// `/bin/sh` fallback failed too).
     #[error("program is not executable: {program:?}")]
     NotExecutable {
         /// The program as given.
@@ -28,6 +31,25 @@ pub enum SpawnError {
         /// The operating system's reason.
         #[source]
         source: io::Error,
+    },
+    /// A step of the exec shim between spawn and exec failed (see [`SetupStep`]); the
+    /// process was killed and reaped, the program never ran.
+    #[error("could not prepare {program:?} to run: {step} failed")]
+    Setup {
+        /// The program as given.
+        program: OsString,
+        /// Which step.
+        step: SetupStep,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A signal named in [`TreeOptions::ignored_signals`](crate::TreeOptions) cannot be
+    /// ignored (SIGKILL, SIGSTOP, or a number that is no signal).
+    #[error("signal {signal} cannot be ignored")]
+    InvalidSignal {
+        /// The number given.
+        signal: i32,
     },
     /// The program could not be started for another reason.
     #[error("could not start {program:?}")]
@@ -108,6 +130,38 @@ pub enum JobControlError {
         /// The timeout given to `suspend`.
         timeout: Duration,
     },
+}
+
+/// A step the exec shim performs before exec (see [`SpawnError::Setup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SetupStep {
+    /// Asking for the death signal (`PR_SET_PDEATHSIG`), e.g. with a number that is no signal.
+    DeathSignal,
+    /// Joining the tree's cgroup (writing its `cgroup.procs`).
+    JoinCgroup,
+    /// Restoring SIGPIPE's default disposition.
+    ResetSignals,
+    /// Setting the signals the program must start with to SIG_IGN.
+    IgnoreSignals,
+}
+
+impl SetupStep {
+    /// A short name: `death_signal`, `join_cgroup`, `reset_signals`, `ignore_signals`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetupStep::DeathSignal => "death_signal",
+            SetupStep::JoinCgroup => "join_cgroup",
+            SetupStep::ResetSignals => "reset_signals",
+            SetupStep::IgnoreSignals => "ignore_signals",
+        }
+    }
+}
+
+impl std::fmt::Display for SetupStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A job could not be run.

@@ -83,13 +83,13 @@ mod outcome;
 mod process;
 mod worker;
 
-pub use error::{JobControlError, ParseNameError, RunError, SpawnError};
+pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{
-    Command, Containment, ContainmentMode, ExitStatus, Stdio, Tree, TreeOptions, TreeReport,
-    claim_all_children, start_orphan_reaper,
+    Command, Containment, ContainmentMode, ExitStatus, OrphanLadder, Stdio, Tree, TreeOptions,
+    TreeReport, claim_all_children, start_orphan_reaper,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use warden_protocol::{CancelReason, JobId, ParseCancelReasonError};

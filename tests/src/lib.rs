@@ -125,6 +125,15 @@ pub mod mode {
     /// A supervisor: spawns N cooperative workers through warden, prints `pids:<a>,<b>...` on
     /// stdout, then blocks forever (for "the supervisor is SIGKILLed" tests).
     pub const HOST: &str = "host";
+    /// No protocol: `catch-term FILE TAG exit|stay N` blocks SIGTERM, starts N more members
+    /// like itself (with N = 0), prints `member TAG PID` on stdout, lets go of stdout and
+    /// stderr, waits for SIGTERM, appends `TAG PID` to FILE, then exits 0 (`exit`) or sleeps
+    /// 60 s (`stay`).
+    pub const CATCH_TERM: &str = "catch-term";
+    /// A supervisor for orphan-ladder tests: `orphan-host FILE` spawns four trees of
+    /// [`CATCH_TERM`] members through warden (see `shim.rs` in the e2e tests), prints
+    /// `host PID`, then blocks forever.
+    pub const ORPHAN_HOST: &str = "orphan-host";
 }
 
 /// The readiness text with children's pids: `ready` or `ready:1,2,3`.

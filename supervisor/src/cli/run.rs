@@ -465,14 +465,11 @@ fn unreachable_command() -> ! {
 /// 127 not found, 126 not runnable (the shim's exec failures arrive as those exit codes during
 /// a protocol handshake), 125 anything else.
 fn spawn_status(error: &SpawnError) -> u8 {
+    // Exec failures are typed by the library (the exec shim reports them); a worker that ran
+    // and then exited during the handshake is warden's failure to start it, whatever its code.
     match error {
         SpawnError::NotFound { .. } => EXIT_NOT_FOUND,
         SpawnError::NotExecutable { .. } => EXIT_CANNOT_INVOKE,
-        SpawnError::ExitedDuringHandshake { status, .. } => match status.code() {
-            Some(127) => EXIT_NOT_FOUND,
-            Some(126) => EXIT_CANNOT_INVOKE,
-            _ => EXIT_CANCELED,
-        },
         _ => EXIT_CANCELED,
     }
 }

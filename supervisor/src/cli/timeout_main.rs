@@ -249,7 +249,8 @@ fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
 }
 
 /// The error `execvp` would have ended with, for a spawn that failed to find or run the
-/// program (the library resolves it with execvp's rules before spawning).
+/// program: the library's typed error carries it (from its PATH search, or from `execve`
+/// itself as the exec shim reported it).
 pub(crate) fn exec_errno(error: &SpawnError) -> Option<c_int> {
     match error {
         SpawnError::NotFound { .. } => Some(libc::ENOENT),

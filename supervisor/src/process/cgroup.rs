@@ -4,16 +4,25 @@
 //! A supervisor that is SIGKILLed cannot clean up, and `PR_SET_PDEATHSIG` reaches only each
 //! tree's first process: whatever that process started would live on in its leaf. So the first
 //! time a base directory is made, a guard process is started (this binary again, through the
-//! exec shim's entry point): it holds the read end of a pipe whose write end only the
-//! supervisor holds, and when that pipe reaches EOF (the supervisor has exited, however) it
-//! writes `cgroup.kill` on the base, which kills every leaf, and removes them. The guard has a
-//! process group of its own and ignores stop signals, so a Ctrl-C or a SIGTERM to the
-//! supervisor does not take it first.
+//! exec shim's entry point): its stdin is one end of a socketpair whose other end only the
+//! supervisor holds, and when it reaches EOF (the supervisor has exited, however) the guard
+//! ends every leaf and removes them. The guard has a process group of its own and ignores stop
+//! signals, so a Ctrl-C or a SIGTERM to the supervisor does not take it first.
+//!
+//! **Orphan ladders.** A tree may ask for a polite end instead (`TreeOptions::orphan_ladder`):
+//! when its leaf is created the supervisor sends the guard one line, `ladder tree-N SIG MS`.
+//! At EOF the guard first kills (`cgroup.kill`) every leaf without a ladder; then, for each
+//! leaf with one, freezes it (`cgroup.freeze`, waiting boundedly for `frozen 1`), reads its
+//! members, sends each SIG and SIGCONT through a pidfd (frozen members cannot exit, so no pid
+//! is recycled in between), and thaws it; it waits for each such leaf to empty (`populated 0`
+//! in `cgroup.events`, watched with poll) until MS after its signal, kills what is left, and
+//! finally kills and removes everything under the base, as without a ladder.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Where new leaves go: a `warden-<pidns>-<pid>-<starttime>` directory under our own cgroup, if we may create it.
 fn base() -> Option<&'static Path> {
@@ -88,11 +97,13 @@ fn probe() -> io::Result<PathBuf> {
 /// Starts the guard that kills and removes `base` once this process is gone (see the module
 /// docs). Without an exec shim there is no binary to run it: then a SIGKILLed supervisor's
 /// leaves are only killed by the next supervisor's stale sweep.
+/// Our end of the guard's socketpair (its EOF is our death; orphan ladders are sent on it).
+static GUARD: OnceLock<std::os::fd::OwnedFd> = OnceLock::new();
+
 fn start_guard(base: &Path) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    static GUARD: OnceLock<std::process::ChildStdin> = OnceLock::new();
     if GUARD.get().is_some() {
         return;
     }
@@ -100,12 +111,22 @@ fn start_guard(base: &Path) {
         tracing::debug!("no exec shim: no guard for the cgroups of a supervisor that is killed");
         return;
     }
+    // A socketpair rather than a pipe: sends use MSG_NOSIGNAL, so a guard that died can never
+    // SIGPIPE a host that did not ignore it. Both ends are close-on-exec: no tree inherits ours.
+    let (ours, theirs) = match super::unix::socketpair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not create the cgroup guard's socket");
+            return;
+        }
+    };
     let exe = super::shim::executable();
+    // The command (holding the guard's end) is dropped at the end of the statement, so our
+    // process keeps no copy of it.
     let started = std::process::Command::new(std::ffi::OsStr::from_bytes(exe.as_bytes()))
         .arg(super::shim::GUARD_ARG)
         .arg(base)
-        // The pipe's write end is close-on-exec and stays here: no tree inherits it.
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(theirs))
         // Nothing of the caller's is held open by the guard (a shell reading our output
         // must not wait for it).
         .stdout(Stdio::null())
@@ -115,35 +136,182 @@ fn start_guard(base: &Path) {
     match started {
         // The guard is never waited for: it outlives us by design (and as a zombie, if it
         // ended first, it is reaped by the orphan reaper or by whoever inherits it).
-        Ok(mut guard) => {
-            if let Some(pipe) = guard.stdin.take() {
-                let _ = GUARD.set(pipe);
-            }
+        Ok(_guard) => {
+            let _ = GUARD.set(ours);
         }
         Err(e) => tracing::warn!(error = %e, "could not start the cgroup guard"),
     }
 }
 
-/// The guard's work once its supervisor is gone: kill everything under `base`, wait (bounded)
-/// until it is empty, remove the leaves and the base.
-pub(crate) fn kill_and_remove_base(base: &Path) {
+/// Sends `line` to the guard without blocking and without SIGPIPE.
+fn tell_guard(line: &str) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
+    let fd = GUARD
+        .get()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no cgroup guard"))?;
+    let sent = send(
+        fd.as_raw_fd(),
+        line.as_bytes(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )?;
+    if sent == line.len() {
+        Ok(())
+    } else {
+        Err(io::Error::from(io::ErrorKind::WriteZero))
+    }
+}
+
+/// The orphan ladders a guard was told about, by leaf name.
+#[derive(Debug, Default)]
+pub(crate) struct GuardOrders {
+    ladders: std::collections::HashMap<String, (libc::c_int, Duration)>,
+    partial: Vec<u8>,
+    prune_at: usize,
+}
+
+impl GuardOrders {
+    /// Takes bytes read from the supervisor; complete lines are parsed, malformed ones ignored.
+    pub(crate) fn feed(&mut self, bytes: &[u8], base: &Path) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            if let Some((leaf, ladder)) = std::str::from_utf8(&line).ok().and_then(parse_order) {
+                self.ladders.insert(leaf, ladder);
+            }
+        }
+        if self.partial.len() > 4096 {
+            // No order is that long: whatever this is, it is not ours.
+            self.partial.clear();
+        }
+        // One line per tree ever made: forget the trees already removed, so a long-lived
+        // supervisor's guard stays small.
+        if self.ladders.len() >= self.prune_at.max(1024) {
+            self.ladders.retain(|leaf, _| base.join(leaf).exists());
+            self.prune_at = self.ladders.len() * 2;
+        }
+    }
+}
+
+/// `ladder tree-N SIG MS`.
+fn parse_order(line: &str) -> Option<(String, (libc::c_int, Duration))> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "ladder" {
+        return None;
+    }
+    let leaf = words.next()?;
+    let signal = words.next()?.parse().ok()?;
+    let delay = Duration::from_millis(words.next()?.parse().ok()?);
+    let valid = leaf.starts_with("tree-") && !leaf.contains('/') && words.next().is_none();
+    valid.then(|| (leaf.to_owned(), (signal, delay)))
+}
+
+/// How long the guard waits for a freeze to take, and for a killed cgroup to empty.
+const GUARD_WAIT: Duration = Duration::from_secs(5);
+
+/// The guard's work once its supervisor is gone: kill every leaf under `base` without an
+/// orphan ladder, run the ladders of the others, then kill everything left, wait (bounded)
+/// until it is empty, and remove the leaves and the base.
+pub(crate) fn kill_and_remove_base(base: &Path, orders: &GuardOrders) {
     if !base.exists() {
         return;
     }
+    let leaves: Vec<(String, PathBuf)> = std::fs::read_dir(base)
+        .map(|d| {
+            d.flatten()
+                .filter(|l| l.path().is_dir())
+                .filter_map(|l| Some((l.file_name().into_string().ok()?, l.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Those without a ladder first: they must not wait for anyone's delay.
+    for (name, dir) in &leaves {
+        if !orders.ladders.contains_key(name) {
+            let _ = std::fs::write(dir.join("cgroup.kill"), b"1\n");
+        }
+    }
+    let mut pending: Vec<(&Path, Instant)> = Vec::new();
+    for (name, dir) in &leaves {
+        if let Some(&(signal, delay)) = orders.ladders.get(name)
+            && populated(dir)
+        {
+            signal_members(dir, signal);
+            pending.push((dir, Instant::now() + delay));
+        }
+    }
+    pending.sort_by_key(|&(_, deadline)| deadline);
+    for (dir, deadline) in pending {
+        wait_events(dir, "populated 0", deadline);
+        let _ = std::fs::write(dir.join("cgroup.kill"), b"1\n");
+    }
     // cgroup.kill on a parent kills every process in all its descendants.
     let _ = std::fs::write(base.join("cgroup.kill"), b"1\n");
-    for _ in 0..250 {
-        if !populated(base) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    if let Ok(leaves) = std::fs::read_dir(base) {
-        for leaf in leaves.flatten().filter(|l| l.path().is_dir()) {
-            let _ = std::fs::remove_dir(leaf.path());
-        }
+    wait_events(base, "populated 0", Instant::now() + GUARD_WAIT);
+    for (_, dir) in &leaves {
+        let _ = std::fs::remove_dir(dir);
     }
     let _ = std::fs::remove_dir(base);
+}
+
+/// Sends `signal` and SIGCONT to every member of the cgroup at `dir`, frozen meanwhile so
+/// that none can exit (and have its pid recycled) between the listing and the signal. Each
+/// member is held by a pidfd opened while frozen, and only those still listed afterwards
+/// are signalled, so even a freeze that did not take in time hits no stranger.
+fn signal_members(dir: &Path, signal: libc::c_int) {
+    let frozen =
+        set_frozen(dir, true).is_ok() && wait_events(dir, "frozen 1", Instant::now() + GUARD_WAIT);
+    let read_pids = || -> Vec<libc::pid_t> {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let held: Vec<(libc::pid_t, std::os::fd::OwnedFd)> = read_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, super::pidfd::open(pid).ok()??)))
+        .collect();
+    let still = read_pids();
+    for (_, fd) in held.iter().filter(|(pid, _)| still.contains(pid)) {
+        let _ = super::pidfd::send_signal(fd, signal, false);
+        let _ = super::pidfd::send_signal(fd, libc::SIGCONT, false);
+    }
+    if frozen || dir.exists() {
+        let _ = set_frozen(dir, false);
+    }
+}
+
+/// Waits until `cgroup.events` of `dir` has the line `want` (`populated 0`, `frozen 1`) or
+/// `deadline` passes; returns whether it did. Woken by the kernel's change notification on the
+/// file (poll, POLLPRI), with a short poll interval as a fallback. A cgroup that is gone counts
+/// as empty.
+fn wait_events(dir: &Path, want: &str, deadline: Instant) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let Ok(mut file) = std::fs::File::open(dir.join("cgroup.events")) else {
+        return want == "populated 0";
+    };
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if file
+            .rewind()
+            .and_then(|()| file.read_to_string(&mut text))
+            .is_err()
+        {
+            return want == "populated 0" && !dir.exists();
+        }
+        if text.lines().any(|l| l.trim() == want) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let wait = left.min(Duration::from_millis(50));
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+        let _ = poll(&mut fds, timeout);
+    }
 }
 
 /// Who owns a base directory: the pid namespace (cgroup directories are shared across pid
@@ -262,6 +430,18 @@ impl Cgroup {
 
     pub(crate) fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
+    }
+
+    /// Tells the guard to run an orphan ladder on this leaf should the supervisor die (see the
+    /// module docs). Without a guard, or if it cannot be told, the leaf is killed at once then.
+    pub(crate) fn set_orphan_ladder(&self, signal: libc::c_int, delay: Duration) {
+        let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        if let Err(e) = tell_guard(&format!("ladder {name} {signal} {ms}\n")) {
+            tracing::warn!(error = %e, leaf = name, "could not give the cgroup guard an orphan ladder");
+        }
     }
 
     /// Moves `pid` into the leaf (the no-shim path).
@@ -383,6 +563,35 @@ static LIVE: AtomicU64 = AtomicU64::new(0);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_orders_parse_lines_across_reads_and_ignore_garbage() {
+        let base = Path::new("/nonexistent-warden-base");
+        let mut orders = GuardOrders::default();
+        orders.feed(b"ladder tree-1 15 2", base);
+        assert!(
+            orders.ladders.is_empty(),
+            "a partial line waits for its end"
+        );
+        orders.feed(
+            b"500\nladder ../x 15 1\nnonsense\nladder tree-2 x 1\n",
+            base,
+        );
+        orders.feed(b"ladder tree-3 1 0 extra\nladder tree-4 10 0\n", base);
+        let mut got: Vec<_> = orders
+            .ladders
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("tree-1".to_owned(), (15, Duration::from_millis(2500))),
+                ("tree-4".to_owned(), (10, Duration::ZERO)),
+            ]
+        );
+    }
 
     #[test]
     fn base_names_round_trip_and_reject_other_shapes() {

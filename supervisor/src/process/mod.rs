@@ -33,5 +33,5 @@ pub(crate) use child::Child;
 pub use command::{Command, Stdio};
 pub use exit::ExitStatus;
 pub use sweep::{claim_all_children, start_orphan_reaper};
-pub use tree::{Containment, ContainmentMode, Tree, TreeOptions, TreeReport};
+pub use tree::{Containment, ContainmentMode, OrphanLadder, Tree, TreeOptions, TreeReport};
 pub(crate) use unix::socketpair;

@@ -16,10 +16,10 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use super::shim::ShimPlan;
+use super::shim::{REPORT_LEN, ShimPlan, Step, decode};
 use super::unix::{self, CHANNEL_FD, SpawnArgs};
 use super::{Child, Command, Stdio, pidfd};
-use crate::error::SpawnError;
+use crate::error::{SetupStep, SpawnError};
 
 /// Environment variable that tells a worker which fd holds its channel.
 pub(crate) const CHANNEL_FD_ENV: &str = "WARDEN_FD";
@@ -35,6 +35,9 @@ pub(crate) struct SpawnOptions {
     pub shim: Option<ShimPlan>,
     /// Variables added to the child's environment.
     pub extra_env: Vec<(OsString, OsString)>,
+    /// Signals left out of posix_spawn's reset to default (without a shim: the child then
+    /// inherits the supervisor's disposition of them).
+    pub keep_inherited: Vec<libc::c_int>,
 }
 
 struct Prepared {
@@ -46,6 +49,9 @@ struct Prepared {
     cwd: Option<CString>,
     channel: Option<OwnedFd>,
     stdio: [Stdio; 3],
+    /// The exec shim runs first: give it a report pipe.
+    shim: bool,
+    keep_inherited: Vec<libc::c_int>,
 }
 
 /// A spawned child in transit from the spawning thread to its `Child`. If it is dropped before
@@ -55,13 +61,20 @@ struct Spawned {
     pid: libc::pid_t,
     pidfd: Option<OwnedFd>,
     new_group: bool,
+    /// The read end of the shim's report pipe.
+    report: Option<OwnedFd>,
     taken: bool,
 }
 
 impl Spawned {
-    fn take(mut self) -> (libc::pid_t, Option<OwnedFd>, bool) {
+    fn take(mut self) -> (libc::pid_t, Option<OwnedFd>, bool, Option<OwnedFd>) {
         self.taken = true;
-        (self.pid, self.pidfd.take(), self.new_group)
+        (
+            self.pid,
+            self.pidfd.take(),
+            self.new_group,
+            self.report.take(),
+        )
     }
 }
 
@@ -124,6 +137,14 @@ fn abandon(pid: libc::pid_t, new_group: bool) {
 }
 
 fn spawn_now(p: &Prepared) -> Reply {
+    // The shim's report pipe: our read end and the child's write end are close-on-exec, so
+    // no other child keeps the write end past its own exec; ours is dropped right after the
+    // spawn, so the shim's exec (or exit) is the pipe's EOF.
+    let pipe = if p.shim {
+        Some(unix::report_pipe()?)
+    } else {
+        None
+    };
     let args = SpawnArgs {
         path: &p.path,
         argv: &p.argv,
@@ -134,12 +155,18 @@ fn spawn_now(p: &Prepared) -> Reply {
         stdout: p.stdio[1],
         stderr: p.stdio[2],
         new_group: p.new_group,
+        report: pipe.as_ref().map(|(_, write)| write.as_raw_fd()),
+        keep_inherited: &p.keep_inherited,
     };
     // Registered under the lock the orphan sweeper takes, so it can never reap this pid.
     let mut owned = super::sweep::owned();
     let pid = unix::posix_spawn(&args)?;
     owned.insert(pid);
     drop(owned);
+    let report = pipe.map(|(read, write)| {
+        drop(write);
+        read
+    });
     let fd = match pidfd::open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -151,6 +178,7 @@ fn spawn_now(p: &Prepared) -> Reply {
         pid,
         pidfd: fd,
         new_group: p.new_group,
+        report,
         taken: false,
     })
 }
@@ -159,11 +187,13 @@ fn cstring(bytes: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Spa
     CString::new(bytes).map_err(|_| SpawnError::InvalidCommand { what })
 }
 
-/// Finds `program` as execvp would, with its errors: a name with a slash is used as given;
-/// otherwise the first executable regular file of that name in `path_var`'s directories. As in
-/// glibc's `execvp`, a directory where the name is missing (`ENOENT`, `ENOTDIR`, ...) is
-/// skipped, `EACCES` is remembered and the search goes on, and any other error ends it
-/// (`ELOOP`, or `ENAMETOOLONG` for a name longer than `NAME_MAX`), as `NotExecutable`.
+/// Finds `program` as execvp would, with its errors: a name with a slash is used as given
+/// (whether it can be run is for `execve` to say: the shim reports its error, or posix_spawn
+/// returns it); otherwise the first executable regular file of that name in `path_var`'s
+/// directories. As in glibc's `execvp`, a directory where the name is missing (`ENOENT`,
+/// `ENOTDIR`, ...) is skipped, `EACCES` is remembered and the search goes on, and any other
+/// error ends it (`ELOOP`, or `ENAMETOOLONG` for a name longer than `NAME_MAX`), as
+/// `NotExecutable`.
 fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnError> {
     if program.is_empty() {
         return Err(SpawnError::NotFound {
@@ -171,30 +201,7 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnEr
         });
     }
     if program.as_bytes().contains(&b'/') {
-        // Checked here, not left to exec: behind the exec shim a failed exec would only be an
-        // exit status, and callers need NotFound / NotExecutable (127 / 126) as errors.
-        let path = PathBuf::from(program);
-        return match std::fs::metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::NotFound {
-                program: program.to_owned(),
-            }),
-            Err(source) => Err(SpawnError::NotExecutable {
-                program: program.to_owned(),
-                source,
-            }),
-            // What execve says of a directory.
-            Ok(meta) if meta.is_dir() => Err(SpawnError::NotExecutable {
-                program: program.to_owned(),
-                source: io::Error::from_raw_os_error(libc::EACCES),
-            }),
-            Ok(_) if nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_err() => {
-                Err(SpawnError::NotExecutable {
-                    program: program.to_owned(),
-                    source: io::Error::from_raw_os_error(libc::EACCES),
-                })
-            }
-            Ok(_) => Ok(path),
-        };
+        return Ok(PathBuf::from(program));
     }
     let search = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     let mut denied = false;
@@ -246,6 +253,7 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         same_group,
         shim,
         extra_env,
+        keep_inherited,
     } = opts;
     let mut env = cmd.resolved_env();
     env.retain(|(k, _)| k != CHANNEL_FD_ENV && !extra_env.iter().any(|(e, _)| e == k));
@@ -283,6 +291,7 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         None => None,
     };
     let mut path = cstring(path.into_os_string().into_vec(), "program")?;
+    let use_shim = shim.is_some();
     if let Some(plan) = shim {
         argv = plan.argv(&path, &argv);
         path = super::shim::executable();
@@ -296,18 +305,38 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         cwd,
         channel,
         stdio: [cmd.stdin, cmd.stdout, cmd.stderr],
+        shim: use_shim,
+        keep_inherited,
     })
 }
 
-fn classify(program: OsString, err: io::Error) -> SpawnError {
+/// The error for a failed `execve` (posix_spawn's, without a shim; the shim's `exec` step).
+fn exec_error(program: OsString, err: io::Error) -> SpawnError {
     match err.raw_os_error() {
         Some(libc::ENOENT) => SpawnError::NotFound { program },
-        Some(libc::EACCES | libc::EPERM | libc::EISDIR | libc::ENOEXEC) => {
-            SpawnError::NotExecutable {
-                program,
-                source: err,
-            }
-        }
+        _ => SpawnError::NotExecutable {
+            program,
+            source: err,
+        },
+    }
+}
+
+/// The error for a failed `posix_spawn` without a shim: exec errors as [`exec_error`], the
+/// rest (EAGAIN, ENOMEM from the clone itself...) as `Launch`.
+fn classify(program: OsString, err: io::Error) -> SpawnError {
+    match err.raw_os_error() {
+        Some(
+            libc::ENOENT
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EISDIR
+            | libc::ENOEXEC
+            | libc::ETXTBSY
+            | libc::ELOOP
+            | libc::ENAMETOOLONG
+            | libc::ENOTDIR
+            | libc::E2BIG,
+        ) => exec_error(program, err),
         _ => SpawnError::Launch {
             program,
             source: err,
@@ -315,8 +344,66 @@ fn classify(program: OsString, err: io::Error) -> SpawnError {
     }
 }
 
+/// The error for the shim's failure report.
+fn shim_error(program: OsString, step: Step, errno: i32) -> SpawnError {
+    let source = io::Error::from_raw_os_error(errno);
+    let step = match step {
+        Step::Exec => return exec_error(program, source),
+        Step::Invocation => return SpawnError::Launch { program, source },
+        Step::DeathSignal => SetupStep::DeathSignal,
+        Step::JoinCgroup => SetupStep::JoinCgroup,
+        Step::ResetSignals => SetupStep::ResetSignals,
+        Step::IgnoreSignals => SetupStep::IgnoreSignals,
+    };
+    SpawnError::Setup {
+        program,
+        step,
+        source,
+    }
+}
+
+/// What the shim's report pipe said: `Ok(None)` at EOF with no bytes (the program was
+/// exec'd), `Ok(Some(..))` for a failure record.
+///
+/// # Cancel safety
+/// Cancel-safe in the sense that matters: dropping it loses only the report, and the caller
+/// then drops the child, which kills and reaps it.
+async fn read_report(fd: OwnedFd) -> io::Result<Option<(Step, i32)>> {
+    let fd = unix::register_readable(fd)?;
+    let mut buf = [0u8; REPORT_LEN];
+    let mut len = 0;
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard
+            .try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf[len..]).map_err(io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                len += n;
+                if len == REPORT_LEN {
+                    break;
+                }
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    match len {
+        0 => Ok(None),
+        _ => decode(&buf[..len]).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the exec shim sent a malformed report",
+            )
+        }),
+    }
+}
+
 /// Spawns `cmd` (in its own process group unless `opts.same_group`), with `opts.channel` (the
-/// child's end of the socketpair, if any) at fd 3 and `WARDEN_FD=3` in its environment.
+/// child's end of the socketpair, if any) at fd 3 and `WARDEN_FD=3` in its environment. With
+/// the exec shim it resolves once the program is exec'd, or with the shim's failure (the
+/// process then killed and reaped); the wait for that runs here, never on the spawning thread.
 pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, SpawnError> {
     let prepared = prepare(cmd, opts)?;
     let display = prepared.display.clone();
@@ -329,18 +416,37 @@ pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, Sp
         .ok_or_else(gone)?
         .send(Request { prepared, reply })
         .map_err(|_| gone())?;
-    let (pid, fd, new_group) = rx
+    let (pid, fd, new_group, report) = rx
         .await
         .map_err(|_| gone())?
         .map_err(|e| classify(display.clone(), e))?
         .take();
-    Child::new(pid, fd).map_err(|source| {
+    let mut child = Child::new(pid, fd).map_err(|source| {
         abandon(pid, new_group);
         SpawnError::Launch {
-            program: display,
+            program: display.clone(),
             source,
         }
-    })
+    })?;
+    let Some(report) = report else {
+        return Ok(child);
+    };
+    // Held by the shim until its exec: a failure before or at exec arrives as one record. The
+    // shim is about to exit then and has started nothing, so the process alone is killed.
+    let error = match read_report(report).await {
+        Ok(None) => return Ok(child),
+        Ok(Some((step, errno))) => shim_error(display, step, errno),
+        Err(source) => SpawnError::Launch {
+            program: display,
+            source,
+        },
+    };
+    let _ = child.signal(libc::SIGKILL);
+    if child.wait_exit().await.is_ok() {
+        let _ = child.reap();
+    }
+    // Otherwise the child's drop kills and reaps it.
+    Err(error)
 }
 
 #[cfg(test)]
@@ -358,14 +464,11 @@ mod tests {
             resolve(OsStr::new("/bin/sh"), None).unwrap(),
             Path::new("/bin/sh")
         );
-        assert!(matches!(
-            resolve(OsStr::new("./no-such-x"), None),
-            Err(SpawnError::NotFound { .. })
-        ));
-        assert!(matches!(
-            resolve(OsStr::new("/"), None),
-            Err(SpawnError::NotExecutable { .. })
-        ));
+        // A name with a slash is left to execve, which says what is wrong with it.
+        assert_eq!(
+            resolve(OsStr::new("./no-such-x"), None).unwrap(),
+            Path::new("./no-such-x")
+        );
         let found = resolve(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin"))).unwrap();
         assert_eq!(found, Path::new("/bin/sh"));
         assert!(matches!(

@@ -95,9 +95,48 @@ pub struct TreeOptions {
     /// supervisor's group, as GNU timeout's `--foreground` does: then only the program itself
     /// is ever signalled, and its descendants are left alone while it runs.
     pub new_process_group: bool,
-    /// SIGKILL the program if the supervisor dies (`PR_SET_PDEATHSIG` from the exec shim;
-    /// needs [`crate::shim::run_if_shim`] in `main`). Default true.
+    /// Signal the program if the supervisor dies (`PR_SET_PDEATHSIG` from the exec shim, with
+    /// [`death_signal`](Self::death_signal); needs [`crate::shim::run_if_shim`] in `main`).
+    /// Default true.
     pub die_with_supervisor: bool,
+    /// The signal the program gets when the supervisor dies (default SIGKILL). Only the
+    /// program gets it, not what it started: for the rest of the tree see
+    /// [`orphan_ladder`](Self::orphan_ladder). A number the kernel rejects makes spawning fail
+    /// with [`SpawnError::Setup`].
+    pub death_signal: i32,
+    /// Signals the program starts with ignored (SIG_IGN); every other signal starts at its
+    /// default and the signal mask is empty. With the exec shim the shim sets them just before
+    /// exec, whatever the supervisor's own dispositions. **Without a shim** (a host that did
+    /// not call [`crate::shim::run_if_shim`]) they are only left out of the reset to default,
+    /// so the program inherits the supervisor's disposition of them: ignored only if the
+    /// supervisor ignores them. SIGKILL, SIGSTOP or a number that is no signal make spawning
+    /// fail with [`SpawnError::InvalidSignal`]. Default: none.
+    pub ignored_signals: Vec<i32>,
+    /// What the cgroup guard does with this tree if the supervisor dies (even SIGKILLed):
+    /// `None` (default) kills it at once; a ladder sends its signal (and SIGCONT) to every
+    /// member, waits up to its delay for the tree to empty, then kills what is left. Only
+    /// with cgroup containment (the guard watches cgroups); ignored otherwise. The program
+    /// itself also gets [`death_signal`](Self::death_signal) at once: set both to the same
+    /// signal for a polite end.
+    pub orphan_ladder: Option<OrphanLadder>,
+}
+
+/// The cgroup guard's ladder for a tree whose supervisor died: `signal` and SIGCONT to every
+/// member, at most `delay` for them to exit, then SIGKILL (`cgroup.kill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OrphanLadder {
+    /// The polite signal.
+    pub signal: i32,
+    /// How long the tree gets to exit after it.
+    pub delay: Duration,
+}
+
+impl OrphanLadder {
+    /// `signal`, then SIGKILL after `delay`.
+    pub fn new(signal: i32, delay: Duration) -> Self {
+        OrphanLadder { signal, delay }
+    }
 }
 
 impl Default for TreeOptions {
@@ -106,6 +145,9 @@ impl Default for TreeOptions {
             containment: Containment::Auto,
             new_process_group: true,
             die_with_supervisor: true,
+            death_signal: libc::SIGKILL,
+            ignored_signals: Vec::new(),
+            orphan_ladder: None,
         }
     }
 }
@@ -128,9 +170,32 @@ impl TreeOptions {
         self
     }
 
-    /// SIGKILLs the program when the supervisor dies (needs the exec shim).
+    /// Signals the program when the supervisor dies (needs the exec shim).
     pub fn die_with_supervisor(mut self, yes: bool) -> Self {
         self.die_with_supervisor = yes;
+        self
+    }
+
+    /// The signal the program gets when the supervisor dies (default SIGKILL; see
+    /// [`death_signal`](Self::death_signal) the field). Implies `die_with_supervisor(true)`.
+    pub fn death_signal(mut self, signal: i32) -> Self {
+        self.die_with_supervisor = true;
+        self.death_signal = signal;
+        self
+    }
+
+    /// Signals the program starts with ignored (see the field
+    /// [`ignored_signals`](Self::ignored_signals), and what happens without a shim).
+    pub fn ignored_signals(mut self, signals: impl IntoIterator<Item = i32>) -> Self {
+        self.ignored_signals = signals.into_iter().collect();
+        self
+    }
+
+    /// If the supervisor dies, the cgroup guard sends `signal` and SIGCONT to every member of
+    /// this tree and kills what is left after `delay` (cgroup containment only; see the field
+    /// [`orphan_ladder`](Self::orphan_ladder)).
+    pub fn orphan_ladder(mut self, signal: i32, delay: Duration) -> Self {
+        self.orphan_ladder = Some(OrphanLadder::new(signal, delay));
         self
     }
 }
@@ -200,7 +265,20 @@ fn become_subreaper() -> bool {
 }
 
 impl Tree {
-    /// Starts `cmd` under containment. Must be called within a tokio runtime.
+    /// Starts `cmd` under containment. Returns once the program runs: with the exec shim,
+    /// after its `execve` succeeded (a failure before or at exec is an error, and the process
+    /// is reaped by then).
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`SpawnError::NotFound`] / [`SpawnError::NotExecutable`] when `execve` fails (with the
+    /// errno), [`SpawnError::Setup`] when a step of the exec shim does,
+    /// [`SpawnError::ContainmentUnavailable`], [`SpawnError::InvalidSignal`],
+    /// [`SpawnError::InvalidCommand`], [`SpawnError::Launch`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future kills and reaps whatever was started.
     pub async fn spawn(cmd: &Command, options: TreeOptions) -> Result<Tree, SpawnError> {
         Self::spawn_with(cmd, &options, None).await
     }
@@ -210,6 +288,13 @@ impl Tree {
         options: &TreeOptions,
         channel: Option<OwnedFd>,
     ) -> Result<Tree, SpawnError> {
+        if let Some(&signal) = options
+            .ignored_signals
+            .iter()
+            .find(|&&sig| !super::unix::can_be_ignored(sig))
+        {
+            return Err(SpawnError::InvalidSignal { signal });
+        }
         let (mode, cgroup) = match options.containment {
             // Without the exec shim a cgroup can only be joined after exec, when the program
             // may already have forked: then the subreaper is the stronger choice.
@@ -236,17 +321,28 @@ impl Tree {
             }
             Containment::ProcessGroup => (ContainmentMode::ProcessGroup, None),
         };
+        if let (Some(cg), Some(ladder)) = (&cgroup, options.orphan_ladder) {
+            // Told before the program starts: a supervisor killed right after the spawn still
+            // has its guard run the ladder.
+            cg.set_orphan_ladder(ladder.signal, ladder.delay);
+        }
         let tag = next_tag();
         let use_shim = super::shim::available();
         let shim = use_shim.then(|| super::shim::ShimPlan {
-            pdeathsig: options.die_with_supervisor,
+            death_signal: options.die_with_supervisor.then_some(options.death_signal),
             cgroup_procs: cgroup.as_ref().map(Cgroup::procs_file),
+            ignored: options.ignored_signals.clone(),
         });
         let opts = SpawnOptions {
             channel,
             same_group: !options.new_process_group,
             shim,
             extra_env: vec![(TREE_TAG_ENV.into(), tag.clone().into())],
+            keep_inherited: if use_shim {
+                Vec::new()
+            } else {
+                options.ignored_signals.clone()
+            },
         };
         let child = spawn(cmd, opts).await?;
         if !use_shim

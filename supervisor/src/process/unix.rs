@@ -2,9 +2,10 @@
 //!
 //! Contract for the rest of the crate:
 //! - [`posix_spawn`] starts a child in a new process group whose leader it is, with every signal
-//!   at its default disposition, an empty signal mask, the channel (if any) at fd 3 and no other
-//!   inherited descriptor above 2 (on glibc; elsewhere descriptors rely on close-on-exec).
-//!   It never forks the address space and never runs Rust code in the child.
+//!   at its default disposition (except those the caller asks to keep as inherited), an empty
+//!   signal mask, the channel (if any) at fd 3, the exec shim's report pipe (if any) at fd 4,
+//!   and no other inherited descriptor above 2 (on glibc; elsewhere descriptors rely on
+//!   close-on-exec). It never forks the address space and never runs Rust code in the child.
 //! - [`kill_group`] and [`kill_pid`] are only called for children that are not yet reaped, so
 //!   the pid and the pgid (= the leader's pid) cannot have been recycled.
 //! - [`peek_exit`] observes an exit without reaping; [`reap`] reaps; each child has exactly one
@@ -20,6 +21,9 @@ use super::Stdio;
 
 /// The fd at which a worker finds its channel.
 pub(crate) const CHANNEL_FD: RawFd = 3;
+/// The fd at which the exec shim finds the write end of its report pipe (see
+/// [`super::shim`]); the shim makes it close-on-exec, so the program never sees it.
+pub(crate) const REPORT_FD: RawFd = 4;
 
 /// Everything `posix_spawn` needs, already converted to C strings.
 pub(crate) struct SpawnArgs<'a> {
@@ -33,6 +37,10 @@ pub(crate) struct SpawnArgs<'a> {
     pub stderr: Stdio,
     /// Put the child in a new process group of its own (GNU timeout's `--foreground` does not).
     pub new_group: bool,
+    /// The write end of the shim's report pipe (above fd 9), placed at [`REPORT_FD`].
+    pub report: Option<RawFd>,
+    /// Signals left out of the reset to default: the child inherits our disposition of them.
+    pub keep_inherited: &'a [libc::c_int],
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -106,6 +114,16 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
         // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
         // dup2 onto another number clears FD_CLOEXEC on the child's copy only.
         check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, CHANNEL_FD) })?;
+    } else if args.report.is_some() {
+        // Nothing belongs at fd 3, and closefrom starts above the report pipe.
+        // SAFETY: `fa` is initialised; closing a descriptor that is not open is not an error
+        // for glibc's posix_spawn.
+        check(unsafe { libc::posix_spawn_file_actions_addclose(fa, CHANNEL_FD) })?;
+    }
+    if let Some(fd) = args.report {
+        debug_assert!(fd > REPORT_FD, "report fd must not collide with its target");
+        // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, REPORT_FD) })?;
     }
     for (target, stdio, flags) in [
         (0, args.stdin, libc::O_RDONLY),
@@ -124,7 +142,9 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
     }
     add_closefrom(
         fa,
-        if args.channel.is_some() {
+        if args.report.is_some() {
+            REPORT_FD + 1
+        } else if args.channel.is_some() {
             CHANNEL_FD + 1
         } else {
             CHANNEL_FD
@@ -132,14 +152,19 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
     )?;
 
     // Every catchable signal back to its default, nothing blocked: a worker must not inherit a
-    // supervisor's ignored SIGTERM or blocked mask (tini and systemd do the same).
+    // supervisor's ignored SIGTERM or blocked mask (tini and systemd do the same). Signals the
+    // caller keeps are left out of the reset, so the child inherits them as they are here.
     let mut default_set = MaybeUninit::<libc::sigset_t>::uninit();
     let mut empty_set = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigfillset/sigemptyset/sigdelset initialise or update the sets they are given.
+    // SAFETY: sigfillset/sigemptyset/sigdelset initialise or update the sets they are given
+    // (sigdelset of a number that is no signal fails with EINVAL and changes nothing).
     unsafe {
         libc::sigfillset(default_set.as_mut_ptr());
         libc::sigdelset(default_set.as_mut_ptr(), libc::SIGKILL);
         libc::sigdelset(default_set.as_mut_ptr(), libc::SIGSTOP);
+        for &sig in args.keep_inherited {
+            libc::sigdelset(default_set.as_mut_ptr(), sig);
+        }
         libc::sigemptyset(empty_set.as_mut_ptr());
     }
     let mut flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
@@ -232,6 +257,67 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
         theirs
     };
     Ok((ours, theirs))
+}
+
+/// The exec shim's report pipe: `(read, write)`, both close-on-exec, the write end moved above
+/// fd 9 for the same reason as the channel's child end (see [`socketpair`]). The read end is
+/// non-blocking (it is read from the async runtime).
+pub(crate) fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let write = if write.as_raw_fd() <= 9 {
+        let moved = fcntl(&write, FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(moved) }
+    } else {
+        write
+    };
+    Ok((read, write))
+}
+
+/// Registers a non-blocking descriptor with tokio's reactor for reading (the shim's report).
+pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` owns an open descriptor and always returns the same number from
+    // `as_raw_fd`; the AsyncFd takes ownership, so it stays open for the AsyncFd's lifetime.
+    Ok(unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }?)
+}
+
+/// Marks a descriptor this process inherited at a known number close-on-exec (the shim's
+/// report pipe, so that only the shim and never the program holds it). `Err` if `fd` is not
+/// open.
+pub(crate) fn set_cloexec_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFD on a number only changes that descriptor's flags (EBADF if it is not
+    // open); no memory is involved.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes all of `bytes` to the descriptor `fd` this process inherited (the shim's report).
+pub(crate) fn write_raw(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
@@ -341,17 +427,93 @@ pub(crate) fn reset_sigchld_if_ignored() -> io::Result<()> {
 
 /// Restores the default disposition of `sig` (the shim uses it for SIGPIPE, which Rust's
 /// runtime ignores and which an exec would otherwise pass on ignored).
-pub(crate) fn reset_signal_default(sig: libc::c_int) {
-    // SAFETY: installing SIG_DFL runs no code of ours in a handler; single-threaded shim.
-    unsafe { libc::signal(sig, libc::SIG_DFL) };
+pub(crate) fn reset_signal_default(sig: libc::c_int) -> io::Result<()> {
+    set_disposition(sig, libc::SIG_DFL)
 }
 
-/// Ignores `sig` in this process (the cgroup guard ignores stop signals meant for the
-/// supervisor).
-pub(crate) fn ignore_signal(sig: libc::c_int) {
-    // SAFETY: installing SIG_IGN runs no code of ours in a handler; the guard is
-    // single-threaded when it calls this.
-    unsafe { libc::signal(sig, libc::SIG_IGN) };
+/// Sets `sig` to SIG_IGN, reporting failure (EINVAL for SIGKILL, SIGSTOP or a number that is
+/// no signal). The exec shim uses it for the signals a program must start with ignored.
+pub(crate) fn set_ignored(sig: libc::c_int) -> io::Result<()> {
+    set_disposition(sig, libc::SIG_IGN)
+}
+
+fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value; only SIG_DFL or SIG_IGN is installed, which
+    // runs no code of ours; the shim is single-threaded when it calls this.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    // SAFETY: valid pointers for the call; the old action is not asked for.
+    if unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Puts glibc's internal signals (32 and 33, below `SIGRTMIN`) back to SIG_DFL. glibc's
+/// posix_spawn child sets them to SIG_IGN when the parent had handlers for them (any threaded
+/// glibc process does), and an ignored signal survives exec: without this every program
+/// would start with them ignored. glibc's `sigaction` refuses these numbers, hence the raw
+/// system call. Only the single-threaded shim calls it, just before exec.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn reset_internal_signals() -> io::Result<()> {
+    for sig in 32..libc::SIGRTMIN() {
+        // The kernel's `struct sigaction` (handler, flags, restorer where the architecture
+        // has one, mask): all zero is SIG_DFL with no flags and an empty mask, whatever the
+        // layout.
+        let action = [0u64; 4];
+        // SAFETY: rt_sigaction reads a kernel sigaction from `action` (32 valid, zeroed bytes,
+        // at least the struct's size), writes no old action (null), and takes the size of
+        // the kernel's sigset (8 bytes); SIG_DFL runs no code of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere there are no such signals to put back.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn reset_internal_signals() -> io::Result<()> {
+    Ok(())
+}
+
+/// Whether `sig` is a signal a process may set to SIG_IGN (not SIGKILL or SIGSTOP, and a
+/// number this system has).
+pub(crate) fn can_be_ignored(sig: libc::c_int) -> bool {
+    if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        return false;
+    }
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset then only writes inside it, and fails
+    // with EINVAL for a number that is no signal.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), sig) == 0
+    }
+}
+
+/// `PR_SET_PDEATHSIG`: `sig` (any signal, real-time ones included) is sent to this process
+/// when the thread that created it exits.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    let arg =
+        libc::c_ulong::try_from(sig).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number by value; no memory is involved.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, arg, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Replaces this process with `path` (argv as given), falling back to `/bin/sh path args...`

@@ -603,3 +603,31 @@ fn utf8_locale_messages_match_gnu() {
         },
     ]);
 }
+
+/// Failures only `execve` can see: a `#!` line naming a missing interpreter (ENOENT: 127),
+/// and a script open for writing while it is executed (ETXTBSY: 126), with GNU's exact
+/// "failed to run command" text.
+#[test]
+fn exec_time_failures_match_gnu() {
+    let dir = TempDir::new();
+    let missing = dir.file(
+        "missing-interpreter",
+        "#!/nonexistent/warden-interpreter\n",
+        0o755,
+    );
+    let busy = dir.file("busy", "#!/bin/sh\nexit 0\n", 0o755);
+    // Held open for writing (close-on-exec, so no child keeps it) while both sides run.
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&busy)
+        .expect("open the script for writing");
+    check(&[
+        case(
+            "a #! interpreter that does not exist",
+            &["30", &missing],
+            Code(127),
+        ),
+        case("a script open for writing", &["30", &busy], Code(126)),
+    ]);
+    drop(writer);
+}

@@ -175,6 +175,42 @@ fn spawn_failures() {
     }
 }
 
+/// Failures only `execve` sees, for a plain program and a protocol worker alike: typed by the
+/// library (no exit status to decode), GNU's wording, 127 / 126.
+#[test]
+fn exec_time_failures() {
+    let dir = TempDir::new();
+    let missing = dir.file(
+        "missing-interpreter",
+        "#!/nonexistent/warden-interpreter\n",
+        0o755,
+    );
+    let busy = dir.file("busy", "#!/bin/sh\nexit 0\n", 0o755);
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&busy)
+        .expect("open the script for writing");
+    for protocol in [false, true] {
+        for (program, status, text) in [
+            (missing.as_str(), 127, "No such file or directory"),
+            (busy.as_str(), 126, "Text file busy"),
+        ] {
+            let options: &[&str] = if protocol { &["--protocol"] } else { &[] };
+            let (done, r) = run_reported(options, &[program]);
+            let what = format!("{program} (protocol: {protocol})");
+            assert_eq!(done.ended, Ended::Code(status), "{what}: {}", done.stderr);
+            assert_eq!(
+                done.stderr,
+                format!("warden run: cannot run '{program}': {text}\n"),
+                "{what}"
+            );
+            assert_eq!(r["outcome"], "spawn_failed", "{what}");
+            assert_eq!(r["exit_code"], Value::Null, "{what}: the program never ran");
+        }
+    }
+    drop(writer);
+}
+
 #[test]
 fn protocol_worker_completes_with_its_output() {
     let dir = TempDir::new();

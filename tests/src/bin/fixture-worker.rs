@@ -177,6 +177,8 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
         mode::PLAIN_EXIT => std::process::exit(number(arg)?),
         mode::PLAIN_WAIT => block_forever(),
         mode::HOST => host(usize::try_from(number(arg)?)?)?,
+        mode::CATCH_TERM => catch_term()?,
+        mode::ORPHAN_HOST => orphan_host(arg.ok_or("orphan-host needs a file")?)?,
         mode::PLAIN_IGNORE_TERM => {
             let fifo = arg.ok_or("plain-ignore-term needs a FIFO path")?;
             sys::ignore_signal(Signal::SIGTERM)?;
@@ -269,6 +271,105 @@ fn host(n: usize) -> Result<()> {
         let pids: Vec<String> = workers.iter().map(|w| w.pid().to_string()).collect();
         let mut out = std::io::stdout();
         writeln!(out, "pids:{}", pids.join(","))?;
+        out.flush()?;
+        std::future::pending::<()>().await;
+        Ok::<(), Box<dyn Error>>(())
+    })
+}
+
+/// See [`mode::CATCH_TERM`].
+fn catch_term() -> Result<()> {
+    use nix::sys::signal::SigSet;
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [file, tag, then, children] = args.as_slice() else {
+        return Err("catch-term FILE TAG exit|stay N".into());
+    };
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block()?;
+    for _ in 0..children.parse::<usize>()? {
+        Command::new(std::env::current_exe()?)
+            .args([mode::CATCH_TERM, file, tag, then, "0"])
+            .stdin(Stdio::null())
+            .spawn()?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "member {tag} {}", std::process::id())?;
+        out.flush()?;
+    }
+    let null = OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)?;
+    term.wait()?;
+    // One write with O_APPEND: lines of several members never interleave.
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file)?
+        .write_all(format!("{tag} {}\n", std::process::id()).as_bytes())?;
+    if then == "stay" {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+    Ok(())
+}
+
+/// See [`mode::ORPHAN_HOST`]: the trees, by tag, are
+/// - `a`: cgroup, death signal SIGTERM, orphan ladder SIGTERM / 60 s; two members that exit on
+///   SIGTERM (the guard must not wait for the delay);
+/// - `b`: cgroup, death signal SIGTERM, orphan ladder SIGTERM / 300 ms; one member that takes
+///   SIGTERM and stays (the guard kills it after the delay);
+/// - `c`: process group, death signal SIGTERM; one member that exits on SIGTERM (only
+///   PDEATHSIG can tell it);
+/// - `d`: cgroup, the defaults (SIGKILL, no ladder); one member that would record SIGTERM.
+fn orphan_host(file: &str) -> Result<()> {
+    use std::time::Duration;
+    use warden::{Containment, Tree, TreeOptions};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let exe = std::env::current_exe()?;
+        let term = Signal::SIGTERM as i32;
+        let cgroup = TreeOptions::new().containment(Containment::Cgroup);
+        let trees = [
+            (
+                "a",
+                "exit",
+                "1",
+                cgroup
+                    .clone()
+                    .death_signal(term)
+                    .orphan_ladder(term, Duration::from_secs(60)),
+            ),
+            (
+                "b",
+                "stay",
+                "0",
+                cgroup
+                    .clone()
+                    .death_signal(term)
+                    .orphan_ladder(term, Duration::from_millis(300)),
+            ),
+            (
+                "c",
+                "exit",
+                "0",
+                TreeOptions::new()
+                    .containment(Containment::ProcessGroup)
+                    .death_signal(term),
+            ),
+            ("d", "exit", "0", cgroup),
+        ];
+        let mut held = Vec::new();
+        for (tag, then, children, options) in trees {
+            let mut cmd = warden::Command::new(&exe);
+            cmd.args([mode::CATCH_TERM, file, tag, then, children]);
+            held.push(Tree::spawn(&cmd, options).await?);
+        }
+        let mut out = std::io::stdout();
+        writeln!(out, "host {}", std::process::id())?;
         out.flush()?;
         std::future::pending::<()>().await;
         Ok::<(), Box<dyn Error>>(())

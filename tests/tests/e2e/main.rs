@@ -5,6 +5,10 @@
 //! program), every wait is bounded and names what it waited for, timing is one-sided (a worker
 //! that stops when asked gets 60 s; one that never stops gets 100-300 ms), and every test ends
 //! with the survivor check (see `support`).
+//!
+//! `shim`: what the exec shim does between spawn and exec (typed exec-time errors, signals
+//! that start ignored) and what the cgroup guard does when the supervisor is SIGKILLed
+//! (death signal, orphan ladders).
 
 mod deps;
 mod handshake;
@@ -13,5 +17,6 @@ mod lifecycle;
 mod plain;
 mod protocol;
 mod results;
+mod shim;
 mod support;
 mod tree;

@@ -233,6 +233,17 @@ impl Ctx {
         .await
     }
 
+    /// Waits (bounded) until no process carries this test's marker any more (processes that
+    /// are not our children, such as a dead host's cgroup guard, can only be watched).
+    pub async fn wait_none_marked(&self, what: &str) {
+        within(LIMIT, what, async {
+            while !marked(&self.marker).is_empty() {
+                tokio::time::sleep(ms(5)).await;
+            }
+        })
+        .await;
+    }
+
     /// A file of this test in the temp directory with `contents` and permission `mode`,
     /// removed when dropped.
     pub fn file(&self, name: &str, contents: &str, mode: u32) -> TempFile {

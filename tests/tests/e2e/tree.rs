@@ -145,7 +145,7 @@ fn setsid_escapee_leaks_from_a_bare_process_group() {
 }
 
 /// Whether this machine lets us create cgroup v2 leaves (root or a delegated subtree).
-fn cgroup_available() -> bool {
+pub(crate) fn cgroup_available() -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
