@@ -116,6 +116,25 @@ pub(crate) fn handled_signals(
     handled
 }
 
+/// The signals COMMAND starts with ignored, GNU's rule: a signal that was ignored when
+/// `timeout` started stays ignored across its `execvp`, unless `timeout` handled it (a handler
+/// is reset to the default by exec): `SIGALRM` and `term_signal` always get a handler, `SIGCHLD`
+/// gets GNU's `chld` handler, and the child puts `SIGTTIN`/`SIGTTOU` back to the default
+/// explicitly. (The terminating signals warden handles are, by [`handled_signals`], only
+/// those that were not ignored.) Everything else starts at its default.
+pub(crate) fn kept_ignored(term_signal: c_int, ignored_at_start: &[c_int]) -> Vec<c_int> {
+    ignored_at_start
+        .iter()
+        .copied()
+        .filter(|&sig| {
+            !matches!(
+                sig,
+                libc::SIGALRM | libc::SIGCHLD | libc::SIGTTIN | libc::SIGTTOU
+            ) && sig != term_signal
+        })
+        .collect()
+}
+
 /// How `warden timeout` ends once the command has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -573,6 +592,20 @@ mod tests {
                 fallback: 138
             }
         );
+    }
+
+    #[test]
+    fn ignored_signals_stay_ignored_unless_gnu_handles_them() {
+        let at_start = [
+            libc::SIGPIPE,
+            SIGINT,
+            SIGALRM,
+            SIGHUP,
+            libc::SIGCHLD,
+            libc::SIGTTOU,
+        ];
+        assert_eq!(kept_ignored(SIGHUP, &at_start), vec![libc::SIGPIPE, SIGINT]);
+        assert_eq!(kept_ignored(SIGTERM, &[]), Vec::<c_int>::new());
     }
 
     #[test]

@@ -379,7 +379,18 @@ async fn supervise(
     .polite_signal(args.signal)
     .shutdown_token(stop.shutdown.clone())
     .kill_token(stop.kill.clone())
-    .tree(TreeOptions::new().containment(containment.to_containment()));
+    // Every signal starts at its default in the program (an inherited ignored SIGTERM would
+    // break the ladder), except SIGPIPE, which stays as warden inherited it: under
+    // `trap '' PIPE` a program sees EPIPE instead of dying of it.
+    .tree(
+        TreeOptions::new()
+            .containment(containment.to_containment())
+            .ignored_signals(
+                unix::ignored_at_start(libc::SIGPIPE)
+                    .then_some(libc::SIGPIPE)
+                    .into_iter(),
+            ),
+    );
 
     let worker = match Worker::spawn(&command, config).await {
         Ok(worker) => worker,

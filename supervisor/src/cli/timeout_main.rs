@@ -22,12 +22,18 @@ use warden::{Command, Containment, ExitStatus, SpawnError, Stdio, Tree, TreeOpti
 
 use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
+use super::duration::Interval;
 use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
-use super::gnu_ladder::{Ending, GnuLadder, Reaction, Step, handled_signals, sleep_until};
+use super::gnu_ladder::{
+    Ending, GnuLadder, Reaction, Step, handled_signals, kept_ignored, sleep_until,
+};
 use super::out::{say, stderr_bytes, stdout_all};
 use super::signal_set::SignalSet;
 use super::timeout::{Invocation, Parsed, help_text, parse, program_name, version_text};
 use super::unix;
+
+/// The guard's delay before SIGKILL for an orphaned tree when no `-k` was given.
+const ORPHAN_KILL_AFTER: Duration = Duration::from_secs(2);
 
 /// How long leftovers of the tree get to die after SIGKILL once the command has ended.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,14 +105,23 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     // GNU leaves SIGTSTP at its default, which would stop warden alone: the tree, in a group of
     // its own, would run on unsupervised. A `-s TSTP` keeps GNU's meaning (forwarded), and a
     // SIGTSTP ignored at start stays ignored (no job control was wanted).
-    let job_control =
-        invocation.signal != libc::SIGTSTP && !unix::ignored_at_start(libc::SIGTSTP);
+    let job_control = invocation.signal != libc::SIGTSTP && !unix::ignored_at_start(libc::SIGTSTP);
     let mut job_stops = SignalSet::listen(if job_control { &[libc::SIGTSTP] } else { &[] });
     let mut command = Command::new(&invocation.command);
     command.args(&invocation.args).stdin(Stdio::Inherit);
-    let options = TreeOptions::new()
+    let mut options = TreeOptions::new()
         .containment(containment)
-        .new_process_group(!invocation.foreground);
+        .new_process_group(!invocation.foreground)
+        .ignored_signals(kept_ignored(
+            invocation.signal,
+            unix::all_ignored_at_start(),
+        ))
+        // If warden is SIGKILLed: COMMAND gets the `-s` signal at once (upstream's
+        // PR_SET_PDEATHSIG), and the guard gives the rest of a cgroup tree the same ladder.
+        .death_signal(invocation.signal);
+    if !invocation.foreground {
+        options = options.orphan_ladder(invocation.signal, orphan_kill_after(invocation));
+    }
     let mut tree = match Tree::spawn(&command, options).await {
         Ok(tree) => tree,
         Err(error) => return Ending::Exit(report_spawn_error(&error, &command_name)),
@@ -175,6 +190,16 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         }
     };
     ladder.ending(termination, invocation.preserve_status)
+}
+
+/// How long the guard gives an orphaned tree between the `-s` signal and SIGKILL when warden
+/// itself was SIGKILLed: `-k`, or [`ORPHAN_KILL_AFTER`] without one (`-k 0`, `-k inf` included:
+/// nobody is left to wait for ever).
+fn orphan_kill_after(invocation: &Invocation) -> Duration {
+    match invocation.kill_after {
+        Interval::After(d) => d,
+        Interval::Disabled | Interval::Never => ORPHAN_KILL_AFTER,
+    }
 }
 
 /// Ctrl-Z: stops the tree (unless `--foreground`: the command got the terminal's `SIGTSTP`

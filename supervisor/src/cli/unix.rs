@@ -68,6 +68,11 @@ pub(crate) fn record_ignored_at_start() {
     });
 }
 
+/// Every signal that was ignored when warden started (see [`record_ignored_at_start`]).
+pub(crate) fn all_ignored_at_start() -> &'static [c_int] {
+    IGNORED_AT_START.get().map_or(&[], Vec::as_slice)
+}
+
 /// Whether `sig` was ignored when warden started (see [`record_ignored_at_start`]).
 pub(crate) fn ignored_at_start(sig: c_int) -> bool {
     IGNORED_AT_START

@@ -1,4 +1,5 @@
-//! warden installed as `timeout`, and warden's own output never ending it.
+//! warden installed as `timeout`, warden's own output never ending it, and the signals it
+//! leaves ignored.
 //!
 //! Installed as `timeout` (argv[0]'s file name, through a symlink or hard link), the binary is
 //! `warden timeout` with GNU's command line and GNU's program name in every message; compared
@@ -182,4 +183,110 @@ fn a_report_or_output_to_a_closed_pipe_is_125_not_a_panic() {
     );
     // `--output -` goes through the same write (`write_to`) as `--report -`; an SDK fixture
     // cannot be used for it here, as libtest's own output would meet the closed pipe first.
+}
+
+/// The bits of `SigIgn` in `/proc/self/status` of the command, which prints them itself.
+const PRINT_SIGIGN: &str = r#"grep SigIgn: /proc/self/status"#;
+
+fn sigign_bits(line: &str) -> Vec<i32> {
+    let hex = line
+        .trim()
+        .strip_prefix("SigIgn:")
+        .unwrap_or_else(|| panic!("not a SigIgn line: {line:?}"))
+        .trim();
+    let mask = u64::from_str_radix(hex, 16).expect("hex mask");
+    (1..=64)
+        .filter(|sig| mask & (1 << (sig - 1)) != 0)
+        .collect()
+}
+
+/// GNU's rule: a signal ignored when `timeout` started, that it does not handle itself, stays
+/// ignored in COMMAND (`trap '' PIPE` makes `yes` see EPIPE, not die of SIGPIPE).
+#[test]
+fn timeout_leaves_ignored_signals_ignored() {
+    let script = r#"(trap '' PIPE && "$W" timeout 10 yes | :) 2>&1"#;
+    let done = shell(script);
+    assert_eq!(done.ended, Ended::Code(0), "{}", done.stderr);
+    assert!(
+        done.stdout.contains("yes: standard output: Broken pipe"),
+        "yes was not left to see EPIPE: {:?}",
+        done.stdout
+    );
+    // Ignored at start: INT, USR1, PIPE, HUP; HUP is the -s signal (handled, so default in
+    // COMMAND), and SIGALRM always gets warden's handler. Only what GNU leaves ignored is.
+    let done = shell(&format!(
+        r#"trap '' INT USR1 PIPE HUP ALRM; exec "$W" timeout -s HUP 10 sh -c '{PRINT_SIGIGN}'"#
+    ));
+    assert_eq!(done.ended, Ended::Code(0), "{}", done.stderr);
+    assert_eq!(
+        sigign_bits(&done.stdout),
+        vec![libc::SIGINT, libc::SIGUSR1, libc::SIGPIPE],
+        "{}",
+        done.stdout
+    );
+}
+
+/// `warden run` resets every disposition (an inherited ignored SIGTERM would break the
+/// ladder) except SIGPIPE, which stays as inherited.
+#[test]
+fn run_resets_ignored_signals_but_sigpipe() {
+    let done = shell(&format!(
+        r#"trap '' INT TERM PIPE HUP; exec "$W" run -- sh -c '{PRINT_SIGIGN}'"#
+    ));
+    assert_eq!(done.ended, Ended::Code(0), "{}", done.stderr);
+    assert_eq!(
+        sigign_bits(&done.stdout),
+        vec![libc::SIGPIPE],
+        "{}",
+        done.stdout
+    );
+    let done = shell(&format!(r#"exec "$W" run -- sh -c '{PRINT_SIGIGN}'"#));
+    assert_eq!(
+        sigign_bits(&done.stdout),
+        Vec::<i32>::new(),
+        "{}",
+        done.stdout
+    );
+}
+
+/// Upstream 9.10: a SIGKILLed `timeout` leaves COMMAND the `-s` signal (PR_SET_PDEATHSIG);
+/// warden's cgroup guard gives the rest of the tree the same signal, then SIGKILL after `-k`.
+/// The command and its child trap USR1 and say so; a TERM-and-USR1-ignoring grandchild is
+/// SIGKILLed after `-k` (the survivor scan proves it).
+#[test]
+fn a_sigkilled_timeout_leaves_its_tree_the_signal_then_kill() {
+    let trap = r#"trap 'echo "trapped $0"; exit 0' USR1"#;
+    let script = format!(
+        r#"{trap}
+sh -c '{} ; echo ready-child; while :; do sleep 1; done' child &
+sh -c 'trap "" USR1 TERM; echo ready-stubborn; exec sleep 60' &
+echo ready-parent
+while :; do sleep 1; done"#,
+        trap.replace('\'', r#"'"'"'"#)
+    );
+    let cgroup = crate::escape::Mode::Cgroup;
+    if !cgroup.available() {
+        eprintln!("skipping: no cgroup containment here (the guard needs it)");
+        return;
+    }
+    let mark = new_mark();
+    let mut cmd = command(
+        WARDEN,
+        &[
+            "timeout", "-s", "USR1", "-k", "0.5", "60", "sh", "-c", &script, "parent",
+        ],
+        &mark,
+    );
+    cmd.env("LC_ALL", "C")
+        .env("WARDEN_CONTAINMENT", cgroup.arg());
+    let mut proc = Proc::start("warden timeout, SIGKILLed", cmd, &mark);
+    for ready in ["ready-parent", "ready-child", "ready-stubborn"] {
+        proc.wait_line(ready, |l| l == ready);
+    }
+    proc.signal(nix::sys::signal::Signal::SIGKILL);
+    proc.wait_line("the command's trap", |l| l == "trapped parent");
+    // PDEATHSIG reaches only the command; the child's trap runs through the guard.
+    proc.wait_line("the child's trap", |l| l == "trapped child");
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Signal(libc::SIGKILL), "{}", done.stderr);
 }

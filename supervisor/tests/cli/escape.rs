@@ -28,14 +28,14 @@ const SHAPES: [&str; 6] = [
 const LEAVE_GROUP: [&str; 3] = ["setsid", "setpgid", "daemon"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Cgroup,
     Subreaper,
     ProcessGroup,
 }
 
 impl Mode {
-    fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match self {
             Mode::Cgroup => "cgroup",
             Mode::Subreaper => "subreaper",
@@ -52,7 +52,7 @@ impl Mode {
     }
 
     /// Whether warden can use this containment here (asked once per mode).
-    fn available(self) -> bool {
+    pub(crate) fn available(self) -> bool {
         static PROBES: OnceLock<[bool; 3]> = OnceLock::new();
         let probes = PROBES.get_or_init(|| {
             [Mode::Cgroup, Mode::Subreaper, Mode::ProcessGroup].map(|mode| {

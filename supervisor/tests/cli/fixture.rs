@@ -200,6 +200,10 @@ fn exec_blocked() -> Result<i32> {
     let mut blocked = SigSet::empty();
     blocked.add(Signal::SIGTERM);
     blocked.thread_block()?;
+    // Rust's runtime ignores SIGPIPE, and exec would pass that on: warden is to start as a
+    // shell would start it, with only what the test's shell set (`trap '' CHLD`).
+    // SAFETY: SIG_DFL runs no code of ours; this process is single-threaded here and execs next.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }?;
     let program = std::ffi::CString::new(program)?;
     let error = nix::unistd::execv(&program, &argv).unwrap_err();
     Err(format!("exec failed: {error}").into())
