@@ -385,11 +385,7 @@ async fn supervise(
     .tree(
         TreeOptions::new()
             .containment(containment.to_containment())
-            .ignored_signals(
-                unix::ignored_at_start(libc::SIGPIPE)
-                    .then_some(libc::SIGPIPE)
-                    .into_iter(),
-            ),
+            .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE)),
     );
 
     let worker = match Worker::spawn(&command, config).await {
