@@ -184,7 +184,6 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             let mut reports = 0u64;
             let mut batch = Vec::new();
             while sent < total {
-                #[expect(clippy::cast_precision_loss, reason = "a fraction for show")]
                 let fraction = sent as f32 / total as f32;
                 let report = WorkerMessage::Progress {
                     job,
