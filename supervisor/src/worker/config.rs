@@ -178,7 +178,10 @@ impl JobOptions {
         self
     }
 
-    /// Calls `f` with every progress report (from the worker's actor task: keep it quick).
+    /// Calls `f` with the worker's progress reports (from the worker's actor task: keep it
+    /// quick). Reports that arrive together are coalesced: of those read at once, `f` sees the
+    /// latest, so a flood costs one call per read, and the last report before the result is
+    /// always delivered.
     pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self

@@ -12,6 +12,7 @@
 
 mod deps;
 mod handshake;
+mod hostile;
 mod ladder;
 mod lifecycle;
 mod plain;
