@@ -117,10 +117,13 @@ mod bootstrap;
 mod connection;
 mod error;
 mod job;
+#[doc(hidden)]
+pub mod machine;
 mod progress;
 mod serve;
 mod sys;
 mod token;
+mod writer;
 
 pub use bootstrap::{Channel, FD_ENV_VAR};
 pub use error::{BootstrapError, ConnectError, JobError, ProtocolError, ServeError};
