@@ -555,3 +555,553 @@ fn truncate_string(text: &mut String, max: usize) {
     let end = warden_protocol::truncate_str(text, max).len();
     text.truncate(end);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine on a virtual clock: `t0` is read once, every later instant is `t0 + n ms`.
+
+    use super::*;
+    use warden_protocol::{CancelReason, FrameDecoder};
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn machine(heartbeat_ms: Option<u64>) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let config = Config {
+            max_frame_len: 4096,
+            heartbeat_interval: heartbeat_ms.map(ms),
+            orphan_grace: GRACE,
+        };
+        (Machine::new(config, t0), t0)
+    }
+
+    fn start(job: u64) -> SupervisorMessage {
+        SupervisorMessage::StartJob {
+            job: JobId(job),
+            payload: vec![1, 2],
+            deadline_ms: Some(500),
+        }
+    }
+
+    fn cancel(job: u64) -> SupervisorMessage {
+        SupervisorMessage::Cancel {
+            job: JobId(job),
+            reason: CancelReason::Timeout,
+        }
+    }
+
+    fn ok(output: &[u8]) -> HandlerOutcome {
+        HandlerOutcome::Returned(Ok(output.to_vec()))
+    }
+
+    fn decode(frame: &[u8]) -> WorkerMessage {
+        let mut decoder = FrameDecoder::new(u32::MAX);
+        decoder.push(frame);
+        let msg = decoder.next().expect("valid frame").expect("a whole frame");
+        assert_eq!(decoder.buffered(), 0, "one frame per transmit");
+        msg
+    }
+
+    /// Writes everything queued, as the writer thread would, and returns what went out.
+    fn sent(m: &mut Machine) -> Vec<WorkerMessage> {
+        let mut out = Vec::new();
+        while let Some(frame) = m.poll_transmit() {
+            out.push(decode(&frame));
+            m.handle_transmitted();
+        }
+        out
+    }
+
+    fn actions(m: &mut Machine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn trip(job: u64, cause: CancelCause) -> Action {
+        Action::Trip {
+            job: JobId(job),
+            cause,
+        }
+    }
+
+    #[test]
+    fn start_job_computes_the_deadline_at_receipt() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0 + ms(7), start(1));
+        assert_eq!(
+            actions(&mut m),
+            [Action::StartJob {
+                job: JobId(1),
+                payload: vec![1, 2],
+                deadline: Some(t0 + ms(507)),
+                deadline_ms: Some(500),
+            }]
+        );
+        assert_eq!(m.running(), Some(JobId(1)));
+    }
+
+    #[test]
+    fn heartbeats_are_due_every_interval_idle_or_busy() {
+        let (mut m, t0) = machine(Some(50));
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(50)));
+        m.handle_timeout(t0 + ms(49));
+        assert_eq!(sent(&mut m), []);
+        m.handle_timeout(t0 + ms(50));
+        assert_eq!(sent(&mut m), [WorkerMessage::Heartbeat]);
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(100)));
+        m.handle_message(t0 + ms(60), start(1));
+        m.handle_timeout(t0 + ms(100));
+        assert_eq!(sent(&mut m), [WorkerMessage::Heartbeat]);
+    }
+
+    #[test]
+    fn a_stalled_writer_gets_one_heartbeat_not_a_burst() {
+        let (mut m, t0) = machine(Some(50));
+        for n in 1..=10 {
+            m.handle_timeout(t0 + ms(50 * n));
+        }
+        assert_eq!(sent(&mut m), [WorkerMessage::Heartbeat]);
+        // After a late wake-up the rhythm restarts from then.
+        m.handle_timeout(t0 + ms(1_000));
+        m.handle_timeout(t0 + ms(1_234));
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(1_284)));
+    }
+
+    #[test]
+    fn no_heartbeats_when_the_supervisor_asked_for_none() {
+        let (mut m, t0) = machine(None);
+        assert_eq!(m.poll_timeout(), None);
+        m.handle_timeout(t0 + Duration::from_secs(3600));
+        assert_eq!(sent(&mut m), []);
+        m.handle_message(t0, start(1));
+        assert_eq!(m.poll_timeout(), None, "a running job adds no timer");
+    }
+
+    #[test]
+    fn stale_cancel_is_ignored() {
+        let (mut m, t0) = machine(None);
+        // Idle: a cancel for a job that never ran here.
+        m.handle_message(t0, cancel(9));
+        assert_eq!(actions(&mut m), []);
+        assert_eq!(sent(&mut m), []);
+        // Running job 1: a cancel naming another job does not touch it.
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_message(t0, cancel(9));
+        assert_eq!(actions(&mut m), []);
+        m.handle_finished(JobId(1), HandlerOutcome::Returned(Err(JobError::Cancelled)));
+        assert_eq!(
+            sent(&mut m),
+            [WorkerMessage::Failed {
+                job: JobId(1),
+                error: "handler returned cancelled without a cancel request".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn cancel_trips_once_and_is_acknowledged() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_message(t0, cancel(1));
+        m.handle_message(t0, cancel(1));
+        assert_eq!(
+            actions(&mut m),
+            [trip(1, CancelCause::Message(CancelReason::Timeout))]
+        );
+        m.handle_finished(JobId(1), HandlerOutcome::Returned(Err(JobError::Cancelled)));
+        assert_eq!(sent(&mut m), [WorkerMessage::Cancelled { job: JobId(1) }]);
+    }
+
+    #[test]
+    fn cancel_after_the_result_was_sent_is_ignored() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        m.handle_finished(JobId(1), ok(b"out"));
+        assert_eq!(
+            sent(&mut m),
+            [WorkerMessage::Completed {
+                job: JobId(1),
+                output: b"out".to_vec()
+            }]
+        );
+        let _ = actions(&mut m);
+        // The supervisor's cancel crossed the result on the wire.
+        m.handle_message(t0 + ms(1), cancel(1));
+        assert_eq!(actions(&mut m), []);
+        assert_eq!(sent(&mut m), []);
+        assert!(m.poll_exit().is_none(), "not a violation");
+        // And it does not leak into the next job.
+        m.handle_message(t0 + ms(2), start(2));
+        m.handle_finished(JobId(2), HandlerOutcome::Returned(Err(JobError::Cancelled)));
+        assert!(matches!(
+            sent(&mut m).as_slice(),
+            [WorkerMessage::Failed { job: JobId(2), .. }]
+        ));
+    }
+
+    #[test]
+    fn result_after_a_cancel_is_completed() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        m.handle_message(t0, cancel(1));
+        m.handle_finished(JobId(1), ok(b"anyway"));
+        assert_eq!(
+            sent(&mut m),
+            [WorkerMessage::Completed {
+                job: JobId(1),
+                output: b"anyway".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn terminal_message_exactly_once() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        m.handle_finished(JobId(1), ok(b"a"));
+        m.handle_finished(JobId(1), ok(b"b"));
+        m.handle_finished(JobId(2), ok(b"c"));
+        assert_eq!(
+            sent(&mut m),
+            [WorkerMessage::Completed {
+                job: JobId(1),
+                output: b"a".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn progress_goes_before_the_terminal_message_and_never_after() {
+        let (mut m, t0) = machine(None);
+        assert_eq!(m.wants_progress(), None, "idle");
+        m.handle_message(t0, start(1));
+        assert_eq!(m.wants_progress(), Some(JobId(1)));
+        m.handle_progress(JobId(1), Some(0.5), None);
+        assert_eq!(m.wants_progress(), None, "a frame is waiting");
+        m.handle_finished(JobId(1), ok(b""));
+        m.handle_progress(JobId(1), Some(0.9), None);
+        assert_eq!(
+            sent(&mut m),
+            [
+                WorkerMessage::Progress {
+                    job: JobId(1),
+                    fraction: Some(0.5),
+                    text: None
+                },
+                WorkerMessage::Completed {
+                    job: JobId(1),
+                    output: vec![]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn output_over_the_frame_limit_is_failed() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        m.handle_finished(JobId(1), HandlerOutcome::Returned(Ok(vec![0; 5000])));
+        assert_eq!(
+            sent(&mut m),
+            [WorkerMessage::Failed {
+                job: JobId(1),
+                error: "output of 5000 bytes exceeds the supervisor's frame limit of 4096 bytes"
+                    .into()
+            }]
+        );
+    }
+
+    #[test]
+    fn second_start_while_running_is_a_violation_that_trips_the_token() {
+        let (mut m, t0) = machine(Some(50));
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_message(t0, start(2));
+        assert_eq!(actions(&mut m), [trip(1, CancelCause::ChannelClosed)]);
+        assert!(matches!(
+            m.poll_exit(),
+            Some(Exit::Protocol(ProtocolError::StartWhileRunning {
+                running: JobId(1),
+                started: JobId(2)
+            }))
+        ));
+        // Job 1's result has nowhere to go; nothing more is sent, no timer is left.
+        m.handle_finished(JobId(1), ok(b""));
+        m.handle_timeout(t0 + ms(50));
+        assert_eq!(sent(&mut m), []);
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn shutdown_while_idle_stops_at_once() {
+        let (mut m, t0) = machine(Some(50));
+        m.handle_message(t0, SupervisorMessage::Shutdown);
+        assert!(matches!(m.poll_exit(), Some(Exit::Stopped)));
+        assert_eq!(m.poll_timeout(), None, "no heartbeat after the stop");
+    }
+
+    #[test]
+    fn shutdown_while_running_stops_once_the_result_is_written() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_message(t0, SupervisorMessage::Shutdown);
+        assert!(m.poll_exit().is_none(), "the job runs on");
+        assert_eq!(actions(&mut m), [], "shutdown is not a cancel");
+        m.handle_finished(JobId(1), ok(b"last"));
+        let frame = m.poll_transmit().expect("the result");
+        assert!(m.poll_exit().is_none(), "not before the result is written");
+        m.handle_transmitted();
+        assert!(matches!(m.poll_exit(), Some(Exit::Stopped)));
+        assert!(matches!(decode(&frame), WorkerMessage::Completed { .. }));
+    }
+
+    #[test]
+    fn start_right_behind_shutdown_is_a_violation() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, SupervisorMessage::Shutdown);
+        m.handle_message(t0, start(1));
+        assert!(matches!(
+            m.poll_exit(),
+            Some(Exit::Protocol(ProtocolError::StartAfterShutdown {
+                started: JobId(1)
+            }))
+        ));
+        assert_eq!(actions(&mut m), []);
+    }
+
+    #[test]
+    fn signal_trips_the_running_job_and_stops_after_its_result() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_signal();
+        assert_eq!(actions(&mut m), [trip(1, CancelCause::Signal)]);
+        assert!(m.poll_exit().is_none());
+        m.handle_finished(JobId(1), HandlerOutcome::Returned(Err(JobError::Cancelled)));
+        assert_eq!(sent(&mut m), [WorkerMessage::Cancelled { job: JobId(1) }]);
+        // The next start crossed the signal: dropped, not a violation.
+        m.handle_message(t0, start(2));
+        assert_eq!(actions(&mut m), []);
+        assert!(matches!(m.poll_exit(), Some(Exit::Stopped)));
+    }
+
+    #[test]
+    fn eof_while_idle_disconnects_at_once() {
+        let (mut m, t0) = machine(Some(50));
+        m.handle_channel_closed(t0, None);
+        assert!(matches!(m.poll_exit(), Some(Exit::Disconnected(None))));
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn eof_while_running_trips_and_the_orphan_grace_bounds_the_exit() {
+        let (mut m, t0) = machine(Some(50));
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_progress(JobId(1), Some(0.1), None);
+        m.handle_channel_closed(t0 + ms(10), None);
+        assert_eq!(actions(&mut m), [trip(1, CancelCause::ChannelClosed)]);
+        assert_eq!(
+            sent(&mut m),
+            [],
+            "nothing is written after the channel closed"
+        );
+        // No more heartbeats: the only timer left is the grace.
+        assert_eq!(m.poll_timeout(), Some(t0 + ms(10) + GRACE));
+        m.handle_timeout(t0 + ms(10) + GRACE - ms(1));
+        assert!(m.poll_exit().is_none());
+        assert!(!m.is_orphaned());
+        m.handle_timeout(t0 + ms(10) + GRACE);
+        assert!(m.is_orphaned());
+        assert!(matches!(m.poll_exit(), Some(Exit::Orphaned)));
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn handler_returning_within_the_grace_disconnects_with_the_error() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_message(t0, cancel(1));
+        m.handle_channel_closed(t0, Some(io::ErrorKind::BrokenPipe.into()));
+        assert_eq!(
+            actions(&mut m),
+            [trip(1, CancelCause::Message(CancelReason::Timeout))],
+            "the token trips once, for the first cause"
+        );
+        m.handle_finished(JobId(1), HandlerOutcome::Returned(Err(JobError::Cancelled)));
+        assert_eq!(sent(&mut m), []);
+        match m.poll_exit() {
+            Some(Exit::Disconnected(Some(e))) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
+            other => panic!("expected a disconnect with the error, got {other:?}"),
+        }
+        m.handle_timeout(t0 + GRACE);
+        assert!(
+            m.poll_exit().is_none(),
+            "no orphan exit after the handler returned"
+        );
+    }
+
+    #[test]
+    fn frame_in_flight_when_the_channel_closes_is_dropped() {
+        let (mut m, t0) = machine(Some(50));
+        m.handle_timeout(t0 + ms(50));
+        assert!(m.poll_transmit().is_some());
+        // The writer's send failed: EPIPE.
+        m.handle_channel_closed(t0 + ms(51), Some(io::ErrorKind::BrokenPipe.into()));
+        m.handle_transmitted();
+        assert!(matches!(m.poll_exit(), Some(Exit::Disconnected(Some(_)))));
+        assert!(m.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn decode_error_is_a_violation() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(t0, start(1));
+        let _ = actions(&mut m);
+        m.handle_decode_error(DecodeError::Truncated);
+        assert_eq!(actions(&mut m), [trip(1, CancelCause::ChannelClosed)]);
+        assert!(matches!(
+            m.poll_exit(),
+            Some(Exit::Protocol(ProtocolError::Decode(_)))
+        ));
+    }
+
+    #[test]
+    fn hello_after_the_handshake_is_a_violation() {
+        let (mut m, t0) = machine(None);
+        m.handle_message(
+            t0,
+            SupervisorMessage::Refuse {
+                reason: "late".into(),
+            },
+        );
+        assert!(matches!(
+            m.poll_exit(),
+            Some(Exit::Protocol(ProtocolError::Unexpected { kind: "refuse" }))
+        ));
+    }
+
+    mod prop {
+        //! Whatever the order of events: one terminal message per job, only for a job that was
+        //! started, none after the channel closed; a token trips at most once; nothing comes
+        //! out after the exit is decided.
+
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        #[derive(Debug, Clone)]
+        enum Input {
+            Start(u64),
+            Cancel(u64),
+            Shutdown,
+            Signal,
+            Finish(u64, bool),
+            Progress(u64),
+            Closed,
+            Advance(u64),
+            Write,
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            prop_oneof![
+                (0u64..4).prop_map(Input::Start),
+                (0u64..4).prop_map(Input::Cancel),
+                Just(Input::Shutdown),
+                Just(Input::Signal),
+                ((0u64..4), any::<bool>()).prop_map(|(j, ok)| Input::Finish(j, ok)),
+                (0u64..4).prop_map(Input::Progress),
+                Just(Input::Closed),
+                (0u64..1500).prop_map(Input::Advance),
+                Just(Input::Write),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn invariants_hold(inputs in proptest::collection::vec(input(), 0..60)) {
+                let (mut m, t0) = machine(Some(50));
+                let mut now = t0;
+                let mut started: Vec<JobId> = Vec::new();
+                let mut terminals: HashMap<JobId, usize> = HashMap::new();
+                let mut trips: HashMap<JobId, usize> = HashMap::new();
+                let mut closed = false;
+                let mut exited = false;
+                let mut in_flight: Option<Vec<u8>> = None;
+                for input in inputs {
+                    match input {
+                        Input::Start(j) => m.handle_message(now, start(j)),
+                        Input::Cancel(j) => m.handle_message(now, cancel(j)),
+                        Input::Shutdown => m.handle_message(now, SupervisorMessage::Shutdown),
+                        Input::Signal => m.handle_signal(),
+                        Input::Finish(j, true) => m.handle_finished(JobId(j), ok(b"x")),
+                        Input::Finish(j, false) => m.handle_finished(
+                            JobId(j),
+                            HandlerOutcome::Returned(Err(JobError::Cancelled)),
+                        ),
+                        Input::Progress(j) => m.handle_progress(JobId(j), Some(0.5), None),
+                        Input::Closed => {
+                            closed = true;
+                            m.handle_channel_closed(now, None);
+                        }
+                        Input::Advance(n) => {
+                            now += ms(n);
+                            m.handle_timeout(now);
+                        }
+                        Input::Write => {
+                            if in_flight.take().is_some() {
+                                m.handle_transmitted();
+                            }
+                        }
+                    }
+                    while let Some(action) = m.poll_action() {
+                        prop_assert!(!exited, "action after the exit: {action:?}");
+                        match action {
+                            Action::StartJob { job, .. } => {
+                                prop_assert!(!started.contains(&job) || terminals.contains_key(&job));
+                                started.push(job);
+                            }
+                            Action::Trip { job, .. } => *trips.entry(job).or_default() += 1,
+                        }
+                    }
+                    if in_flight.is_none() {
+                        if let Some(frame) = m.poll_transmit() {
+                            prop_assert!(!closed, "write after the channel closed");
+                            prop_assert!(!exited, "write after the exit");
+                            if let Some(job) = decode(&frame).job() {
+                                prop_assert!(started.contains(&job), "message for a job never started");
+                                let msg = decode(&frame);
+                                if !matches!(msg, WorkerMessage::Progress { .. }) {
+                                    *terminals.entry(job).or_default() += 1;
+                                } else {
+                                    prop_assert!(!terminals.contains_key(&job), "progress after the result");
+                                }
+                            }
+                            in_flight = Some(frame);
+                        }
+                    }
+                    if m.poll_exit().is_some() {
+                        prop_assert!(!exited, "two exits");
+                        exited = true;
+                    }
+                }
+                // Job ids repeat across runs in this generator; count per start.
+                for (job, n) in terminals {
+                    let starts = started.iter().filter(|j| **j == job).count();
+                    prop_assert!(n <= starts, "{n} terminal messages for {starts} starts of {job}");
+                }
+                for (job, n) in trips {
+                    let starts = started.iter().filter(|j| **j == job).count();
+                    prop_assert!(n <= starts, "{n} trips for {starts} starts of {job}");
+                }
+            }
+        }
+    }
+}
