@@ -111,8 +111,13 @@ impl Worker {
     }
 
     /// Serves jobs with an async handler on a runtime of its own (multi-threaded, so a handler
-    /// that hogs a thread does not stop heartbeats). Returns `Ok(())` after `Shutdown` or the
-    /// polite signal, once the last job's result is written.
+    /// that hogs a thread does not stop cancels and progress; heartbeats come from a thread of
+    /// their own whatever the handler does). Returns `Ok(())` after `Shutdown` or the polite
+    /// signal, once the last job's result is written.
+    ///
+    /// # Errors
+    /// [`ServeError`]: no channel, a failed handshake, a protocol violation, the channel closing
+    /// ([`ServeError::Disconnected`]), or a runtime or thread that could not be started.
     pub fn serve<F, Fut>(self, handler: F) -> Result<(), ServeError>
     where
         F: FnMut(Job) -> Fut,
@@ -130,7 +135,18 @@ impl Worker {
     }
 
     /// Like [`serve`](Self::serve), on the caller's tokio runtime (which needs the I/O, time and
-    /// signal drivers: `enable_all`). Each job's future is spawned as a task.
+    /// signal drivers: `enable_all`). Each job's future is spawned as a task. A current-thread
+    /// runtime works too: a handler that never yields then delays cancels and progress, but not
+    /// heartbeats or the orphan exit.
+    ///
+    /// Returning (or dropping the future) stops and joins the writer thread, which can take up
+    /// to 50 ms if the supervisor stopped reading with a frame half written.
+    ///
+    /// # Errors
+    /// As for [`serve`](Self::serve).
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops serving: the running job's token trips and its result is lost.
     pub async fn serve_async<F, Fut>(self, handler: F) -> Result<(), ServeError>
     where
         F: FnMut(Job) -> Fut,
