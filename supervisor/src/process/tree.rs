@@ -965,6 +965,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_cannot_be_enforced_fails_unless_best_effort() {
+        // No exec shim: nothing can set an rlimit or a sandbox before exec.
+        let strict = TreeOptions::new().limits(Limits::new().cpu_time(Duration::from_secs(1)));
+        assert!(matches!(
+            plan(&strict, None, false),
+            Err(SpawnError::LimitUnavailable {
+                limit: LimitKind::CpuTime,
+                ..
+            })
+        ));
+        let lenient = TreeOptions::new()
+            .limits(
+                Limits::new()
+                    .cpu_time(Duration::from_secs(1))
+                    .best_effort(true),
+            )
+            .sandbox(Sandbox::new().best_effort(true));
+        let planned = plan(&lenient, None, false).expect("best effort");
+        assert_eq!(
+            planned.limits,
+            [(LimitKind::CpuTime, 1000, Mechanism::None)]
+        );
+        assert!(!planned.sandbox.is_empty());
+        assert!(planned.sandbox.iter().all(|e| !e.enforced));
+        assert_eq!(planned.setup, super::super::shim::Setup::default());
+        let strict = TreeOptions::new().sandbox(Sandbox::new());
+        assert!(matches!(
+            plan(&strict, None, false),
+            Err(SpawnError::SandboxUnavailable { .. })
+        ));
+        // With a shim, CPU time and open files are rlimits (the shim sets them on Linux).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let rl = TreeOptions::new().limits(
+                Limits::new()
+                    .cpu_time(Duration::from_millis(1500))
+                    .open_files(32),
+            );
+            assert_eq!(
+                plan(&rl, None, true).expect("rlimits").setup.rlimits,
+                [(libc::RLIMIT_CPU, 2, 3), (libc::RLIMIT_NOFILE, 32, 32)]
+            );
+        }
+    }
+
+    #[test]
     fn every_containment_mode_name_round_trips() {
         // Exhaustive: a new mode does not compile here until it is in `ALL`, in order.
         let rank = |mode: ContainmentMode| match mode {
