@@ -22,7 +22,8 @@
 //!   3), `plugin:connect:ADDR` (TCP; `connected` or `connect: ERR`, exit 3),
 //!   `plugin:signal-parent` (signal 0 to its parent, warden), `plugin:ptrace` (PTRACE_TRACEME),
 //!   `plugin:fds` (`fds 0,1,2...`), `plugin:env` (`env K=V` per variable), `plugin:status`
-//!   (its NoNewPrivs and Seccomp lines).
+//!   (its NoNewPrivs and Seccomp lines); `plugin:hang` starts two children, prints `ready`
+//!   and hangs (bounded).
 //! - `exec:blocked` blocks SIGTERM in its mask and execs `WARDEN_CLI_EXEC` with the
 //!   arguments in `WARDEN_CLI_EXEC_ARGS` (separated by newlines).
 
@@ -333,6 +334,21 @@ fn plugin(spec: &str) -> Result<i32> {
                     announce(&line.split_whitespace().collect::<Vec<_>>().join(" "))?;
                 }
             }
+            Ok(0)
+        }
+        "hang" => {
+            let mut children = Vec::new();
+            for _ in 0..2 {
+                children.push(
+                    Command::new("/bin/sh")
+                        .args(["-c", "read x"])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .spawn()?,
+                );
+            }
+            announce("ready")?;
+            std::thread::sleep(HANG);
             Ok(0)
         }
         other => Err(format!("unknown plugin {other}").into()),

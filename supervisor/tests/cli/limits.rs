@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::fixture::ROLE_VAR;
 use crate::support::{
-    Ended, Finished, MARK_VAR, Proc, TempDir, WARDEN, command, fixture_argv, new_mark,
+    Ended, Finished, LIMIT, MARK_VAR, Proc, TempDir, WARDEN, command, fixture_argv, new_mark,
 };
 
 /// Runs `warden run --report FILE OPTIONS -- <fixture plugin:ROLE>`; returns how it ended and
@@ -42,9 +43,20 @@ fn run_plugin(options: &[&str], role: &str) -> (Finished, Value) {
 }
 
 /// Every cgroup directory warden `pid` made (`warden-<pidns>-<pid>-<start>`) is gone, in the
-/// cgroup2 hierarchy and in the v1 memory and pids ones, wherever this test process sits in
-/// them (warden inherited its place).
+/// cgroup2 hierarchy and in the v1 memory and pids ones.
 fn assert_no_cgroups(pid: i32) {
+    let left = cgroups_of(pid);
+    assert!(
+        left.is_empty(),
+        "cgroups of warden {pid} left behind: {left:?}"
+    );
+}
+
+/// The cgroup directories of warden `pid` (`warden-<pidns>-<pid>-<start>`) in the cgroup2
+/// hierarchy and the v1 memory and pids ones, wherever this test process sits in them (warden
+/// inherited its place).
+fn cgroups_of(pid: i32) -> Vec<PathBuf> {
+    let mut left = Vec::new();
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let place = |controller: &str| {
         own.lines().find_map(|l| {
@@ -71,20 +83,18 @@ fn assert_no_cgroups(pid: i32) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let left: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let fields: Vec<&str> = name.split('-').collect();
-                fields.len() == 4 && fields[0] == "warden" && fields[2] == pid.to_string()
-            })
-            .map(|e| e.path())
-            .collect();
-        assert!(
-            left.is_empty(),
-            "cgroups of warden {pid} left behind: {left:?}"
+        left.extend(
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let fields: Vec<&str> = name.split('-').collect();
+                    fields.len() == 4 && fields[0] == "warden" && fields[2] == pid.to_string()
+                })
+                .map(|e| e.path()),
         );
     }
+    left
 }
 
 fn limit<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -297,4 +307,33 @@ fn bad_limit_values_give_one_line_and_125() {
         assert_eq!(done.stderr.lines().count(), 1, "{bad:?}: {}", done.stderr);
         assert!(done.stderr.starts_with("warden run: "), "{}", done.stderr);
     }
+}
+
+#[test]
+fn a_sigkilled_warden_leaves_no_process_and_no_cgroup_v1_or_v2() {
+    let mark = new_mark();
+    let (exe, fixture_args) = fixture_argv();
+    let mut args = vec!["run", "--memory", "64M", "--max-procs", "16", "--", &exe];
+    args.extend(fixture_args);
+    let mut cmd = command(WARDEN, &args, &mark);
+    cmd.env(ROLE_VAR, "plugin:hang");
+    let mut proc = Proc::start("run --memory --max-procs plugin:hang", cmd, &mark);
+    let pid = proc.pid();
+    proc.wait_line("the plugin's ready line", |l| l == "ready");
+    let made = cgroups_of(pid);
+    assert!(
+        made.iter().any(|p| p.starts_with("/sys/fs/cgroup/memory"))
+            && made.iter().any(|p| p.starts_with("/sys/fs/cgroup/pids")),
+        "this host puts both limits in v1 cgroups: {made:?}"
+    );
+    proc.signal(Signal::SIGKILL);
+    // The guard kills the tree (so nothing marked survives: `finish` checks) and removes
+    // every cgroup; its removal of the v1 ones comes last, after the tree is gone.
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Signal(libc::SIGKILL));
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !cgroups_of(pid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_no_cgroups(pid);
 }
