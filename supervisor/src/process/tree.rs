@@ -315,7 +315,10 @@ impl Tree {
     /// [`SpawnError::NotFound`] / [`SpawnError::NotExecutable`] when `execve` fails (with the
     /// errno), [`SpawnError::Setup`] when a step of the exec shim does,
     /// [`SpawnError::ContainmentUnavailable`], [`SpawnError::InvalidSignal`],
-    /// [`SpawnError::InvalidCommand`], [`SpawnError::Launch`].
+    /// [`SpawnError::InvalidCommand`], [`SpawnError::Launch`];
+    /// [`SpawnError::LimitUnavailable`] / [`SpawnError::SandboxUnavailable`] for a limit or
+    /// sandbox feature this host cannot enforce (unless best effort), [`SpawnError::Limit`]
+    /// when configuring a limit's cgroup fails.
     ///
     /// # Cancel safety
     /// Dropping the future kills and reaps whatever was started.
@@ -791,11 +794,21 @@ fn plan(
     for (kind, value) in limits.requested() {
         let mechanism = match limit_mechanism(kind, value, cgroup, use_shim, &mut out) {
             Ok(mechanism) => mechanism,
-            Err(why) if limits.best_effort => {
+            Err(Unenforced::Missing(why)) if limits.best_effort => {
                 tracing::warn!(limit = %kind, why, "limit not enforced (best effort)");
                 Mechanism::None
             }
-            Err(why) => return Err(SpawnError::LimitUnavailable { limit: kind, why }),
+            Err(Unenforced::Missing(why)) => {
+                return Err(SpawnError::LimitUnavailable { limit: kind, why });
+            }
+            // A cgroup that exists but refuses its limit is a broken environment, not a
+            // missing feature: best effort does not cover it.
+            Err(Unenforced::Failed(source)) => {
+                return Err(SpawnError::Limit {
+                    limit: kind,
+                    source,
+                });
+            }
         };
         out.limits.push((kind, value, mechanism));
     }
@@ -803,6 +816,21 @@ fn plan(
         plan_sandbox(sandbox, use_shim, &mut out)?;
     }
     Ok(out)
+}
+
+/// Why a limit has no mechanism.
+#[derive(Debug)]
+enum Unenforced {
+    /// Nothing here can enforce it.
+    Missing(&'static str),
+    /// Its cgroup refused the limit.
+    Failed(io::Error),
+}
+
+impl From<&'static str> for Unenforced {
+    fn from(why: &'static str) -> Self {
+        Unenforced::Missing(why)
+    }
 }
 
 /// The mechanism for one limit, set up; `Err` says why there is none.
@@ -816,15 +844,22 @@ fn limit_mechanism(
     cgroup: Option<&Cgroup>,
     use_shim: bool,
     out: &mut Enforcement,
-) -> Result<Mechanism, &'static str> {
-    let rlimit = |out: &mut Enforcement, resource: libc::c_int, soft: u64, hard: u64| {
+) -> Result<Mechanism, Unenforced> {
+    let rlimit = |out: &mut Enforcement,
+                  resource: libc::c_int,
+                  soft: u64,
+                  hard: u64|
+     -> Result<Mechanism, Unenforced> {
         #[cfg(target_os = "linux")]
         if use_shim {
             out.setup.rlimits.push((resource as u32, soft, hard));
             return Ok(Mechanism::Rlimit);
         }
         let _ = (out, resource, soft, hard);
-        Err("there is no exec shim to set an rlimit (call warden::shim::run_if_shim in main)")
+        Err(
+            "there is no exec shim to set an rlimit (call warden::shim::run_if_shim in main)"
+                .into(),
+        )
     };
     match kind {
         LimitKind::CpuTime => {
@@ -840,7 +875,7 @@ fn limit_mechanism(
                     LimitKind::Memory => ("memory", "memory.max", Controller::Memory),
                     _ => ("pids", "pids.max", Controller::Pids),
                 };
-                let failed = |_| "writing the cgroup's limit failed";
+                let failed = Unenforced::Failed;
                 if let Some(cg) = cgroup
                     && cg.has_controller(v2_controller)
                 {
@@ -873,9 +908,10 @@ fn limit_mechanism(
             }
             match kind {
                 LimitKind::Memory => rlimit(out, libc::RLIMIT_AS as libc::c_int, value, value),
-                _ if super::unix::is_root() => {
-                    Err("no cgroup pids controller is usable, and RLIMIT_NPROC does not bind root")
-                }
+                _ if super::unix::is_root() => Err(
+                    "no cgroup pids controller is usable, and RLIMIT_NPROC does not bind root"
+                        .into(),
+                ),
                 _ => rlimit(out, libc::RLIMIT_NPROC as libc::c_int, value, value),
             }
         }
