@@ -127,9 +127,9 @@ pub enum Failure {
     ExitedWithoutResult,
     /// A plain program exited with this non-zero status.
     ExitCode(i32),
-    /// A plain program exited with status 0, but its tree reached this limit on the way (a
-    /// fork refused by `pids.max`, memory reclaimed at the limit): it did not get to do all
-    /// it tried, so it is not completed.
+    /// A plain program exited with status 0, but this limit refused its tree something on
+    /// the way (a fork refused by `pids.max`, a process the OOM killer killed): it did not
+    /// get to do all it tried, so it is not completed.
     LimitReached(LimitKind),
 }
 
@@ -260,7 +260,7 @@ pub(crate) struct Facts {
     pub exit: Option<ExitStatus>,
     /// The limit whose enforcement killed the program ([`LimitReport::ended`]).
     pub limit_ended: Option<LimitKind>,
-    /// A limit the tree reached ([`LimitReport::first_hit`]).
+    /// A limit that refused the tree something ([`LimitReport::first_refusal`]).
     pub limit_hit: Option<LimitKind>,
 }
 
@@ -270,7 +270,7 @@ impl Facts {
         limits: &LimitReport,
         exit: Option<ExitStatus>,
     ) -> (Option<LimitKind>, Option<LimitKind>) {
-        (limits.ended(exit), limits.first_hit())
+        (limits.ended(exit), limits.first_refusal())
     }
 }
 

@@ -357,11 +357,17 @@ impl LimitReport {
         }
     }
 
-    /// The first limit the counters say the tree reached.
-    pub(crate) fn first_hit(&self) -> Option<LimitKind> {
+    /// The first limit that refused the tree something: a fork (`pids.max` reached) or a
+    /// process (the OOM killer). Memory merely reached (the kernel reclaimed page cache at
+    /// the limit) refuses nothing, so it does not count.
+    pub(crate) fn first_refusal(&self) -> Option<LimitKind> {
         self.limits
             .iter()
-            .find(|e| e.hit == Some(true))
+            .find(|e| match e.kind {
+                LimitKind::Processes => e.hit == Some(true),
+                LimitKind::Memory => e.oom_kills.is_some_and(|n| n > 0),
+                _ => false,
+            })
             .map(|e| e.kind)
     }
 }
@@ -453,6 +459,24 @@ mod tests {
         };
         assert_eq!(cpu.ended(Some(xcpu)), Some(LimitKind::CpuTime));
         assert_eq!(LimitReport::default().ended(Some(xcpu)), None);
+    }
+
+    #[test]
+    fn memory_reclaimed_at_the_limit_refuses_nothing() {
+        let mut reclaimed = entry(LimitKind::Memory, Mechanism::CgroupV1, Some(0));
+        reclaimed.hit = Some(true);
+        let mut forks = entry(LimitKind::Processes, Mechanism::CgroupV1, None);
+        forks.hit = Some(true);
+        let report = LimitReport {
+            limits: vec![reclaimed.clone()],
+            sandbox: Vec::new(),
+        };
+        assert_eq!(report.first_refusal(), None);
+        let report = LimitReport {
+            limits: vec![reclaimed, forks],
+            sandbox: Vec::new(),
+        };
+        assert_eq!(report.first_refusal(), Some(LimitKind::Processes));
     }
 
     #[test]

@@ -925,6 +925,15 @@ fn plan_sandbox(
     out: &mut Enforcement,
 ) -> Result<(), SpawnError> {
     use super::limits::SandboxFeature;
+    if sandbox
+        .allow_write
+        .iter()
+        .any(|d| d.as_os_str().as_encoded_bytes().contains(&0))
+    {
+        return Err(SpawnError::InvalidCommand {
+            what: "writable directory",
+        });
+    }
     #[cfg(target_os = "linux")]
     let (abi, seccomp) = (
         super::unix::landlock_abi(),
