@@ -8,7 +8,9 @@
 //! even its first fork can escape), restores SIGPIPE (Rust's runtime ignores it, and an ignored
 //! signal would survive exec) unless the tree asks for it ignored, and glibc's internal
 //! signals 32 and 33 (its posix_spawn child leaves them ignored), sets the signals the tree
-//! asks for to SIG_IGN, and execs the real program (with execvp's `/bin/sh` fallback for a
+//! asks for to SIG_IGN, applies the tree's limits and sandbox (its cgroup v1 limit cgroups
+//! joined with its leaf; then rlimits, closing stray descriptors, `no_new_privs`, Landlock,
+//! seccomp last: see [`super::limits`]), and execs the real program (with execvp's `/bin/sh` fallback for a
 //! file without `#!`). Binaries that never call [`run_if_shim`] are spawned directly: the
 //! cgroup is then joined from the supervisor right after spawn, and PDEATHSIG is not available.
 //!

@@ -20,7 +20,8 @@
 //!   (`opened K`, exit 3 if K < N); `plugin:procs:N` starts N children that wait on a pipe
 //!   (`started K`, then ends them, exit 0); `plugin:write:PATH` (`wrote` or `write: ERR`, exit
 //!   3), `plugin:connect:ADDR` (TCP; `connected` or `connect: ERR`, exit 3),
-//!   `plugin:signal-parent` (signal 0 to its parent, warden), `plugin:ptrace` (PTRACE_TRACEME),
+//!   `plugin:abstract:NAME` (connect to an abstract unix socket), `plugin:signal-parent`
+//!   (signal 0 to its parent, warden), `plugin:ptrace` (PTRACE_TRACEME),
 //!   `plugin:fds` (`fds 0,1,2...`), `plugin:env` (`env K=V` per variable), `plugin:status`
 //!   (its NoNewPrivs and Seccomp lines); `plugin:hang` starts two children, prints `ready`
 //!   and hangs (bounded).
@@ -298,6 +299,14 @@ fn plugin(spec: &str) -> Result<i32> {
             Ok(_) => outcome(true, "connected"),
             Err(e) => outcome(false, &format!("connect: {e}")),
         },
+        "abstract" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(arg.as_bytes())?;
+            match std::os::unix::net::UnixStream::connect_addr(&addr) {
+                Ok(_) => outcome(true, "connected"),
+                Err(e) => outcome(false, &format!("connect: {e}")),
+            }
+        }
         "signal-parent" => match nix::sys::signal::kill(nix::unistd::getppid(), None) {
             Ok(()) => outcome(true, "signalled"),
             Err(e) => outcome(false, &format!("signal: {e}")),

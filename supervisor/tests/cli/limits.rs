@@ -259,6 +259,26 @@ fn a_sandboxed_plugin_cannot_signal_warden_or_ptrace_and_runs_with_nnp_and_secco
 }
 
 #[test]
+fn a_sandboxed_plugin_cannot_connect_to_an_abstract_socket_made_outside_it() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("warden-test-{}", new_mark());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .expect("abstract address");
+    let _listener =
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("listen on an abstract socket");
+    let (done, _) = run_plugin(&[], &format!("abstract:{name}"));
+    assert_eq!(done.ended, Ended::Code(0), "unsandboxed: {}", done.stdout);
+    let (done, report) = run_plugin(&["--sandbox"], &format!("abstract:{name}"));
+    assert_eq!(done.ended, Ended::Code(3), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("Operation not permitted"),
+        "{}",
+        done.stdout
+    );
+    assert_eq!(report["limits"]["sandbox"]["scope_abstract_sockets"], true);
+}
+
+#[test]
 fn a_sandboxed_plugin_sees_fds_0_1_2_only_and_clear_env_gives_exactly_its_env() {
     let (done, _) = run_plugin(&["--sandbox"], "fds");
     assert!(
