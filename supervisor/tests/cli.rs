@@ -10,6 +10,10 @@
 //! - `ladder`: warden's own first, second and third stop signal, and inherited signal state;
 //! - `jobctl`: Ctrl-Z and `fg` in a real terminal (tmux): the whole tree stops with warden and
 //!   runs again after `fg`, and the deadline does not count the time stopped;
+//! - `limits`: `warden run`'s limits and sandbox on misbehaving plugins (1 GiB under 64 MiB, a
+//!   busy loop under one CPU-second, 200 files under 32, a fork bomb under 8 processes, a
+//!   write outside `--allow-write`, a TCP connect under `--no-network`, signals and ptrace);
+//!   no process and no cgroup (v1 included) is left;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
@@ -33,6 +37,8 @@ mod gnu;
 mod jobctl;
 #[path = "cli/ladder.rs"]
 mod ladder;
+#[path = "cli/limits.rs"]
+mod limits;
 #[path = "cli/report.rs"]
 mod report;
 #[path = "cli/support.rs"]

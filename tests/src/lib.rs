@@ -166,6 +166,16 @@ pub mod mode {
     /// [`CATCH_TERM`] members through warden (see `shim.rs` in the e2e tests), prints
     /// `host PID`, then blocks forever.
     pub const ORPHAN_HOST: &str = "orphan-host";
+
+    // Limits (issue 8's untrusted plugins).
+
+    /// SDK worker whose handler allocates and touches the MiB given as the next argument (in
+    /// 8 MiB steps), then returns `allocated`.
+    pub const ALLOC: &str = "alloc";
+    /// No protocol: starts up to N (next argument) [`PLAIN_WAIT`] children, stopping at the
+    /// first refused fork, and exits with the number it started (they are left to the tree's
+    /// end).
+    pub const PLAIN_PROCS: &str = "plain-procs";
 }
 
 /// The readiness text with children's pids: `ready` or `ready:1,2,3`.

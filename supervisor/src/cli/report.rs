@@ -10,7 +10,8 @@
 //! 4. the program completed: 0 (a plain program: it exited 0);
 //! 5. `--timeout` cancelled it (cancelled, terminated): 124;
 //! 6. it failed: a plain program's own exit status; a protocol worker's failure: 1;
-//! 7. it crashed: its exit status, or 128 + the signal that killed it;
+//! 7. it crashed, or a limit killed it (the OOM killer, `SIGXCPU`): its exit status, or
+//!    128 + the signal that killed it;
 //! 8. anything else is warden's failure: 125. So is an outcome (or failure) of a kind this
 //!    build does not know, whatever else happened (the library's enums are non-exhaustive):
 //!    it is reported under the library's name with an `error` saying so, never as a guess.
@@ -20,7 +21,12 @@
 //! `containment`, `escaped` and `timings_ms` (`started`, `cancel_requested`, `signal_sent`,
 //! `kill_sent`, `ended`, plus `exited` and `reaped`) are always present, `null` when they do not
 //! apply. Extra keys: `exit_status` (warden's), `program`, `pid`, `protocol`, `warden_signal`,
-//! `core_dumped`, `error`, `violation`. Timings are whole milliseconds since warden started.
+//! `core_dumped`, `error`, `violation`, and `limits`: one object per requested limit, by name
+//! (`memory`, `cpu_time`, `open_files`, `processes`), with its `value` (bytes, milliseconds,
+//! descriptors, processes), `mechanism` (`cgroup_v2`, `cgroup_v1`, `rlimit`, `none`), `hit`
+//! (from the kernel's counters; `null` where none tells), `peak` and `oom_kills`; `sandbox`, by
+//! feature name, `true` where it was applied; and `limit`, the limit that ended the run.
+//! Timings are whole milliseconds since warden started.
 //!
 //! Every name in it (outcome, reason, stage, containment) is the library's own `as_str`, which
 //! its `FromStr` parses back; only `spawn_failed` is the CLI's, as a spawn error is no outcome.
@@ -29,7 +35,10 @@ use std::time::Duration;
 
 use libc::c_int;
 use serde_json::{Value, json};
-use warden::{CancelReason, ContainmentMode, ExitStatus, Failure, Outcome, OutcomeKind, Stage};
+use warden::{
+    CancelReason, ContainmentMode, ExitStatus, Failure, LimitKind, LimitReport, Outcome,
+    OutcomeKind, Stage,
+};
 
 use super::exit_status::{EXIT_CANCELED, EXIT_TIMED_OUT};
 
@@ -103,7 +112,11 @@ impl Ending {
                 },
                 None,
             ),
-            Outcome::Failed(failure @ (Failure::Worker(_) | Failure::ExitedWithoutResult)) => (
+            Outcome::Failed(
+                failure @ (Failure::Worker(_)
+                | Failure::ExitedWithoutResult
+                | Failure::LimitReached(_)),
+            ) => (
                 Ending::Failed { exit_code: None },
                 Some(failure.to_string()),
             ),
@@ -176,6 +189,10 @@ pub(crate) struct RunFacts {
     pub(crate) error: Option<String>,
     /// The protocol violation that got the worker killed.
     pub(crate) violation: Option<String>,
+    /// The tree's limits and sandbox.
+    pub(crate) limits: LimitReport,
+    /// The limit that ended the run.
+    pub(crate) limit: Option<LimitKind>,
 }
 
 fn shell_status(status: ExitStatus) -> u8 {
@@ -201,6 +218,7 @@ pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
         } => u8::try_from(code & 0xff).unwrap_or(1),
         Ending::Failed { exit_code: None } => 1,
         Ending::Crashed => facts.exit.map_or(EXIT_CANCELED, shell_status),
+        Ending::Killed if facts.limit.is_some() => facts.exit.map_or(137, shell_status),
         // Stopped, but neither by --timeout nor by warden's own signal: nothing in the CLI asks
         // for that (an `unresponsive` cancel is the library's own), so it is warden's failure.
         Ending::Cancelled | Ending::Terminated | Ending::Killed => EXIT_CANCELED,
@@ -211,6 +229,30 @@ fn ms(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| {
         Value::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     })
+}
+
+/// The report's `limits` object: each requested limit by name, then `sandbox` by feature.
+fn limits_json(limits: &LimitReport) -> Value {
+    let mut out = serde_json::Map::new();
+    for e in &limits.limits {
+        out.insert(
+            e.kind.as_str().to_owned(),
+            json!({
+                "value": e.value,
+                "mechanism": e.mechanism.as_str(),
+                "hit": e.hit,
+                "peak": e.peak,
+                "oom_kills": e.oom_kills,
+            }),
+        );
+    }
+    let sandbox: serde_json::Map<String, Value> = limits
+        .sandbox
+        .iter()
+        .map(|e| (e.feature.as_str().to_owned(), Value::from(e.enforced)))
+        .collect();
+    out.insert("sandbox".into(), Value::Object(sandbox));
+    Value::Object(out)
 }
 
 /// The JSON report of a run.
@@ -241,6 +283,8 @@ pub(crate) fn to_json(facts: &RunFacts) -> Value {
         "core_dumped": matches!(facts.exit, Some(ExitStatus::Signal { core_dumped: true, .. })),
         "error": facts.error,
         "violation": facts.violation,
+        "limits": limits_json(&facts.limits),
+        "limit": facts.limit.map(LimitKind::as_str),
     })
 }
 
@@ -267,6 +311,8 @@ mod tests {
             warden_signal: None,
             error: None,
             violation: None,
+            limits: LimitReport::default(),
+            limit: None,
         }
     }
 
@@ -479,6 +525,22 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_that_killed_the_program_gives_its_signal_status() {
+        let oom = RunFacts {
+            exit: Some(KILLED),
+            limit: Some(LimitKind::Memory),
+            ..facts(Ending::Killed)
+        };
+        assert_eq!(exit_status(&oom), 137);
+        assert_eq!(to_json(&oom)["limit"], "memory");
+        let (ending, error) = Ending::of(&Outcome::Failed(Failure::LimitReached(
+            LimitKind::Processes,
+        )));
+        assert_eq!(ending, Ending::Failed { exit_code: None });
+        assert!(error.unwrap().contains("processes"));
+    }
+
+    #[test]
     fn a_stop_nobody_asked_for_is_wardens_failure() {
         for ending in [Ending::Cancelled, Ending::Terminated, Ending::Killed] {
             let f = RunFacts {
@@ -537,6 +599,8 @@ mod tests {
                 "core_dumped": false,
                 "error": null,
                 "violation": null,
+                "limits": {"sandbox": {}},
+                "limit": null,
             })
         );
         let plain = to_json(&facts(Ending::Completed));

@@ -23,7 +23,9 @@ use super::config::{JobOptions, Progress, WorkerConfig};
 use crate::error::{JobControlError, RunError};
 use crate::escalation::{Action, Escalation};
 use crate::ipc::{Channel, Event};
-use crate::outcome::{Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify};
+use crate::outcome::{
+    Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify, deciding_limit,
+};
 use crate::process::{ExitStatus, Tree};
 
 type Reply = oneshot::Sender<Result<JobReport, RunError>>;
@@ -439,6 +441,8 @@ impl Actor {
                 started: false,
                 containment: self.tree.containment(),
                 escaped: Vec::new(),
+                limits: self.tree.limits(),
+                limit: None,
                 trace: Trace {
                     started,
                     cancel_requested: Some(started.elapsed()),
@@ -657,7 +661,9 @@ impl Actor {
         let trace = esc.trace();
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(st.started));
         let exit = self.tree.exit_status();
-        let outcome = classify(Facts {
+        let limits = self.tree.limits();
+        let (limit_ended, limit_hit) = Facts::limits(&limits, exit);
+        let facts = Facts {
             protocol: self.config.protocol,
             result: st.result.clone(),
             cancelled: esc.reason().is_some(),
@@ -665,7 +671,11 @@ impl Actor {
             signal_sent: trace.signal_sent.is_some(),
             kill_sent: trace.kill_sent.is_some(),
             exit,
-        });
+            limit_ended,
+            limit_hit,
+        };
+        let limit = deciding_limit(&facts, &classify(facts.clone()));
+        let outcome = classify(facts);
         JobReport {
             job: st.id,
             outcome,
@@ -676,6 +686,8 @@ impl Actor {
             started: true,
             containment: self.tree.containment(),
             escaped: self.tree.escaped(),
+            limits,
+            limit,
             trace: Trace {
                 started: st.started,
                 cancel_requested: since(trace.cancel_requested),

@@ -298,6 +298,36 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             block_forever()
         }
 
+        // Limits (issue 8's untrusted plugins).
+        mode::ALLOC => {
+            let mib = usize::try_from(number(arg)?)?;
+            Worker::new().serve_blocking(move |_job| {
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mib / 8 {
+                    // Non-zero, so every page is written (and charged).
+                    held.push(vec![1u8; 8 << 20]);
+                }
+                Ok(format!("allocated {}", held.len() * 8).into_bytes())
+            })?
+        }
+        mode::PLAIN_PROCS => {
+            let n = number(arg)?;
+            let mut started = 0;
+            while started < n {
+                let child = Command::new(std::env::current_exe()?)
+                    .arg(mode::PLAIN_WAIT)
+                    .stdin(Stdio::null())
+                    .spawn();
+                match child {
+                    // Left running: the tree's end kills them.
+                    Ok(child) => drop(child),
+                    Err(_) => break,
+                }
+                started += 1;
+            }
+            std::process::exit(started)
+        }
+
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())
