@@ -251,14 +251,16 @@ fn run_resets_ignored_signals_but_sigpipe() {
 
 /// Upstream 9.10: a SIGKILLed `timeout` leaves COMMAND the `-s` signal (PR_SET_PDEATHSIG);
 /// warden's cgroup guard gives the rest of the tree the same signal, then SIGKILL after `-k`.
-/// The command and its child trap USR1 and say so; a TERM-and-USR1-ignoring grandchild is
-/// SIGKILLed after `-k` (the survivor scan proves it).
+/// The command and its child trap USR1 and say so (the child waits with the `wait` builtin,
+/// which a trapped signal interrupts at once); a TERM-and-USR1-ignoring grandchild is
+/// SIGKILLed after `-k` (the survivor scan proves it, once the guard, found before the kill
+/// and held by a pidfd, has finished and exited).
 #[test]
 fn a_sigkilled_timeout_leaves_its_tree_the_signal_then_kill() {
     let trap = r#"trap 'echo "trapped $0"; exit 0' USR1"#;
     let script = format!(
         r#"{trap}
-sh -c '{} ; echo ready-child; while :; do sleep 1; done' child &
+sh -c '{} ; echo ready-child; while :; do sleep 60 & wait $!; done' child &
 sh -c 'trap "" USR1 TERM; echo ready-stubborn; exec sleep 60' &
 echo ready-parent
 while :; do sleep 1; done"#,
@@ -273,7 +275,7 @@ while :; do sleep 1; done"#,
     let mut cmd = command(
         WARDEN,
         &[
-            "timeout", "-s", "USR1", "-k", "0.5", "60", "sh", "-c", &script, "parent",
+            "timeout", "-s", "USR1", "-k", "2", "60", "sh", "-c", &script, "parent",
         ],
         &mark,
     );
@@ -283,10 +285,39 @@ while :; do sleep 1; done"#,
     for ready in ["ready-parent", "ready-child", "ready-stubborn"] {
         proc.wait_line(ready, |l| l == ready);
     }
+    let guard = crate::support::marked(&mark)
+        .into_iter()
+        .find(|s| s.cmdline.contains("__warden_guard"))
+        .expect("warden's cgroup guard is running");
+    let guard_fd = pidfd_open(guard.pid);
     proc.signal(nix::sys::signal::Signal::SIGKILL);
     proc.wait_line("the command's trap", |l| l == "trapped parent");
     // PDEATHSIG reaches only the command; the child's trap runs through the guard.
     proc.wait_line("the child's trap", |l| l == "trapped child");
+    // The guard waits out -k for the stubborn one, kills it, removes the cgroups, exits.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&guard_fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16))
+        .expect("poll the guard's pidfd");
+    assert_eq!(ready, 1, "the guard did not finish within 20 s");
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Signal(libc::SIGKILL), "{}", done.stderr);
+}
+
+/// A pidfd for `pid` (a process of this test's run, alive now), so its exit can be awaited
+/// without racing pid reuse.
+fn pidfd_open(pid: i32) -> std::os::fd::OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let fd = i32::try_from(fd).expect("fd fits in i32");
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }
