@@ -76,11 +76,14 @@
 //!   without it; a host that embeds warden depends on it with `default-features = false`.
 #![warn(missing_docs)]
 
+mod connection;
 mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
 mod process;
+#[doc(hidden)]
+pub mod time;
 mod worker;
 
 pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};

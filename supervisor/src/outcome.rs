@@ -170,6 +170,21 @@ pub enum Violation {
         /// The frame timeout.
         timeout: Duration,
     },
+    /// A `Cancelled` for the running job, which the supervisor never asked to cancel (no
+    /// `Cancel` sent, no polite signal): it acknowledges a cancel that was never sent.
+    #[error("cancelled message for {job}, which was never asked to cancel")]
+    UnrequestedCancel {
+        /// The job it named.
+        job: warden_protocol::JobId,
+    },
+    /// Nothing (not even a heartbeat) came from the idle worker for this long
+    /// ([`WorkerConfig::unresponsive_after`](crate::WorkerConfig::unresponsive_after)). A
+    /// running job is cancelled with reason `unresponsive` instead.
+    #[error("the worker sent nothing for {after:?} (unresponsive)")]
+    Unresponsive {
+        /// The liveness bound.
+        after: Duration,
+    },
 }
 
 /// When each step of a job happened, measured from the job's start.

@@ -1,19 +1,18 @@
 //! The handle a caller holds, and spawning with the handshake.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use warden_protocol::{SupervisorMessage, WorkerMessage, check_version};
 
-use std::time::Duration;
-
-use super::actor::{Actor, Control, Request, sleep_until};
+use super::actor::{Actor, Control, Request};
 use super::config::{JobOptions, WorkerConfig};
 use crate::error::{JobControlError, RunError, SpawnError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{JobReport, Violation};
 use crate::process::{self, Child, Command, ExitStatus, Tree};
+use crate::time::{Wakeup, deadline_after};
 
 /// What the worker said about itself in the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +68,7 @@ impl Worker {
         };
         let channel = match ours {
             Some(fd) => {
-                let result = match Channel::new(fd, config.max_frame_len, config.frame_timeout) {
+                let result = match Channel::new(fd, config.max_frame_len) {
                     Ok(mut channel) => handshake(tree.child_mut(), &mut channel, &config)
                         .instrument(span.clone())
                         .await
@@ -211,7 +210,10 @@ async fn handshake(
     config: &WorkerConfig,
 ) -> Result<(u16, String), SpawnError> {
     let pid = child.pid();
-    let deadline = super::actor::deadline_after(Instant::now(), config.handshake_timeout);
+    let mut handshake_timer = Wakeup::new();
+    handshake_timer.set(deadline_after(Instant::now(), config.handshake_timeout));
+    // A partial frame's stall bound, armed by its first byte.
+    let mut stall = Wakeup::new();
     loop {
         tokio::select! {
             status = child.wait_exit() => {
@@ -229,7 +231,7 @@ async fn handshake(
                                 supervisor_version: concat!("warden ", env!("CARGO_PKG_VERSION")).into(),
                                 max_frame_len: config.max_frame_len,
                                 heartbeat_interval_ms: config
-                                    .heartbeat_interval
+                                    .requested_heartbeat()
                                     .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)),
                             };
                             // Cannot fail: the message is far below any sane frame limit.
@@ -247,13 +249,14 @@ async fn handshake(
                     return Err(SpawnError::Protocol { pid, violation: Violation::BeforeHello { kind: other.kind() } });
                 }
                 Event::Invalid(e) => return Err(SpawnError::Protocol { pid, violation: Violation::Frame(e) }),
-                Event::Stalled => {
-                    let violation = Violation::StalledFrame { timeout: config.frame_timeout };
-                    return Err(SpawnError::Protocol { pid, violation });
-                }
+                Event::Partial => stall.set(deadline_after(Instant::now(), config.frame_timeout)),
                 Event::Eof => {}
             },
-            () = sleep_until(deadline) => {
+            () = stall.fired() => {
+                let violation = Violation::StalledFrame { timeout: config.frame_timeout };
+                return Err(SpawnError::Protocol { pid, violation });
+            }
+            () = handshake_timer.fired() => {
                 return Err(SpawnError::HandshakeTimeout { pid, timeout: config.handshake_timeout });
             }
         }

@@ -1,0 +1,2 @@
+//! Tests of the connection machine on a virtual clock.
+use super::*;
