@@ -168,6 +168,8 @@ pub(crate) struct Connection {
     /// The polite signal went out while suspended: SIGCONT on the resume.
     cont_owed: bool,
     kill_seen: bool,
+    /// SIGKILL went to the live tree.
+    kill_sent: bool,
     killed_idle: bool,
     idle_violation: Option<Violation>,
     plain_run_taken: bool,
@@ -197,6 +199,7 @@ impl Connection {
             paused_at: None,
             cont_owed: false,
             kill_seen: false,
+            kill_sent: false,
             killed_idle: false,
             idle_violation: None,
             plain_run_taken: false,
@@ -517,6 +520,8 @@ impl Connection {
         self.exit = status;
         self.gone = Some(status);
         self.exited.get_or_insert(now);
+        // Nothing is sent to a reaped process: its pid may be anyone's now.
+        self.cont_owed = false;
         if self.channel {
             self.channel = false;
             self.actions.push_back(Action::Close);
@@ -650,7 +655,7 @@ impl Connection {
                 Timer::Hangup => match &mut self.phase {
                     // It closed its channel mid-job and did not exit.
                     Phase::Job(job) => job.esc.handle_kill(now),
-                    Phase::Idle => self.actions.push_back(Action::Kill),
+                    Phase::Idle => self.push_kill(),
                     Phase::Stopping(_) | Phase::Stopped => {}
                 },
                 Timer::Drain => self.ask_reap(),
@@ -688,8 +693,15 @@ impl Connection {
     /// that saw EOF first could exit on its own before the kill. No job starts on it after
     /// this.
     fn kill_idle(&mut self) {
-        self.actions.push_back(Action::Kill);
+        self.push_kill();
         self.close();
+    }
+
+    /// SIGKILL for the live tree, at most once (leftovers after the exit are another matter).
+    fn push_kill(&mut self) {
+        if !std::mem::replace(&mut self.kill_sent, true) {
+            self.actions.push_back(Action::Kill);
+        }
     }
 
     fn close(&mut self) {
@@ -774,7 +786,11 @@ impl Connection {
                         self.actions.push_back(Action::Continue);
                     }
                 }
-                escalation::Action::KillGroup => self.actions.push_back(Action::Kill),
+                escalation::Action::KillGroup => {
+                    if !std::mem::replace(&mut self.kill_sent, true) {
+                        self.actions.push_back(Action::Kill);
+                    }
+                }
                 escalation::Action::KillPending => pending = true,
             }
         }
