@@ -14,6 +14,7 @@ mod deps;
 mod handshake;
 mod ladder;
 mod lifecycle;
+mod liveness;
 mod plain;
 mod protocol;
 mod results;
