@@ -103,7 +103,7 @@ pub(crate) enum Action {
     /// Progress for the running job's caller (never blocks the actor: see the actor).
     Progress(Progress),
     /// The answer to the last [`Connection::handle_start`]: exactly one per call.
-    Reply(Result<JobReport, RunError>),
+    Reply(Box<Result<JobReport, RunError>>),
     /// The answer to [`Connection::handle_shutdown`]: how the worker ended (`None`: not
     /// reaped, the kill is pending).
     ShutdownDone(Option<ExitStatus>),
@@ -142,7 +142,7 @@ enum Phase {
     Idle,
     Job(Box<Job>),
     /// `Shutdown` sent (or the polite signal), the ladder runs.
-    Stopping(Escalation),
+    Stopping(Box<Escalation>),
     /// The shutdown answered; only the reap may still come.
     Stopped,
 }
@@ -600,7 +600,7 @@ impl Connection {
         for timer in [Timer::Liveness, Timer::Hangup, Timer::Frame] {
             self.timers.stop(timer);
         }
-        self.phase = Phase::Stopping(esc);
+        self.phase = Phase::Stopping(Box::new(esc));
         self.pump(now);
     }
 
@@ -673,7 +673,7 @@ impl Connection {
     // ---- internals ----
 
     fn reply(&mut self, result: Result<JobReport, RunError>) {
-        self.actions.push_back(Action::Reply(result));
+        self.actions.push_back(Action::Reply(Box::new(result)));
     }
 
     fn gone_error(&self) -> RunError {
@@ -759,7 +759,7 @@ impl Connection {
     fn pump(&mut self, now: Instant) {
         let (esc, job) = match &mut self.phase {
             Phase::Job(job) => (&mut job.esc, Some((job.id, &mut job.cancel_sent))),
-            Phase::Stopping(esc) => (esc, None),
+            Phase::Stopping(esc) => (&mut **esc, None),
             Phase::Idle | Phase::Stopped => return,
         };
         let mut pending = false;

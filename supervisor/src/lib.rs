@@ -74,6 +74,8 @@
 //! - `cli` (default): builds the `warden` binary (`warden timeout`, `warden run`) and pulls in
 //!   what only it needs (clap, serde_json, tracing-subscriber). The library's API is the same
 //!   without it; a host that embeds warden depends on it with `default-features = false`.
+//! - `serde` (enabled by `cli`): [`JobReport`] implements `serde::Serialize` (see
+//!   `JobReport::since` for timings from an epoch of your own).
 #![warn(missing_docs)]
 
 mod connection;
@@ -88,6 +90,8 @@ mod worker;
 
 pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
+#[cfg(feature = "serde")]
+pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{

@@ -11,6 +11,11 @@ use crate::error::ParseNameError;
 use crate::escalation::Stage;
 use crate::{ContainmentMode, ExitStatus};
 
+#[cfg(feature = "serde")]
+mod serde_impl;
+#[cfg(feature = "serde")]
+pub use serde_impl::ReportSince;
+
 /// How a job ended. The variants are never blurred: each says who stopped the work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -11,6 +11,8 @@
 //! - `jobctl`: Ctrl-Z and `fg` in a real terminal (tmux): the whole tree stops with warden and
 //!   runs again after `fg`, and the deadline does not count the time stopped;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
+//! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
+//!   sends heartbeats;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -33,6 +35,8 @@ mod gnu;
 mod jobctl;
 #[path = "cli/ladder.rs"]
 mod ladder;
+#[path = "cli/liveness.rs"]
+mod liveness;
 #[path = "cli/report.rs"]
 mod report;
 #[path = "cli/support.rs"]

@@ -99,7 +99,7 @@ fn replies(actions: &[Action]) -> Vec<&Result<JobReport, RunError>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reply(r) => Some(r),
+            Action::Reply(r) => Some(&**r),
             _ => None,
         })
         .collect()

@@ -260,7 +260,8 @@ impl Actor {
                     sink.push(progress);
                 }
             }
-            Action::Reply(mut result) => {
+            Action::Reply(result) => {
+                let mut result = *result;
                 match &mut result {
                     Ok(report) => {
                         report.escaped = self.tree.escaped();
