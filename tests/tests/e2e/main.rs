@@ -10,6 +10,7 @@
 //! that start ignored) and what the cgroup guard does when the supervisor is SIGKILLed
 //! (death signal, orphan ladders).
 
+mod actor;
 mod deps;
 mod handshake;
 mod ladder;
