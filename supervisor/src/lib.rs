@@ -18,8 +18,14 @@
 //! `shutdown`): (1) *cooperative*: a cancel message, then `grace`; (2) *signal*: the polite
 //! signal (SIGTERM) and SIGCONT to the process group, then `kill_after`; (3) *kill*: SIGKILL to
 //! the group. A plain program starts at stage 2. The ladder is the sans-IO state machine
-//! [`Escalation`]; the actor only feeds it events and performs its actions, so cancelling never
-//! blocks the caller and one stuck worker never blocks another.
+//! [`Escalation`], held with every other deadline of the worker (job timeout, frame stall,
+//! liveness, drain) by a per-worker sans-IO connection machine; the actor only feeds it facts
+//! and performs its actions, so cancelling never blocks the caller, caller code (progress
+//! callbacks) never runs on the actor, and one stuck worker never blocks another.
+//!
+//! **Liveness.** With [`WorkerConfig::unresponsive_after`], a worker that sends nothing (not
+//! even a heartbeat) for that long has its job cancelled with reason `unresponsive`, and the
+//! ladder runs from there; an idle one is killed.
 //!
 //! **Outcomes.** [`Outcome`] says who stopped the work and is never blurred: `Completed` (even
 //! if a cancel came too late: `CompletedDespiteCancel`), `Cancelled` (the worker acknowledged),
