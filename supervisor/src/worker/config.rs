@@ -218,3 +218,24 @@ impl JobOptions {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_asks_for_a_heartbeat_every_quarter_of_the_bound() {
+        let config = WorkerConfig::protocol();
+        assert_eq!(config.requested_heartbeat(), None);
+        let config = config.unresponsive_after(Duration::from_secs(1));
+        assert_eq!(
+            config.requested_heartbeat(),
+            Some(Duration::from_millis(250))
+        );
+        let config = config.heartbeat_interval(Duration::from_millis(100));
+        assert_eq!(
+            config.requested_heartbeat(),
+            Some(Duration::from_millis(100))
+        );
+    }
+}

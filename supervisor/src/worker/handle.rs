@@ -121,7 +121,8 @@ impl Worker {
     ///
     /// # Cancel safety
     /// Dropping the returned future cancels the job (reason `requested`); the ladder then runs
-    /// to its end in the background.
+    /// to its end in the background. A future dropped while its job waits behind another job
+    /// cancels it before it starts: it is never sent to the worker.
     pub async fn run(&self, payload: Vec<u8>, options: JobOptions) -> Result<JobReport, RunError> {
         let (reply, rx) = oneshot::channel();
         self.tx
