@@ -137,8 +137,9 @@ impl Worker {
 
     /// Suspends the worker, for job control (the host was stopped with Ctrl-Z, say): stops its
     /// whole process tree (freezes its cgroup where it has one, else SIGSTOPs its process group
-    /// and the members that left it) and pauses every deadline of the running job (its
-    /// timeout, the ladder's stages, the drain and hang-up waits) until
+    /// and the members that left it) and pauses every deadline of the worker (the job's
+    /// timeout, the ladder's stages, the drain and hang-up waits, a partial frame's stall
+    /// bound, liveness) until
     /// [`resume`](Self::resume), so the time suspended does not count against them. Returns
     /// once the tree is stopped, or after `timeout` if it does not stop (an error; the worker
     /// counts as suspended all the same). A no-op while already suspended.
