@@ -509,3 +509,81 @@ fn encode_into_leaves_the_buffer_unchanged_on_error() {
     encode_frame_into(&WorkerMessage::Heartbeat, 16, &mut out).unwrap();
     assert_eq!(out, [1, 2, 3, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Allocation on arbitrary input (the property the `frame_decoder` fuzz target runs under
+// `-malloc_limit_mb`)
+// ---------------------------------------------------------------------------------------------
+
+/// Headers that get past the length check often (small or at the limit), then anything.
+fn shaped_stream() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        (0u32..48, proptest::collection::vec(any::<u8>(), 0..48)).prop_map(|(len, body)| {
+            let mut out = len.to_le_bytes().to_vec();
+            out.extend(body);
+            out
+        }),
+        proptest::collection::vec(any::<u8>(), 0..48).prop_map(|body| {
+            // A body claiming 2^50 bytes somewhere after its tag.
+            let mut claim = body;
+            let at = claim.len().min(2);
+            claim.splice(at..at, VARINT_2_POW_50);
+            frame(&claim)
+        }),
+        proptest::collection::vec(any::<u8>(), 0..48),
+    ];
+    proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Whatever the bytes claim, the largest single allocation while pushing and decoding is
+    /// bounded by the bytes actually pushed (the buffer may double), never by a declared length.
+    #[test]
+    fn allocation_is_bounded_by_the_bytes_received(
+        stream in shaped_stream(),
+        max_len in proptest::prop_oneof![
+            proptest::strategy::Just(64u32),
+            proptest::strategy::Just(DEFAULT_MAX_FRAME_LEN),
+            proptest::strategy::Just(u32::MAX),
+        ],
+        chunk in 1usize..64,
+    ) {
+        fn drain<M: DeserializeOwned>(decoder: &mut FrameDecoder) -> bool {
+            loop {
+                match decoder.next::<M>() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
+        }
+        for worker_side in [true, false] {
+            let ((), largest) = largest_allocation_during(|| {
+                let mut decoder = FrameDecoder::new(max_len);
+                for piece in stream.chunks(chunk) {
+                    decoder.push(piece);
+                    let ok = if worker_side {
+                        drain::<WorkerMessage>(&mut decoder)
+                    } else {
+                        drain::<SupervisorMessage>(&mut decoder)
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+            });
+            proptest::prop_assert!(
+                largest <= 2 * stream.len() + 64,
+                "{} bytes pushed, {largest} allocated at once",
+                stream.len()
+            );
+        }
+    }
+}

@@ -1,4 +1,7 @@
 //! Property tests: round trips, split independence, and the decoder's bounds on arbitrary input.
+//! They are the fuzz targets' properties (`fuzz/`, README "Fuzzing"), kept in the normal suite
+//! so CI checks them on every run; the allocation bound is in `hostile.rs`, which counts
+//! allocations.
 //!
 //! Case counts are kept small so the whole suite runs in about a second in a debug build on a
 //! shared 2-core machine; raise `PROPTEST_CASES` locally for a deeper run.
@@ -8,8 +11,8 @@ use proptest::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warden_protocol::{
-    CancelReason, DecodeError, FrameDecoder, JobId, SupervisorMessage, WorkerMessage, encode_frame,
-    encode_frame_into,
+    CancelReason, DEFAULT_MAX_FRAME_LEN, DecodeError, FrameDecoder, JobId, MAX_PROGRESS_TEXT,
+    SupervisorMessage, WorkerMessage, encode_frame, encode_frame_into, truncate_str,
 };
 
 /// A generous limit for generated messages (none is near it); hostile streams use small ones.
@@ -355,4 +358,127 @@ proptest! {
         receive::<WorkerMessage>(max_len, &pieces(&stream, &cuts))?;
         receive::<SupervisorMessage>(max_len, &pieces(&stream, &cuts))?;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the wire side: encode(decode(x)) where decode(x) succeeds (fuzz targets `round_trip`,
+// `worker_message`, `supervisor_message`)
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes `body` as one whole frame under the default limit: a message or an error, never
+/// "incomplete".
+fn decode_whole<M: DeserializeOwned>(body: &[u8]) -> Result<Result<M, DecodeError>, TestCaseError> {
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.push(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    decoder.push(body);
+    match decoder.next::<M>() {
+        Ok(Some(msg)) => {
+            prop_assert_eq!(decoder.buffered(), 0);
+            Ok(Ok(msg))
+        }
+        Ok(None) => Err(TestCaseError::fail("a whole frame was not decoded")),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// If `body` decodes, its re-encoding is no longer than it, decodes, and re-encodes to itself.
+fn check_round_trip<M: Serialize + DeserializeOwned>(
+    body: &[u8],
+) -> Result<Option<M>, TestCaseError> {
+    let Ok(msg) = decode_whole::<M>(body)? else {
+        return Ok(None);
+    };
+    let frame = encode_frame(&msg, u32::MAX).unwrap();
+    prop_assert!(
+        frame.len() - 4 <= body.len(),
+        "re-encoding longer than its source"
+    );
+    let Ok(again) = decode_whole::<M>(&frame[4..])? else {
+        return Err(TestCaseError::fail("a re-encoded message does not decode"));
+    };
+    prop_assert_eq!(encode_frame(&again, u32::MAX).unwrap(), frame);
+    Ok(Some(msg))
+}
+
+/// A body that decodes often: a valid one, mutated (a byte replaced, inserted or removed), or
+/// arbitrary bytes.
+fn mutated_body<S>(msg: fn() -> S) -> impl Strategy<Value = Vec<u8>>
+where
+    S: Strategy + 'static,
+    S::Value: Serialize,
+{
+    let valid = move || msg().prop_map(|m| encode_frame(&m, u32::MAX).unwrap()[4..].to_vec());
+    prop_oneof![
+        2 => valid(),
+        3 => (valid(), any::<usize>(), any::<u8>()).prop_map(|(mut b, at, byte)| {
+            let at = at % b.len();
+            b[at] = byte;
+            b
+        }),
+        2 => (valid(), any::<usize>(), any::<u8>()).prop_map(|(mut b, at, byte)| {
+            let at = at % (b.len() + 1);
+            b.insert(at, byte);
+            b
+        }),
+        2 => (valid(), any::<usize>()).prop_map(|(mut b, at)| {
+            let at = at % b.len();
+            b.remove(at);
+            b
+        }),
+        1 => vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn worker_bodies_that_decode_re_encode_to_a_fixed_point(body in mutated_body(worker_message)) {
+        if let Some(msg) = check_round_trip::<WorkerMessage>(&body)? {
+            // What the actor relies on: only hello and heartbeat name no job.
+            let jobless = matches!(msg, WorkerMessage::Hello { .. } | WorkerMessage::Heartbeat);
+            prop_assert_eq!(msg.job().is_none(), jobless);
+        }
+    }
+
+    #[test]
+    fn supervisor_bodies_that_decode_re_encode_to_a_fixed_point(
+        body in mutated_body(supervisor_message),
+    ) {
+        if let Some(SupervisorMessage::Cancel { reason, .. }) =
+            check_round_trip::<SupervisorMessage>(&body)?
+        {
+            prop_assert_eq!(reason.as_str().parse::<CancelReason>(), Ok(reason));
+        }
+    }
+
+    /// How both sides cut progress and error texts: the longest prefix within the limit that
+    /// ends on a character boundary.
+    #[test]
+    fn truncation_is_the_longest_whole_character_prefix(
+        text in ".{0,300}",
+        max in prop_oneof![0usize..400, Just(MAX_PROGRESS_TEXT)],
+    ) {
+        let cut = truncate_str(&text, max);
+        prop_assert!(text.starts_with(cut) && cut.len() <= max);
+        if text.len() <= max {
+            prop_assert_eq!(cut, text.as_str());
+        } else {
+            let next = text[cut.len()..].chars().next().map_or(0, char::len_utf8);
+            prop_assert!(cut.len() + next > max, "a longer prefix would fit");
+        }
+    }
+}
+
+#[test]
+fn over_long_varints_decode_and_re_encode_shorter() {
+    // Cancelled (tag 4) for job 1, its id written in two bytes instead of one: the wire accepts
+    // it (postcard does), and the re-encoding is the canonical, shorter form.
+    let body = [4, 0x81, 0x00];
+    let msg = check_round_trip::<WorkerMessage>(&body).unwrap();
+    assert_eq!(msg, Some(WorkerMessage::Cancelled { job: JobId(1) }));
+    assert_eq!(
+        encode_frame(&WorkerMessage::Cancelled { job: JobId(1) }, 16).unwrap(),
+        [2, 0, 0, 0, 4, 1]
+    );
 }

@@ -49,8 +49,10 @@ use warden_protocol::{
 
 use crate::error::RunError;
 use crate::escalation::{self, Deadlines, Escalation};
-use crate::outcome::{Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify};
-use crate::process::{ContainmentMode, ExitStatus};
+use crate::outcome::{
+    Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify, deciding_limit,
+};
+use crate::process::{ContainmentMode, ExitStatus, LimitReport};
 use crate::worker::Progress;
 pub(crate) use timer::{Timer, TimerTable};
 
@@ -98,7 +100,7 @@ pub(crate) enum Action {
     /// Stop reading and drop the channel: the worker sees EOF.
     Close,
     /// The process exited and the channel is drained: kill what is left of the tree, reap,
-    /// then call [`Connection::handle_reaped`].
+    /// then call [`Connection::handle_reaped`] with the tree's final limit report.
     Reap,
     /// Progress for the running job's caller (never blocks the actor: see the actor).
     Progress(Progress),
@@ -173,6 +175,10 @@ pub(crate) struct Connection {
     killed_idle: bool,
     idle_violation: Option<Violation>,
     plain_run_taken: bool,
+    /// The tree's limit report as read at the reap (empty before): an exit's limit facts
+    /// (an OOM kill, `SIGXCPU`) are decided from it. The actor replaces a report's `limits`
+    /// with the tree's reading at reply time, which after the reap is this same snapshot.
+    limits: LimitReport,
 }
 
 impl Connection {
@@ -203,6 +209,7 @@ impl Connection {
             killed_idle: false,
             idle_violation: None,
             plain_run_taken: false,
+            limits: LimitReport::default(),
         }
     }
 
@@ -331,6 +338,8 @@ impl Connection {
                 started: false,
                 containment: self.settings.containment,
                 escaped: Vec::new(),
+                limits: self.limits.clone(),
+                limit: None,
                 trace: Trace {
                     started: now,
                     cancel_requested: Some(Duration::ZERO),
@@ -511,11 +520,19 @@ impl Connection {
         self.pump(now);
     }
 
-    /// The process is reaped (after [`Action::Reap`]), with its status if known.
-    pub(crate) fn handle_reaped(&mut self, now: Instant, status: Option<ExitStatus>) {
+    /// The process is reaped (after [`Action::Reap`]), with its status if known and its
+    /// tree's limit report as read then: the report decides with it (an OOM kill or `SIGXCPU`
+    /// under a limit is `killed` with the limit named).
+    pub(crate) fn handle_reaped(
+        &mut self,
+        now: Instant,
+        status: Option<ExitStatus>,
+        limits: LimitReport,
+    ) {
         if self.gone.is_some() {
             return;
         }
+        self.limits = limits;
         let status = status.or(self.exit);
         self.exit = status;
         self.gone = Some(status);
@@ -833,7 +850,8 @@ impl Connection {
         } else {
             None
         };
-        let outcome = classify(Facts {
+        let (limit_ended, limit_hit) = Facts::limits(&self.limits, exit);
+        let facts = Facts {
             protocol: self.settings.protocol,
             result: job.result.clone(),
             cancelled: job.esc.reason().is_some(),
@@ -841,7 +859,11 @@ impl Connection {
             signal_sent: ladder.signal_sent.is_some(),
             kill_sent: ladder.kill_sent.is_some(),
             exit,
-        });
+            limit_ended,
+            limit_hit,
+        };
+        let outcome = classify(facts.clone());
+        let limit = deciding_limit(&facts, &outcome);
         JobReport {
             job: job.id,
             outcome,
@@ -852,6 +874,8 @@ impl Connection {
             started: true,
             containment: self.settings.containment,
             escaped: Vec::new(),
+            limits: self.limits.clone(),
+            limit,
             trace: Trace {
                 started: job.started,
                 cancel_requested: since(ladder.cancel_requested),

@@ -72,6 +72,33 @@ pub enum SpawnError {
         /// The containment asked for.
         requested: &'static str,
     },
+    /// A requested limit cannot be enforced on this host (no cgroup controller and no rlimit
+    /// that binds, or no exec shim to set it); ask for best effort to run without it.
+    #[error("the {limit} limit cannot be enforced here: {why}")]
+    LimitUnavailable {
+        /// Which limit.
+        limit: crate::LimitKind,
+        /// Why not, in words.
+        why: &'static str,
+    },
+    /// A requested sandbox feature is missing from this kernel (or there is no exec shim to
+    /// apply it); ask for best effort to run without it.
+    #[error("the sandbox feature {feature} is not available here: {why}")]
+    SandboxUnavailable {
+        /// Which feature.
+        feature: crate::SandboxFeature,
+        /// Why not, in words.
+        why: &'static str,
+    },
+    /// Setting up a limit's cgroup failed (creating it, or writing its limit).
+    #[error("could not set up the {limit} limit")]
+    Limit {
+        /// Which limit.
+        limit: crate::LimitKind,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
     /// The socketpair for the worker's channel could not be created.
     #[error("could not create the worker's channel")]
     Channel(#[source] io::Error),
@@ -144,16 +171,32 @@ pub enum SetupStep {
     ResetSignals,
     /// Setting the signals the program must start with to SIG_IGN.
     IgnoreSignals,
+    /// Setting an rlimit (a [`Limits`](crate::Limits) value the kernel refuses).
+    SetRlimit,
+    /// Closing the descriptors a sandboxed program must not inherit.
+    CloseFds,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// Applying the Landlock ruleset (for one, a writable directory that does not exist).
+    Landlock,
+    /// Installing the seccomp filter.
+    Seccomp,
 }
 
 impl SetupStep {
-    /// A short name: `death_signal`, `join_cgroup`, `reset_signals`, `ignore_signals`.
+    /// A short name: `death_signal`, `join_cgroup`, `reset_signals`, `ignore_signals`,
+    /// `set_rlimit`, `close_fds`, `no_new_privs`, `landlock`, `seccomp`.
     pub fn as_str(self) -> &'static str {
         match self {
             SetupStep::DeathSignal => "death_signal",
             SetupStep::JoinCgroup => "join_cgroup",
             SetupStep::ResetSignals => "reset_signals",
             SetupStep::IgnoreSignals => "ignore_signals",
+            SetupStep::SetRlimit => "set_rlimit",
+            SetupStep::CloseFds => "close_fds",
+            SetupStep::NoNewPrivs => "no_new_privs",
+            SetupStep::Landlock => "landlock",
+            SetupStep::Seccomp => "seccomp",
         }
     }
 }

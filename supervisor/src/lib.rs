@@ -101,7 +101,8 @@ pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{
-    Command, Containment, ContainmentMode, ExitStatus, OrphanLadder, Stdio, Tree, TreeOptions,
+    Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,
+    Mechanism, OrphanLadder, Sandbox, SandboxEntry, SandboxFeature, Stdio, Tree, TreeOptions,
     TreeReport, claim_all_children, start_orphan_reaper,
 };
 pub use tokio_util::sync::CancellationToken;

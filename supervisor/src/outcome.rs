@@ -9,7 +9,7 @@ use warden_protocol::{CancelReason, DecodeError, JobId};
 
 use crate::error::ParseNameError;
 use crate::escalation::Stage;
-use crate::{ContainmentMode, ExitStatus};
+use crate::{ContainmentMode, ExitStatus, LimitKind, LimitReport};
 
 #[cfg(feature = "serde")]
 mod serde_impl;
@@ -132,6 +132,10 @@ pub enum Failure {
     ExitedWithoutResult,
     /// A plain program exited with this non-zero status.
     ExitCode(i32),
+    /// A plain program exited with status 0, but this limit refused its tree something on
+    /// the way (a fork refused by `pids.max`, a process the OOM killer killed): it did not
+    /// get to do all it tried, so it is not completed.
+    LimitReached(LimitKind),
 }
 
 impl fmt::Display for Failure {
@@ -141,6 +145,7 @@ impl fmt::Display for Failure {
             Failure::Worker(message) => f.write_str(message),
             Failure::ExitedWithoutResult => f.write_str("the worker exited without a result"),
             Failure::ExitCode(code) => write!(f, "exited with status {code}"),
+            Failure::LimitReached(limit) => write!(f, "the tree reached its {limit} limit"),
         }
     }
 }
@@ -244,6 +249,13 @@ pub struct JobReport {
     pub containment: ContainmentMode,
     /// Descendants found outside the worker's process group and signalled (by pid).
     pub escaped: Vec<u32>,
+    /// Each limit and sandbox feature of the worker's tree: how it was enforced, and whether
+    /// the tree reached it (see [`LimitReport`]).
+    pub limits: LimitReport,
+    /// The limit that ended the job, if one did: the OOM killer under a memory limit, or
+    /// `SIGXCPU` under a CPU-time limit (the outcome is then [`Outcome::Killed`]), or a limit a
+    /// plain program reached before it exited 0 ([`Failure::LimitReached`]).
+    pub limit: Option<LimitKind>,
     /// Timings.
     pub trace: Trace,
 }
@@ -266,6 +278,29 @@ pub(crate) struct Facts {
     pub signal_sent: bool,
     pub kill_sent: bool,
     pub exit: Option<ExitStatus>,
+    /// The limit whose enforcement killed the program ([`LimitReport::ended`]).
+    pub limit_ended: Option<LimitKind>,
+    /// A limit that refused the tree something ([`LimitReport::first_refusal`]).
+    pub limit_hit: Option<LimitKind>,
+}
+
+impl Facts {
+    /// The limit facts of `limits` for a program that ended with `exit`.
+    pub(crate) fn limits(
+        limits: &LimitReport,
+        exit: Option<ExitStatus>,
+    ) -> (Option<LimitKind>, Option<LimitKind>) {
+        (limits.ended(exit), limits.first_refusal())
+    }
+}
+
+/// The limit that decided `outcome`, for [`JobReport::limit`].
+pub(crate) fn deciding_limit(facts: &Facts, outcome: &Outcome) -> Option<LimitKind> {
+    match outcome {
+        Outcome::Killed => facts.limit_ended,
+        Outcome::Failed(Failure::LimitReached(limit)) => Some(*limit),
+        _ => None,
+    }
 }
 
 /// Decides the outcome. A result that arrived wins over anything that happened to the process
@@ -289,6 +324,10 @@ pub(crate) fn classify(f: Facts) -> Outcome {
     if f.kill_sent && status.signal() == Some(libc::SIGKILL) {
         return Outcome::Killed;
     }
+    // The kernel enforced a limit (the OOM killer, SIGXCPU): the limit killed it.
+    if f.limit_ended.is_some() {
+        return Outcome::Killed;
+    }
     if f.signal_sent {
         return Outcome::Terminated;
     }
@@ -296,7 +335,10 @@ pub(crate) fn classify(f: Facts) -> Outcome {
         ExitStatus::Signal { .. } => Outcome::Crashed(status),
         ExitStatus::Code(0) if f.protocol => Outcome::Failed(Failure::ExitedWithoutResult),
         ExitStatus::Code(_) if f.protocol => Outcome::Crashed(status),
-        ExitStatus::Code(0) => Outcome::Completed(Vec::new()),
+        ExitStatus::Code(0) => match f.limit_hit {
+            Some(limit) => Outcome::Failed(Failure::LimitReached(limit)),
+            None => Outcome::Completed(Vec::new()),
+        },
         ExitStatus::Code(c) => Outcome::Failed(Failure::ExitCode(c)),
     }
 }
@@ -356,6 +398,8 @@ mod tests {
             signal_sent: false,
             kill_sent: false,
             exit: None,
+            limit_ended: None,
+            limit_hit: None,
         }
     }
     const KILLED: ExitStatus = ExitStatus::Signal {
@@ -472,6 +516,43 @@ mod tests {
             ..facts()
         };
         assert_eq!(classify(f), Outcome::Killed);
+    }
+
+    #[test]
+    fn a_limit_that_ended_the_program_is_never_completed() {
+        let oom = Facts {
+            protocol: false,
+            exit: Some(KILLED),
+            limit_ended: Some(LimitKind::Memory),
+            limit_hit: Some(LimitKind::Memory),
+            ..facts()
+        };
+        assert_eq!(classify(oom.clone()), Outcome::Killed);
+        assert_eq!(
+            deciding_limit(&oom, &Outcome::Killed),
+            Some(LimitKind::Memory)
+        );
+        let reached = Facts {
+            protocol: false,
+            exit: Some(ExitStatus::Code(0)),
+            limit_hit: Some(LimitKind::Processes),
+            ..facts()
+        };
+        let outcome = classify(reached.clone());
+        assert_eq!(
+            outcome,
+            Outcome::Failed(Failure::LimitReached(LimitKind::Processes))
+        );
+        assert_eq!(
+            deciding_limit(&reached, &outcome),
+            Some(LimitKind::Processes)
+        );
+        // A result the worker sent still wins.
+        let result = Facts {
+            result: Some(WorkerResult::Completed(vec![])),
+            ..oom
+        };
+        assert_eq!(classify(result), Outcome::Completed(vec![]));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! - `ladder`: warden's own first, second and third stop signal, and inherited signal state;
 //! - `jobctl`: Ctrl-Z and `fg` in a real terminal (tmux): the whole tree stops with warden and
 //!   runs again after `fg`, and the deadline does not count the time stopped;
+//! - `limits`: `warden run`'s limits and sandbox on misbehaving plugins (1 GiB under 64 MiB, a
+//!   busy loop under one CPU-second, 200 files under 32, a fork bomb under 8 processes, a
+//!   write outside `--allow-write`, a TCP connect under `--no-network`, signals and ptrace);
+//!   no process and no cgroup (v1 included) is left;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
 //!   sends heartbeats;
@@ -35,6 +39,8 @@ mod gnu;
 mod jobctl;
 #[path = "cli/ladder.rs"]
 mod ladder;
+#[path = "cli/limits.rs"]
+mod limits;
 #[path = "cli/liveness.rs"]
 mod liveness;
 #[path = "cli/report.rs"]

@@ -48,6 +48,17 @@ pub const GARBAGE_FRAME: [u8; 5] = [1, 0, 0, 0, 99];
 /// The first part of a frame that declares 10 body bytes: the header and 3 of them.
 pub const PARTIAL_FRAME: [u8; 7] = [10, 0, 0, 0, 3, 1, 2];
 
+/// Frame body length a `trickle` worker declares: at one byte per interval it never completes
+/// within a test.
+pub const TRICKLE_FRAME_LEN: u32 = 10_000;
+
+/// Bytes of text in each report of a `progress-flood` worker (the supervisor keeps at most
+/// `MAX_PROGRESS_TEXT` of them).
+pub const FLOOD_TEXT_LEN: usize = 4096;
+
+/// Text of the last report a `progress-flood` worker sends, just before its result.
+pub const FLOOD_LAST: &str = "flood done";
+
 /// The protocol version a `bad-version` worker announces.
 pub const BAD_VERSION: u16 = 999;
 
@@ -97,6 +108,27 @@ pub mod mode {
     pub const UNKNOWN_JOB: &str = "unknown-job";
     /// Raw protocol: once a job started, a frame header one byte over the announced limit.
     pub const OVERSIZED: &str = "oversized";
+    /// Raw protocol: once a job started, a frame header declaring `u32::MAX` body bytes, then
+    /// body bytes until the channel breaks or the next argument's count of MiB is written.
+    pub const HUGE_LENGTH: &str = "huge-length";
+    /// Raw protocol: once a job started, a 15-byte frame body: a `Completed` for the job whose
+    /// output claims 2^50 bytes.
+    pub const HUGE_CLAIM: &str = "huge-claim";
+    /// Raw protocol: once a job started, a valid `Completed` for it with one byte more in the
+    /// frame.
+    pub const TRAILING_BYTES: &str = "trailing-bytes";
+    /// Raw protocol: once a job started, a frame header declaring
+    /// [`TRICKLE_FRAME_LEN`](crate::TRICKLE_FRAME_LEN) body bytes, then one body byte every N
+    /// milliseconds (next argument).
+    pub const TRICKLE: &str = "trickle";
+    /// Raw protocol: once a job started, N MiB (next argument) of progress reports for it with
+    /// [`FLOOD_TEXT_LEN`](crate::FLOOD_TEXT_LEN) bytes of text each, then one with the text
+    /// [`FLOOD_LAST`](crate::FLOOD_LAST), then `Completed` with the count of reports sent (in
+    /// decimal) as its output; exits 0 on `Shutdown`.
+    pub const PROGRESS_FLOOD: &str = "progress-flood";
+    /// Raw protocol: once a job started, N MiB (next argument) of heartbeats, then `Completed`
+    /// with the count of heartbeats sent (in decimal) as its output; exits 0 on `Shutdown`.
+    pub const HEARTBEAT_FLOOD: &str = "heartbeat-flood";
     /// Raw protocol: once a job started, [`PARTIAL_FRAME`](crate::PARTIAL_FRAME) and nothing more.
     pub const STALL: &str = "stall";
     /// Raw protocol: once a job started, shuts its channel down (both ways) and blocks forever.
@@ -142,6 +174,16 @@ pub mod mode {
     /// [`CATCH_TERM`] members through warden (see `shim.rs` in the e2e tests), prints
     /// `host PID`, then blocks forever.
     pub const ORPHAN_HOST: &str = "orphan-host";
+
+    // Limits (issue 8's untrusted plugins).
+
+    /// SDK worker whose handler allocates and touches the MiB given as the next argument (in
+    /// 8 MiB steps), then returns `allocated`.
+    pub const ALLOC: &str = "alloc";
+    /// No protocol: starts up to N (next argument) [`PLAIN_WAIT`] children, stopping at the
+    /// first refused fork, and exits with the number it started (they are left to the tree's
+    /// end).
+    pub const PLAIN_PROCS: &str = "plain-procs";
 }
 
 /// The readiness text with children's pids: `ready` or `ready:1,2,3`.

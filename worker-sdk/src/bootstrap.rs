@@ -140,10 +140,9 @@ impl Channel {
         Channel::from_std(UnixStream::from(owned))
     }
 
-    /// The socket, made non-blocking for the async runtime.
-    pub(crate) fn into_tokio(self) -> std::io::Result<tokio::net::UnixStream> {
-        self.stream.set_nonblocking(true)?;
-        tokio::net::UnixStream::from_std(self.stream)
+    /// The socket, still close-on-exec.
+    pub(crate) fn into_std(self) -> UnixStream {
+        self.stream
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
 use warden_protocol::{
     DEFAULT_MAX_FRAME_LEN, FrameDecoder, HEADER_LEN, PROTOCOL_VERSION, SupervisorMessage,
     WorkerMessage, check_version, encode_frame_into,
@@ -37,19 +37,15 @@ pub(crate) struct Session {
 /// # Cancel safety
 /// Not cancel safe: a dropped handshake leaves the stream at an unknown position.
 pub(crate) async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    stream: &mut UnixStream,
     timeout: Duration,
 ) -> Result<Session, ConnectError> {
-    tokio::time::timeout(timeout, exchange_hellos(rd, wr))
+    tokio::time::timeout(timeout, exchange_hellos(stream))
         .await
         .unwrap_or(Err(ConnectError::Timeout { timeout }))
 }
 
-async fn exchange_hellos(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-) -> Result<Session, ConnectError> {
+async fn exchange_hellos(stream: &mut UnixStream) -> Result<Session, ConnectError> {
     let hello = WorkerMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -57,9 +53,9 @@ async fn exchange_hellos(
     };
     let mut frame = Vec::new();
     encode_frame_into(&hello, DEFAULT_MAX_FRAME_LEN, &mut frame).map_err(ConnectError::Encode)?;
-    wr.write_all(&frame).await.map_err(io_error)?;
+    stream.write_all(&frame).await.map_err(io_error)?;
 
-    match read_one(rd).await? {
+    match read_one(stream).await? {
         SupervisorMessage::Hello {
             protocol_version,
             supervisor_version,
@@ -87,7 +83,7 @@ async fn exchange_hellos(
 }
 
 /// Reads exactly one frame under the default limit and decodes it.
-async fn read_one(rd: &mut OwnedReadHalf) -> Result<SupervisorMessage, ConnectError> {
+async fn read_one(rd: &mut UnixStream) -> Result<SupervisorMessage, ConnectError> {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
     let mut header = [0u8; HEADER_LEN];
     read_exact(rd, &mut header).await?;
@@ -109,7 +105,7 @@ async fn read_one(rd: &mut OwnedReadHalf) -> Result<SupervisorMessage, ConnectEr
     }
 }
 
-async fn read_exact(rd: &mut OwnedReadHalf, buf: &mut [u8]) -> Result<(), ConnectError> {
+async fn read_exact(rd: &mut UnixStream, buf: &mut [u8]) -> Result<(), ConnectError> {
     rd.read_exact(buf).await.map(drop).map_err(io_error)
 }
 

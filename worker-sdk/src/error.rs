@@ -156,6 +156,9 @@ pub enum ServeError {
     /// The thread that runs blocking handlers could not be started.
     #[error("could not start the job thread")]
     JobThread(#[source] io::Error),
+    /// The thread that writes frames and heartbeats could not be started.
+    #[error("could not start the writer thread")]
+    WriterThread(#[source] io::Error),
 }
 
 /// How a job handler reports that it did not produce an output.

@@ -37,7 +37,8 @@
 //! 3. **Jobs.** Each `StartJob` becomes a [`Job`] for the handler: its payload, id, deadline, a
 //!    [`CancelToken`] and a [`Progress`] reporter. One job runs at a time. An async handler's
 //!    future runs as a spawned task; a blocking handler runs on one dedicated thread, so the SDK
-//!    keeps reading, heartbeating and cancelling while it works.
+//!    keeps reading and cancelling while it works. A second `StartJob` while one runs is the
+//!    supervisor's violation (see **Stopping**).
 //! 4. **Outcome.** What the handler returns decides the single terminal message:
 //!
 //!    | handler returns                                  | supervisor is told                  |
@@ -57,7 +58,11 @@
 //!    libraries, or bridge to code with its own stop API with [`CancelToken::on_cancel`].
 //! 6. **Progress** never blocks the handler: reports coalesce into the latest value and are sent
 //!    when the channel is free, always before the job's terminal message and never after it.
-//! 7. **Heartbeats** go out every interval the supervisor asked for (none if it asked for 0).
+//! 7. **Heartbeats** go out every interval the supervisor asked for in its hello (none if it
+//!    asked for 0), from the `warden-writer` thread: the one thread that writes the channel (whole
+//!    frames, so nothing interleaves) and keeps the protocol's timers. A handler cannot starve it,
+//!    not even an async handler that never yields on a current-thread runtime. It ends, joined,
+//!    before the serve call returns; a supervisor that is gone gives it `EPIPE`, never `SIGPIPE`.
 //! 8. **Stopping.**
 //!    - `Shutdown`: the running job finishes, its result is written, and the serve call returns
 //!      `Ok(())`; the process exits 0 when `main` returns.
@@ -68,10 +73,18 @@
 //!      returned within the orphan grace (1 s by default, [`Worker::orphan_grace`]) the SDK
 //!      calls `std::process::exit(`[`ORPHAN_EXIT_CODE`]`)`, because a blocking thread cannot be
 //!      stopped any other way. If it returns in time, the serve call returns
-//!      [`ServeError::Disconnected`].
+//!      [`ServeError::Disconnected`]. The grace is timed by the writer thread, so it holds even
+//!      when the handler starves the serve task (which then learns of the close only when a
+//!      heartbeat fails to go out).
 //!    - A protocol violation by the supervisor (a second hello, a `StartJob` while a job runs or
 //!      after `Shutdown`, an undecodable frame): the serve call returns [`ServeError::Protocol`]
-//!      and the running job's token trips. The supervisor kills such a worker anyway.
+//!      at once, nothing more is sent, and the running job's token trips
+//!      ([`CancelCause::ChannelClosed`]). The supervisor kills such a worker anyway.
+//!    - A `Cancel` for a job that is not running (it crossed the job's result) is ignored.
+//!
+//! These decisions are made by a sans-IO state machine (`machine`, hidden from the docs but
+//! public so a test harness can drive it on a virtual clock); the serve task and the writer
+//! thread only feed it events and carry out what it decides.
 //!
 //! Logs go through `tracing`, in a `warden_worker` span for the connection and a `job` span for
 //! each job.
@@ -117,10 +130,13 @@ mod bootstrap;
 mod connection;
 mod error;
 mod job;
+#[doc(hidden)]
+pub mod machine;
 mod progress;
 mod serve;
 mod sys;
 mod token;
+mod writer;
 
 pub use bootstrap::{Channel, FD_ENV_VAR};
 pub use error::{BootstrapError, ConnectError, JobError, ProtocolError, ServeError};

@@ -1,4 +1,6 @@
-//! The serve loop: one task owns the channel, runs one job at a time and never blocks on it.
+//! The serve loop: one task reads the channel and runs one job at a time, feeding the protocol
+//! machine (`machine.rs`); the writer thread (`writer.rs`) writes what it queues and keeps its
+//! clock.
 
 use std::any::Any;
 use std::future::{Future, pending};
@@ -8,22 +10,20 @@ use std::pin::Pin;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::oneshot;
-use tokio::time::{Interval, MissedTickBehavior};
-use tracing::{Instrument, Span, debug, error, info, info_span, warn};
-use warden_protocol::{
-    EncodeError, FrameDecoder, JobId, SupervisorMessage, WorkerMessage, encode_frame_into,
-};
+use tracing::{Instrument, Span, info, info_span};
+use warden_protocol::{FrameDecoder, JobId};
 
 use crate::bootstrap::Channel;
-use crate::connection::{Session, handshake};
-use crate::error::{BootstrapError, JobError, ProtocolError, ServeError};
+use crate::connection::handshake;
+use crate::error::{BootstrapError, JobError, ServeError};
 use crate::job::Job;
+use crate::machine::{self, Action, Exit, HandlerOutcome, Machine};
 use crate::progress::{self, Progress};
 use crate::token::{CancelCause, CancelSource};
+use crate::writer::Writer;
 
 /// How long the SDK waits for the supervisor's hello by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,10 +38,6 @@ pub const ORPHAN_EXIT_CODE: i32 = 70;
 
 /// Bytes read from the channel per syscall.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Encoded size of a `Failed` message without its error text, at most: tag (1) + job id varint
-/// (10) + text length varint (5).
-const FAILED_OVERHEAD: usize = 16;
 
 /// Settings for serving jobs, and the entry points that use them.
 ///
@@ -115,8 +111,13 @@ impl Worker {
     }
 
     /// Serves jobs with an async handler on a runtime of its own (multi-threaded, so a handler
-    /// that hogs a thread does not stop heartbeats). Returns `Ok(())` after `Shutdown` or the
-    /// polite signal, once the last job's result is written.
+    /// that hogs a thread does not stop cancels and progress; heartbeats come from a thread of
+    /// their own whatever the handler does). Returns `Ok(())` after `Shutdown` or the polite
+    /// signal, once the last job's result is written.
+    ///
+    /// # Errors
+    /// [`ServeError`]: no channel, a failed handshake, a protocol violation, the channel closing
+    /// ([`ServeError::Disconnected`]), or a runtime or thread that could not be started.
     pub fn serve<F, Fut>(self, handler: F) -> Result<(), ServeError>
     where
         F: FnMut(Job) -> Fut,
@@ -134,7 +135,18 @@ impl Worker {
     }
 
     /// Like [`serve`](Self::serve), on the caller's tokio runtime (which needs the I/O, time and
-    /// signal drivers: `enable_all`). Each job's future is spawned as a task.
+    /// signal drivers: `enable_all`). Each job's future is spawned as a task. A current-thread
+    /// runtime works too: a handler that never yields then delays cancels and progress, but not
+    /// heartbeats or the orphan exit.
+    ///
+    /// Returning (or dropping the future) stops and joins the writer thread, which can take up
+    /// to 50 ms if the supervisor stopped reading with a frame half written.
+    ///
+    /// # Errors
+    /// As for [`serve`](Self::serve).
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops serving: the running job's token trips and its result is lost.
     pub async fn serve_async<F, Fut>(self, handler: F) -> Result<(), ServeError>
     where
         F: FnMut(Job) -> Fut,
@@ -185,10 +197,12 @@ impl Worker {
         } else {
             None
         };
-        let stream = channel
-            .into_tokio()
-            .map_err(|e| ServeError::Bootstrap(BootstrapError::Configure(e)))?;
-        let (mut rd, mut wr) = stream.into_split();
+        let configure = |e| ServeError::Bootstrap(BootstrapError::Configure(e));
+        let stream = channel.into_std();
+        // The writer thread's copy: the same socket, written only by that thread.
+        let writer_socket = stream.try_clone().map_err(configure)?;
+        stream.set_nonblocking(true).map_err(configure)?;
+        let mut stream = tokio::net::UnixStream::from_std(stream).map_err(configure)?;
         let span = info_span!(
             "warden_worker",
             pid = std::process::id(),
@@ -196,7 +210,7 @@ impl Worker {
         );
         async move {
             let session = tokio::select! {
-                session = handshake(&mut rd, &mut wr, handshake_timeout) => session?,
+                session = handshake(&mut stream, handshake_timeout) => session?,
                 () = recv_signal(&mut sigterm) => {
                     info!("polite signal during the handshake; stopping");
                     return Ok(());
@@ -208,16 +222,24 @@ impl Worker {
                 heartbeat_ms = session.heartbeat_interval.map(|d| d.as_millis()),
                 "connected"
             );
+            let machine = Machine::new(
+                machine::Config {
+                    max_frame_len: session.max_frame_len,
+                    heartbeat_interval: session.heartbeat_interval,
+                    orphan_grace,
+                },
+                Instant::now(),
+            );
+            let writer = Writer::start(machine, writer_socket, Span::current())
+                .map_err(ServeError::WriterThread)?;
             let serve = Serve {
                 decoder: FrameDecoder::new(session.max_frame_len),
-                rd,
-                wr,
-                session,
-                out: Vec::new(),
+                rd: stream,
                 runner,
                 job: None,
-                stopping: None,
-                orphan_grace,
+                read_closed: false,
+                signalled: false,
+                writer,
             };
             serve.run(sigterm).await
         }
@@ -252,14 +274,6 @@ where
     F: FnMut(Job) -> Result<Vec<u8>, JobError> + Send + 'static,
 {
     Worker::new().serve_blocking(handler)
-}
-
-/// How a handler call ended.
-enum HandlerOutcome {
-    /// It returned.
-    Returned(Result<Vec<u8>, JobError>),
-    /// It panicked or its task was lost; the text is the failure reported to the supervisor.
-    Crashed(String),
 }
 
 type JobFuture = Pin<Box<dyn Future<Output = HandlerOutcome> + Send>>;
@@ -382,158 +396,130 @@ impl Drop for RunningJob {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// The supervisor sent `Shutdown`.
-    Shutdown,
-    /// The polite signal arrived.
-    Signal,
-}
-
 enum Event {
-    Wrote(io::Result<usize>),
     Read(io::Result<usize>),
     Signal,
     Finished(HandlerOutcome),
     Progress,
-    Heartbeat,
+    /// The writer thread changed the machine.
+    Woken,
 }
 
+/// The serve task: reads and decodes, runs handlers, and feeds the machine; the writer thread
+/// writes what the machine queues.
 struct Serve<R> {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    session: Session,
+    rd: tokio::net::UnixStream,
     decoder: FrameDecoder,
-    /// Encoded frames not yet written; several frames go out in one write.
-    ///
-    /// Bounded: progress and heartbeats are only queued when it is empty, and a job adds one
-    /// terminal message.
-    out: Vec<u8>,
     runner: R,
     job: Option<RunningJob>,
-    stopping: Option<Stop>,
-    orphan_grace: Duration,
+    /// EOF or a read error was seen; the read branch is off.
+    read_closed: bool,
+    signalled: bool,
+    /// Dropped last: joins the writer thread, so its copy of the socket is closed on return.
+    writer: Writer,
 }
 
 impl<R: Runner> Serve<R> {
     async fn run(mut self, mut sigterm: Option<Signal>) -> Result<(), ServeError> {
-        let mut heartbeat = self.session.heartbeat_interval.map(|period| {
-            let mut interval =
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            interval
-        });
+        let shared = Arc::clone(self.writer.shared());
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            if self.job.is_none() && self.out.is_empty() {
-                if let Some(stop) = self.stopping {
-                    info!(?stop, "stopping");
-                    return Ok(());
-                }
+            let (actions, exit, progress_for) = {
+                let mut machine = shared.lock();
+                let actions: Vec<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
+                (actions, machine.poll_exit(), machine.wants_progress())
+            };
+            // Whatever the last event queued goes out, and new timers are taken into account.
+            shared.wake_writer();
+            for action in actions {
+                self.perform(action);
             }
-            let progress = self.job.as_ref().map(|job| Arc::clone(&job.progress));
-            let idle_writer = self.out.is_empty();
+            if let Some(exit) = exit {
+                return exit_result(exit);
+            }
+            let progress = self
+                .job
+                .as_ref()
+                .filter(|job| Some(job.id) == progress_for)
+                .map(|job| Arc::clone(&job.progress));
             let event = tokio::select! {
                 biased;
-                r = self.wr.write(&self.out), if !idle_writer => Event::Wrote(r),
-                r = self.rd.read(&mut buf) => Event::Read(r),
-                () = recv_signal(&mut sigterm), if self.stopping != Some(Stop::Signal) => Event::Signal,
+                r = self.rd.read(&mut buf), if !self.read_closed => Event::Read(r),
+                () = recv_signal(&mut sigterm), if !self.signalled => Event::Signal,
                 outcome = job_result(self.job.as_mut()) => Event::Finished(outcome),
-                () = progress_ready(progress.as_deref()), if idle_writer => Event::Progress,
-                () = tick(heartbeat.as_mut()), if idle_writer => Event::Heartbeat,
+                () = progress_ready(progress.as_deref()) => Event::Progress,
+                () = shared.wake_serve.notified() => Event::Woken,
             };
+            let now = Instant::now();
             match event {
-                Event::Wrote(Ok(0)) => {
-                    return Err(self
-                        .disconnected(Some(io::ErrorKind::WriteZero.into()))
-                        .await);
+                Event::Read(Ok(0)) => {
+                    self.read_closed = true;
+                    shared.lock().handle_channel_closed(now, None);
                 }
-                Event::Wrote(Ok(n)) => {
-                    self.out.drain(..n);
-                }
-                Event::Wrote(Err(e)) => return Err(self.disconnected(Some(e)).await),
-                Event::Read(Ok(0)) => return Err(self.disconnected(None).await),
                 Event::Read(Ok(n)) => {
-                    self.decoder.push(&buf[..n]);
-                    while let Some(msg) = self.decoder.next().map_err(ProtocolError::Decode)? {
-                        self.handle_message(msg)?;
-                    }
-                }
-                Event::Read(Err(e)) => return Err(self.disconnected(Some(e)).await),
-                Event::Signal => {
-                    self.stopping = Some(Stop::Signal);
-                    match &self.job {
-                        Some(job) => {
-                            let _enter = job.span.enter();
-                            info!("polite signal: cancelling the running job");
-                            job.source.cancel(CancelCause::Signal);
+                    self.decoder.push(buf.get(..n).unwrap_or_default());
+                    // Everything this read brought is decoded, even after the machine decided
+                    // to stop: a violation right behind `Shutdown` is still reported.
+                    let mut machine = shared.lock();
+                    loop {
+                        match self.decoder.next() {
+                            Ok(Some(msg)) => machine.handle_message(now, msg),
+                            Ok(None) => break,
+                            Err(e) => {
+                                machine.handle_decode_error(e);
+                                break;
+                            }
                         }
-                        None => info!("polite signal while idle"),
                     }
                 }
-                Event::Finished(outcome) => self.finish(outcome),
+                Event::Read(Err(e)) => {
+                    self.read_closed = true;
+                    shared.lock().handle_channel_closed(now, Some(e));
+                }
+                Event::Signal => {
+                    self.signalled = true;
+                    shared.lock().handle_signal();
+                }
+                Event::Finished(outcome) => {
+                    if let Some(mut job) = self.job.take() {
+                        job.returned = true;
+                        let _enter = job.span.enter();
+                        let last = job.progress.close();
+                        let mut machine = shared.lock();
+                        if let Some(update) = last {
+                            machine.handle_progress(job.id, update.fraction, update.text);
+                        }
+                        machine.handle_finished(job.id, outcome);
+                    }
+                }
                 Event::Progress => {
                     if let Some(job) = &self.job {
                         if let Some(update) = job.progress.take() {
-                            let id = job.id;
-                            self.queue_progress(id, update);
+                            shared
+                                .lock()
+                                .handle_progress(job.id, update.fraction, update.text);
                         }
                     }
                 }
-                Event::Heartbeat => {
-                    self.queue(&WorkerMessage::Heartbeat).unwrap_or_else(|e| {
-                        warn!(error = %e, "heartbeat does not fit in a frame");
-                    });
-                }
+                Event::Woken => {}
             }
         }
     }
 
-    fn handle_message(&mut self, msg: SupervisorMessage) -> Result<(), ProtocolError> {
-        match msg {
-            SupervisorMessage::StartJob {
-                job: id,
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::StartJob {
+                job,
                 payload,
+                deadline,
                 deadline_ms,
-            } => {
-                if let Some(running) = &self.job {
-                    return Err(ProtocolError::StartWhileRunning {
-                        running: running.id,
-                        started: id,
-                    });
+            } => self.start_job(job, payload, deadline, deadline_ms),
+            Action::Trip { job, cause } => {
+                if let Some(running) = self.job.as_ref().filter(|running| running.id == job) {
+                    running.source.cancel(cause);
                 }
-                match self.stopping {
-                    Some(Stop::Shutdown) => {
-                        return Err(ProtocolError::StartAfterShutdown { started: id });
-                    }
-                    // The start crossed with the signal; the process is about to exit.
-                    Some(Stop::Signal) => {
-                        warn!(job = %id, "not starting a job after the polite signal");
-                        return Ok(());
-                    }
-                    None => {}
-                }
-                let deadline = deadline_ms
-                    .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-                self.start_job(id, payload, deadline, deadline_ms);
             }
-            SupervisorMessage::Cancel { job: id, reason } => match &self.job {
-                Some(job) if job.id == id => {
-                    let _enter = job.span.enter();
-                    if job.source.cancel(CancelCause::Message(reason)) {
-                        info!(%reason, "cancel requested");
-                    }
-                }
-                // It crossed with the job's result.
-                _ => debug!(job = %id, %reason, "ignoring cancel for a job that is not running"),
-            },
-            SupervisorMessage::Shutdown => {
-                info!(running = self.job.is_some(), "shutdown requested");
-                self.stopping.get_or_insert(Stop::Shutdown);
-            }
-            other => return Err(ProtocolError::Unexpected { kind: other.kind() }),
         }
-        Ok(())
     }
 
     fn start_job(
@@ -564,140 +550,26 @@ impl<R: Runner> Serve<R> {
             returned: false,
         });
     }
-
-    /// Queues the job's last progress and its terminal message, in one batch.
-    fn finish(&mut self, outcome: HandlerOutcome) {
-        let Some(mut job) = self.job.take() else {
-            return;
-        };
-        job.returned = true;
-        let _enter = job.span.enter();
-        if let Some(update) = job.progress.close() {
-            self.queue_progress(job.id, update);
-        }
-        let max = self.session.max_frame_len;
-        let id = job.id;
-        let msg = match outcome {
-            HandlerOutcome::Returned(Ok(output)) if output.len() > max as usize => {
-                WorkerMessage::Failed {
-                    job: id,
-                    error: output_too_large(output.len(), max),
-                }
-            }
-            HandlerOutcome::Returned(Ok(output)) => WorkerMessage::Completed { job: id, output },
-            HandlerOutcome::Returned(Err(JobError::Cancelled)) if job.source.is_cancelled() => {
-                WorkerMessage::Cancelled { job: id }
-            }
-            HandlerOutcome::Returned(Err(JobError::Cancelled)) => WorkerMessage::Failed {
-                job: id,
-                error: "handler returned cancelled without a cancel request".into(),
-            },
-            HandlerOutcome::Returned(Err(JobError::Failed { message })) => WorkerMessage::Failed {
-                job: id,
-                error: message,
-            },
-            HandlerOutcome::Crashed(error) => WorkerMessage::Failed { job: id, error },
-        };
-        self.queue_terminal(msg);
-    }
-
-    /// Queues a terminal message; one that does not fit in a frame degrades to a `Failed` that
-    /// does, so an oversized result never costs the connection.
-    fn queue_terminal(&mut self, msg: WorkerMessage) {
-        let max = self.session.max_frame_len;
-        let kind = msg.kind();
-        let msg = match self.queue(&msg) {
-            Ok(()) => {
-                info!(outcome = kind, "job finished");
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, outcome = kind, "terminal message does not fit in a frame");
-                match msg {
-                    WorkerMessage::Completed { job, output } => WorkerMessage::Failed {
-                        job,
-                        error: output_too_large(output.len(), max),
-                    },
-                    WorkerMessage::Failed { job, error } => WorkerMessage::Failed { job, error },
-                    other => other,
-                }
-            }
-        };
-        let WorkerMessage::Failed { job, mut error } = msg else {
-            error!(outcome = kind, "could not send the job's terminal message");
-            return;
-        };
-        truncate_string(&mut error, (max as usize).saturating_sub(FAILED_OVERHEAD));
-        let failed = WorkerMessage::Failed { job, error };
-        match self.queue(&failed) {
-            Ok(()) => info!(outcome = "failed", "job finished"),
-            Err(e) => error!(error = %e, "could not send the job's terminal message"),
-        }
-    }
-
-    fn queue_progress(&mut self, job: JobId, update: progress::Update) {
-        let msg = WorkerMessage::Progress {
-            job,
-            fraction: update.fraction,
-            text: update.text,
-        };
-        if let Err(e) = self.queue(&msg) {
-            debug!(error = %e, "dropping a progress report that does not fit in a frame");
-        }
-    }
-
-    fn queue(&mut self, msg: &WorkerMessage) -> Result<(), EncodeError> {
-        encode_frame_into(msg, self.session.max_frame_len, &mut self.out)
-    }
-
-    /// The channel is gone: trips the running job's token and gives its handler the orphan
-    /// grace to return, then exits the process if it has not.
-    async fn disconnected(&mut self, error: Option<io::Error>) -> ServeError {
-        if let Some(mut job) = self.job.take() {
-            let span = job.span.clone();
-            async {
-                info!("channel closed: cancelling the running job");
-                job.source.cancel(CancelCause::ChannelClosed);
-                if tokio::time::timeout(self.orphan_grace, &mut job.result)
-                    .await
-                    .is_ok()
-                {
-                    job.returned = true;
-                    info!("handler returned after the channel closed");
-                } else {
-                    error!(
-                        grace = ?self.orphan_grace,
-                        "handler still running after the channel closed; exiting"
-                    );
-                    std::process::exit(ORPHAN_EXIT_CODE);
-                }
-            }
-            .instrument(span)
-            .await;
-        }
-        match error {
-            None => ServeError::Disconnected,
-            Some(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                ServeError::Disconnected
-            }
-            Some(e) => ServeError::Io(e),
-        }
-    }
 }
 
-fn output_too_large(len: usize, max: u32) -> String {
-    format!("output of {len} bytes exceeds the supervisor's frame limit of {max} bytes")
-}
-
-/// Cuts `text` to at most `max` bytes at a character boundary.
-fn truncate_string(text: &mut String, max: usize) {
-    let end = warden_protocol::truncate_str(text, max).len();
-    text.truncate(end);
+/// What the serve call returns for the machine's exit.
+fn exit_result(exit: Exit) -> Result<(), ServeError> {
+    match exit {
+        Exit::Stopped => Ok(()),
+        Exit::Disconnected(None) => Err(ServeError::Disconnected),
+        Exit::Disconnected(Some(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Err(ServeError::Disconnected)
+        }
+        Exit::Disconnected(Some(e)) => Err(ServeError::Io(e)),
+        Exit::Protocol(e) => Err(ServeError::Protocol(e)),
+        // The writer thread exits too when it sees this first; whichever is first wins.
+        Exit::Orphaned => std::process::exit(ORPHAN_EXIT_CODE),
+    }
 }
 
 async fn recv_signal(signal: &mut Option<Signal>) {
@@ -721,15 +593,6 @@ async fn job_result(job: Option<&mut RunningJob>) -> HandlerOutcome {
 async fn progress_ready(progress: Option<&progress::Shared>) {
     match progress {
         Some(progress) => progress.ready().await,
-        None => pending().await,
-    }
-}
-
-async fn tick(interval: Option<&mut Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
         None => pending().await,
     }
 }

@@ -13,7 +13,8 @@
 //! 4. the program completed: 0 (a plain program: it exited 0);
 //! 5. `--timeout` cancelled it (cancelled, terminated): 124;
 //! 6. it failed: a plain program's own exit status; a protocol worker's failure: 1;
-//! 7. it crashed: its exit status, or 128 + the signal that killed it;
+//! 7. it crashed, or a limit killed it (the OOM killer, `SIGXCPU`): its exit status, or
+//!    128 + the signal that killed it;
 //! 8. anything else is warden's failure: 125. So is an outcome (or failure) of a kind this
 //!    build does not know, whatever else happened (the library's enums are non-exhaustive):
 //!    it is reported under the library's name with an `error` saying so, never as a guess.
@@ -24,8 +25,12 @@
 //! `kill_sent`, `ended`, plus `exited` and `reaped`) are always present, `null` when they do not
 //! apply. Extra keys: `exit_status` (warden's), `program`, `pid`, `protocol`, `warden_signal`,
 //! `core_dumped`, `error`, `violation`, and the library's `job`, `job_started`, `timings_us`
-//! (microseconds) and `timings_ms.{kill_pending,result_received}`. Timings are whole
-//! milliseconds since warden started.
+//! (microseconds) and `timings_ms.{kill_pending,result_received}`; `limits`: one object per
+//! requested limit, by name (`memory`, `cpu_time`, `open_files`, `processes`), with its
+//! `value` (bytes, milliseconds, descriptors, processes), `mechanism` (`cgroup_v2`,
+//! `cgroup_v1`, `rlimit`, `none`), `hit` (from the kernel's counters; `null` where none tells),
+//! `peak` and `oom_kills`; `sandbox`, by feature name, `true` where it was applied; and
+//! `limit`, the limit that ended the run. Timings are whole milliseconds since warden started.
 //!
 //! Every name in it (outcome, reason, stage, containment) is the library's own `as_str`, which
 //! its `FromStr` parses back; only `spawn_failed` is the CLI's, as a spawn error is no outcome.
@@ -34,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use libc::c_int;
 use serde_json::{Value, json};
-use warden::{CancelReason, ExitStatus, Failure, JobReport, Outcome, OutcomeKind, Stage};
+use warden::{
+    CancelReason, ExitStatus, Failure, JobReport, LimitKind, Outcome, OutcomeKind, Stage,
+};
 
 use super::exit_status::{EXIT_CANCELED, EXIT_TIMED_OUT};
 
@@ -108,7 +115,11 @@ impl Ending {
                 },
                 None,
             ),
-            Outcome::Failed(failure @ (Failure::Worker(_) | Failure::ExitedWithoutResult)) => (
+            Outcome::Failed(
+                failure @ (Failure::Worker(_)
+                | Failure::ExitedWithoutResult
+                | Failure::LimitReached(_)),
+            ) => (
                 Ending::Failed { exit_code: None },
                 Some(failure.to_string()),
             ),
@@ -162,6 +173,8 @@ pub(crate) struct RunFacts {
     /// A spawn error or a warden error, as text (the worker's own failure message is the
     /// report's).
     pub(crate) error: Option<String>,
+    /// The limit that ended the run (the report's).
+    pub(crate) limit: Option<LimitKind>,
 }
 
 fn shell_status(status: ExitStatus) -> u8 {
@@ -187,6 +200,7 @@ pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
         } => u8::try_from(code & 0xff).unwrap_or(1),
         Ending::Failed { exit_code: None } => 1,
         Ending::Crashed => facts.exit.map_or(EXIT_CANCELED, shell_status),
+        Ending::Killed if facts.limit.is_some() => facts.exit.map_or(137, shell_status),
         // Liveness (--unresponsive-after) stopped it: a timeout of another kind.
         _ if facts.reason == Some(CancelReason::Unresponsive) => EXIT_TIMED_OUT,
         // Stopped, but neither by a timeout nor by warden's own signal: nothing in the CLI asks
@@ -218,6 +232,8 @@ pub(crate) fn to_json(facts: &RunFacts) -> Value {
             },
             "error": null,
             "violation": null,
+            "limits": {"sandbox": {}},
+            "limit": facts.limit.map(LimitKind::as_str),
         })
     });
     let Value::Object(map) = &mut report else {
@@ -269,6 +285,7 @@ mod tests {
             ended: Duration::from_millis(10),
             warden_signal: None,
             error: None,
+            limit: None,
         }
     }
 
@@ -488,6 +505,22 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_that_killed_the_program_gives_its_signal_status() {
+        let oom = RunFacts {
+            exit: Some(KILLED),
+            limit: Some(LimitKind::Memory),
+            ..facts(Ending::Killed)
+        };
+        assert_eq!(exit_status(&oom), 137);
+        assert_eq!(to_json(&oom)["limit"], "memory");
+        let (ending, error) = Ending::of(&Outcome::Failed(Failure::LimitReached(
+            LimitKind::Processes,
+        )));
+        assert_eq!(ending, Ending::Failed { exit_code: None });
+        assert!(error.unwrap().contains("processes"));
+    }
+
+    #[test]
     fn a_stop_nobody_asked_for_is_wardens_failure() {
         for ending in [Ending::Cancelled, Ending::Terminated, Ending::Killed] {
             let f = RunFacts {
@@ -536,6 +569,8 @@ mod tests {
                 "core_dumped": false,
                 "error": "program not found",
                 "violation": null,
+                "limits": {"sandbox": {}},
+                "limit": null,
             })
         );
     }

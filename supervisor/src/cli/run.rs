@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libc::c_int;
 use warden::{
-    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Outcome, RunError,
-    SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
+    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Limits, Outcome,
+    RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
 };
 
 use super::c_locale::quote;
@@ -70,6 +70,14 @@ leaf killed with cgroup.kill), subreaper (warden adopts and sweeps orphaned desc
 process-group (descendants that leave the group escape). auto takes the strongest available.
 
 Durations: a number with an optional suffix s, m, h or d (GNU timeout's grammar); inf never.
+
+Limits and sandbox (untrusted plugins): --memory, --cpu-time, --max-files, --max-procs use the
+strongest mechanism the host has (a cgroup v2 or v1 controller, else an rlimit) and the report's
+\"limits\" says which one did; a limit that cannot be enforced is an error (125) unless
+--best-effort. --sandbox sets no_new_privs, a Landlock ruleset (everything read-only, abstract
+sockets and signals scoped to the tree) and a seccomp deny-list, and closes every fd but 0-2 and
+the channel; --allow-write DIR and --no-network imply it. --clear-env starts PROGRAM with only
+the --env variables (and what warden needs: WARDEN_FD, WARDEN_TREE).
 
 Examples:
   warden run --timeout 30s -- make test
@@ -121,6 +129,36 @@ struct Args {
     /// How to contain the process tree.
     #[arg(long, value_enum, value_name = "MODE")]
     containment: Option<ContainmentArg>,
+    /// Memory limit for the whole tree: bytes, or a number with K, M, G or T (powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    memory: Option<u64>,
+    /// CPU-time limit for each process (whole seconds, rounded up): SIGXCPU when reached.
+    #[arg(long, value_name = "DURATION", value_parser = cpu_time_arg)]
+    cpu_time: Option<Duration>,
+    /// Open-file limit for each process (RLIMIT_NOFILE).
+    #[arg(long, value_name = "N", value_parser = count_arg)]
+    max_files: Option<u64>,
+    /// Process limit for the whole tree (pids.max; RLIMIT_NPROC only when not root).
+    #[arg(long, value_name = "N", value_parser = count_arg)]
+    max_procs: Option<u64>,
+    /// A limit or sandbox feature this host cannot enforce is reported instead of an error.
+    #[arg(long)]
+    best_effort: bool,
+    /// Run PROGRAM sandboxed: no_new_privs, Landlock read-only, seccomp deny-list, fds 0-2 only.
+    #[arg(long)]
+    sandbox: bool,
+    /// A directory the sandboxed PROGRAM may write (repeatable; implies --sandbox).
+    #[arg(long, value_name = "DIR")]
+    allow_write: Vec<PathBuf>,
+    /// Refuse TCP bind and connect in the sandbox (implies --sandbox).
+    #[arg(long)]
+    no_network: bool,
+    /// Start PROGRAM with an empty environment, plus the --env variables.
+    #[arg(long)]
+    clear_env: bool,
+    /// Set the variable K to V in PROGRAM's environment (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = env_arg)]
+    env: Vec<(OsString, OsString)>,
     /// The program to run and its arguments.
     #[arg(
         value_name = "PROGRAM",
@@ -140,6 +178,88 @@ fn signal_arg(text: &str) -> Result<c_int, String> {
         Ok(0) => Err("signal 0 cannot stop anything".into()),
         Ok(sig) => Ok(sig),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A size: digits with an optional K, M, G or T suffix (powers of 1024; a `B` or `iB` after it
+/// is allowed). Zero is refused: it would stop everything.
+fn size_arg(text: &str) -> Result<u64, String> {
+    let bad =
+        || format!("invalid size '{text}': expected a number with an optional K, M, G or T suffix");
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        Some('t') => (&lower[..lower.len() - 1], 40),
+        _ => (lower, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{text}' is too large"))?;
+    if bytes == 0 {
+        return Err(format!("size '{text}' must be more than 0"));
+    }
+    Ok(bytes)
+}
+
+/// A positive, finite CPU time in `warden timeout`'s grammar.
+fn cpu_time_arg(text: &str) -> Result<Duration, String> {
+    match duration_arg(text)? {
+        Interval::After(d) => Ok(d),
+        Interval::Disabled => Err(format!("CPU time '{text}' must be more than 0")),
+        Interval::Never => Err(format!(
+            "CPU time '{text}' must be finite (leave the option out for none)"
+        )),
+    }
+}
+
+/// A count of at least 1.
+fn count_arg(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("'{text}' must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("invalid count '{text}': expected a whole number")),
+    }
+}
+
+/// `K=V`, with a non-empty K.
+fn env_arg(text: &str) -> Result<(OsString, OsString), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("invalid variable '{text}': expected K=V")),
+    }
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::new().best_effort(self.best_effort);
+        limits.memory = self.memory;
+        limits.cpu_time = self.cpu_time;
+        limits.open_files = self.max_files;
+        limits.processes = self.max_procs;
+        limits
+    }
+
+    fn sandbox(&self) -> Option<Sandbox> {
+        let wanted = self.sandbox || self.no_network || !self.allow_write.is_empty();
+        wanted.then(|| {
+            let mut sandbox = Sandbox::new()
+                .no_network(self.no_network)
+                .best_effort(self.best_effort);
+            for dir in &self.allow_write {
+                sandbox = sandbox.allow_write(dir);
+            }
+            sandbox
+        })
     }
 }
 
@@ -363,9 +483,16 @@ async fn supervise(
         ended: Duration::ZERO,
         warden_signal: None,
         error: None,
+        limit: None,
     };
     let mut command = Command::new(program);
     command.args(rest);
+    if args.clear_env {
+        command.env_clear();
+    }
+    for (key, value) in &args.env {
+        command.env(key, value);
+    }
     command.stdin(if args.protocol {
         Stdio::Null
     } else {
@@ -391,11 +518,16 @@ async fn supervise(
         // Every signal starts at its default in the program (an inherited ignored SIGTERM would
         // break the ladder), except SIGPIPE, which stays as warden inherited it: under
         // `trap '' PIPE` a program sees EPIPE instead of dying of it.
-        .tree(
-            TreeOptions::new()
+        .tree({
+            let tree = TreeOptions::new()
                 .containment(containment.to_containment())
-                .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE)),
-        );
+                .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE))
+                .limits(args.limits());
+            match args.sandbox() {
+                Some(sandbox) => tree.sandbox(sandbox),
+                None => tree,
+            }
+        });
 
     let worker = match Worker::spawn(&command, config).await {
         Ok(worker) => worker,
@@ -496,6 +628,7 @@ fn fill_from_report(facts: &mut RunFacts, report: JobReport) -> Option<Vec<u8>> 
     facts.reason = report.reason;
     facts.stage = report.stage;
     facts.exit = report.exit;
+    facts.limit = report.limit;
     let (ending, error) = Ending::of(&report.outcome);
     if let Ending::Unrecognised { .. } = ending
         && let Some(error) = &error
@@ -579,6 +712,53 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn limit_values() {
+        let args = parse(&[
+            "--memory",
+            "64M",
+            "--cpu-time",
+            "1.5",
+            "--max-files",
+            "32",
+            "--max-procs",
+            "8",
+            "--allow-write",
+            "/tmp",
+            "--env",
+            "A=b=c",
+            "--",
+            "p",
+        ])
+        .unwrap();
+        assert_eq!(args.memory, Some(64 << 20));
+        // Rounded up by a nanosecond, as every duration of GNU's grammar.
+        let cpu = args.cpu_time.unwrap();
+        assert!(cpu >= Duration::from_millis(1500) && cpu < Duration::from_millis(1501));
+        let limits = args.limits();
+        assert_eq!((limits.open_files, limits.processes), (Some(32), Some(8)));
+        assert!(args.sandbox().is_some(), "--allow-write implies --sandbox");
+        assert_eq!(args.env, [(OsString::from("A"), OsString::from("b=c"))]);
+        assert_eq!(size_arg("1k"), Ok(1024));
+        assert_eq!(size_arg("2GiB"), Ok(2 << 30));
+        assert_eq!(size_arg("512"), Ok(512));
+        for bad in [
+            &["--memory", "0", "--", "p"][..],
+            &["--memory", "64X", "--", "p"],
+            &["--memory", "-1", "--", "p"],
+            &["--memory", "99999999999T", "--", "p"],
+            &["--cpu-time", "0", "--", "p"],
+            &["--cpu-time", "inf", "--", "p"],
+            &["--max-files", "0", "--", "p"],
+            &["--max-procs", "many", "--", "p"],
+            &["--env", "=v", "--", "p"],
+            &["--env", "novalue", "--", "p"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--", "p"]).unwrap().sandbox().is_none());
     }
 
     #[test]

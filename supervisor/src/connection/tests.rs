@@ -8,7 +8,7 @@ use super::{Action, Connection, JobStart, Settings};
 use crate::error::RunError;
 use crate::escalation::{Deadlines, Stage};
 use crate::outcome::{JobReport, Outcome, Violation};
-use crate::process::{ContainmentMode, ExitStatus};
+use crate::process::{ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Mechanism};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -84,7 +84,8 @@ impl Rig {
         }
         let mut out = self.actions();
         if out.iter().any(|a| matches!(a, Action::Reap)) {
-            self.conn.handle_reaped(self.at(n), Some(status));
+            self.conn
+                .handle_reaped(self.at(n), Some(status), LimitReport::default());
             out.extend(self.actions());
         }
         out
@@ -255,7 +256,8 @@ fn a_result_then_an_exit_keeps_the_result() {
     r.conn.handle_eof(r.at(7));
     let a = r.actions();
     assert!(has(&a, |a| matches!(a, Action::Reap)));
-    r.conn.handle_reaped(r.at(8), Some(KILLED));
+    r.conn
+        .handle_reaped(r.at(8), Some(KILLED), LimitReport::default());
     let a = r.actions();
     let rep = report(&a);
     assert_eq!(rep.outcome, Outcome::Completed(b"out".to_vec()));
@@ -279,7 +281,8 @@ fn the_drain_is_bounded_and_not_early() {
     assert!(r.time(39).is_empty());
     let a = r.time(40);
     assert!(has(&a, |a| matches!(a, Action::Reap)));
-    r.conn.handle_reaped(r.at(41), Some(ExitStatus::Code(0)));
+    r.conn
+        .handle_reaped(r.at(41), Some(ExitStatus::Code(0)), LimitReport::default());
     let a = r.actions();
     assert_eq!(
         report(&a).outcome,
@@ -541,6 +544,57 @@ fn a_plain_program_that_ended_before_the_run_still_reports() {
     ));
 }
 
+/// A memory limit in a cgroup whose OOM killer killed `oom_kills` processes.
+fn memory_limit(oom_kills: u64) -> LimitReport {
+    LimitReport {
+        limits: vec![LimitEntry {
+            kind: LimitKind::Memory,
+            value: 64 << 20,
+            mechanism: Mechanism::CgroupV2,
+            hit: Some(oom_kills > 0),
+            peak: Some(64 << 20),
+            oom_kills: Some(oom_kills),
+        }],
+        sandbox: Vec::new(),
+    }
+}
+
+#[test]
+fn an_oom_kill_reported_at_the_reap_is_killed_with_the_limit_named() {
+    let mut r = Rig::new(Settings {
+        protocol: false,
+        ..settings()
+    });
+    r.start(0, JobStart::default());
+    r.conn.handle_exit(r.at(5), Some(KILLED));
+    assert!(has(&r.actions(), |a| matches!(a, Action::Reap)));
+    r.conn.handle_reaped(r.at(6), Some(KILLED), memory_limit(1));
+    let a = r.actions();
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert_eq!(rep.limit, Some(LimitKind::Memory));
+    assert_eq!(rep.limits, memory_limit(1));
+    assert_eq!(rep.stage, None, "warden sent nothing");
+}
+
+#[test]
+fn a_limit_reached_but_not_deciding_is_reported_and_not_named() {
+    // A SIGKILL with no OOM kill counted is a crash, not the limit's doing.
+    let mut r = Rig::new(Settings {
+        protocol: false,
+        ..settings()
+    });
+    r.start(0, JobStart::default());
+    r.conn.handle_exit(r.at(5), Some(KILLED));
+    r.actions();
+    r.conn.handle_reaped(r.at(6), Some(KILLED), memory_limit(0));
+    let a = r.actions();
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Crashed(KILLED));
+    assert_eq!(rep.limit, None);
+    assert_eq!(rep.limits, memory_limit(0));
+}
+
 #[test]
 fn a_plain_program_gets_no_payload() {
     let mut r = Rig::new(Settings {
@@ -779,7 +833,8 @@ mod properties {
                     Action::Reap => {
                         assert!(!reap_asked, "one reap");
                         reap_asked = true;
-                        r.conn.handle_reaped(t, Some(KILLED));
+                        r.conn
+                            .handle_reaped(t, Some(KILLED), LimitReport::default());
                         reaped = true;
                     }
                     _ => {}
@@ -805,7 +860,8 @@ mod properties {
             match action {
                 Action::Reply(_) => replies += 1,
                 Action::Reap if !reaped => {
-                    r.conn.handle_reaped(t, Some(KILLED));
+                    r.conn
+                        .handle_reaped(t, Some(KILLED), LimitReport::default());
                 }
                 _ => {}
             }

@@ -6,6 +6,13 @@
 //! one maximal frame whatever the worker sends. The channel keeps no timer: a read that leaves
 //! part of a frame buffered returns [`Event::Partial`] once, and the caller's machine times the
 //! stall (`frame_timeout`) with its other deadlines.
+//!
+//! Floods are coalesced, never queued: of a run of heartbeats and progress reports for one job
+//! that one read already delivered, only the last report (or, if there is none, one heartbeat)
+//! becomes an event. Any message is a sign of life, so a heartbeat next to a report loses
+//! nothing; a report superseded by a newer one for the same job is what the SDK drops too. A
+//! peer that writes faster than we read is held back by the socket buffer, not by our memory,
+//! and the actor wakes once per read, not once per frame.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -38,6 +45,8 @@ pub(crate) struct Channel {
     /// [`Event::Partial`] was returned for the frame now buffered.
     partial_told: bool,
     read_buf: Box<[u8]>,
+    /// The message (or decode error) that ended a coalesced run, returned by the next call.
+    pending: Option<Event>,
 }
 
 impl Channel {
@@ -54,6 +63,7 @@ impl Channel {
             write_closed: false,
             partial_told: false,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            pending: None,
         })
     }
 
@@ -90,7 +100,8 @@ impl Channel {
         self.decoder.is_mid_frame()
     }
 
-    /// True once the worker closed its end or the stream became unusable.
+    /// True once the worker closed its end or the stream became unusable (and every event
+    /// before that was returned).
     pub(crate) fn is_eof(&self) -> bool {
         self.eof
     }
@@ -100,15 +111,23 @@ impl Channel {
     /// A read that starts a frame without completing it returns [`Event::Partial`]; a read
     /// that only adds to a partial frame returns nothing and the call waits on.
     ///
+    /// Heartbeats and progress reports already received are coalesced (see the module doc).
+    ///
     /// # Cancel safety
     /// Cancel-safe: all state lives in `self`; a dropped call loses no bytes.
     pub(crate) async fn next_event(&mut self) -> Event {
+        match self.pending.take() {
+            Some(Event::Message(msg)) => return self.message(msg),
+            // The only other event kept is the decode error that ends the stream.
+            Some(event) => {
+                self.eof = true;
+                return event;
+            }
+            None => {}
+        }
         loop {
             match self.decoder.next::<WorkerMessage>() {
-                Ok(Some(msg)) => {
-                    self.partial_told = false;
-                    return Event::Message(msg);
-                }
+                Ok(Some(msg)) => return self.message(msg),
                 Ok(None) if self.decoder.is_mid_frame() && !self.partial_told => {
                     self.partial_told = true;
                     return Event::Partial;
@@ -145,5 +164,170 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// The event for a decoded message, with what is coalesced into it.
+    fn message(&mut self, msg: WorkerMessage) -> Event {
+        let msg = self.coalesce(msg);
+        // A frame completed: any bytes left belong to a new frame, told as partial anew.
+        self.partial_told = false;
+        Event::Message(msg)
+    }
+
+    /// Folds into `msg` the heartbeats and same-job progress reports decoded right behind it,
+    /// without waiting for more bytes. What ends the run is kept in `pending`: a decode error
+    /// is reported after the messages before it, so the channel reads as live until then.
+    fn coalesce(&mut self, mut msg: WorkerMessage) -> WorkerMessage {
+        while matches!(
+            msg,
+            WorkerMessage::Heartbeat | WorkerMessage::Progress { .. }
+        ) {
+            match self.decoder.next::<WorkerMessage>() {
+                Ok(Some(next)) => match (&msg, &next) {
+                    (_, WorkerMessage::Heartbeat) => {}
+                    (WorkerMessage::Heartbeat, WorkerMessage::Progress { .. }) => msg = next,
+                    (
+                        WorkerMessage::Progress { job, .. },
+                        WorkerMessage::Progress { job: next_job, .. },
+                    ) if job == next_job => msg = next,
+                    _ => {
+                        self.pending = Some(Event::Message(next));
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    self.pending = Some(Event::Invalid(e));
+                    break;
+                }
+            }
+        }
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream as StdStream;
+    use std::time::Duration;
+
+    use warden_protocol::{DEFAULT_MAX_FRAME_LEN, JobId, encode_frame_into};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn progress(job: u64, text: &str) -> WorkerMessage {
+        WorkerMessage::Progress {
+            job: JobId(job),
+            fraction: None,
+            text: Some(text.into()),
+        }
+    }
+
+    /// A channel whose peer has already written `messages` (then `tail`) and closed its end, so
+    /// a single read sees them all.
+    fn channel_after(messages: &[WorkerMessage], tail: &[u8]) -> Channel {
+        let (ours, mut theirs) = StdStream::pair().expect("socketpair");
+        let mut bytes = Vec::new();
+        for msg in messages {
+            encode_frame_into(msg, DEFAULT_MAX_FRAME_LEN, &mut bytes).expect("encode");
+        }
+        bytes.extend_from_slice(tail);
+        assert!(
+            bytes.len() < READ_CHUNK,
+            "one read must see the whole test stream"
+        );
+        theirs.write_all(&bytes).expect("write");
+        drop(theirs);
+        Channel::new(ours.into(), DEFAULT_MAX_FRAME_LEN).expect("channel")
+    }
+
+    async fn events(channel: &mut Channel) -> Vec<String> {
+        let mut out = Vec::new();
+        while !channel.is_eof() {
+            let event = tokio::time::timeout(WAIT, channel.next_event())
+                .await
+                .expect("an event within the wait");
+            out.push(match event {
+                Event::Message(WorkerMessage::Progress { job, text, .. }) => {
+                    format!("progress {} {}", job.0, text.unwrap_or_default())
+                }
+                Event::Message(m) => m.kind().to_owned(),
+                Event::Invalid(e) => format!("invalid: {e}"),
+                Event::Partial => "partial".to_owned(),
+                Event::Eof => "eof".to_owned(),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_flood_already_received_is_one_event_with_the_latest_report() {
+        let mut flood = Vec::new();
+        for i in 0..500 {
+            flood.push(WorkerMessage::Heartbeat);
+            flood.push(progress(1, &i.to_string()));
+        }
+        flood.push(WorkerMessage::Heartbeat);
+        flood.push(WorkerMessage::Completed {
+            job: JobId(1),
+            output: b"done".to_vec(),
+        });
+        flood.extend(std::iter::repeat_n(WorkerMessage::Heartbeat, 300));
+        let mut channel = channel_after(&flood, &[]);
+        assert_eq!(
+            events(&mut channel).await,
+            ["progress 1 499", "completed", "heartbeat", "eof"]
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_for_another_job_and_other_messages_are_never_folded() {
+        let mut channel = channel_after(
+            &[
+                progress(1, "a"),
+                progress(2, "b"),
+                progress(2, "c"),
+                WorkerMessage::Cancelled { job: JobId(1) },
+                progress(1, "d"),
+                WorkerMessage::Hello {
+                    protocol_version: 1,
+                    pid: 1,
+                    sdk_version: String::new(),
+                },
+                WorkerMessage::Heartbeat,
+            ],
+            &[],
+        );
+        assert_eq!(
+            events(&mut channel).await,
+            [
+                "progress 1 a",
+                "progress 2 c",
+                "cancelled",
+                "progress 1 d",
+                "hello",
+                "heartbeat",
+                "eof"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_frame_behind_a_run_comes_after_it_and_only_then_ends_the_channel() {
+        // An unknown tag (99) behind two reports.
+        let mut channel = channel_after(&[progress(1, "a"), progress(1, "b")], &[1, 0, 0, 0, 99]);
+        let first = tokio::time::timeout(WAIT, channel.next_event()).await;
+        assert!(
+            matches!(&first, Ok(Event::Message(WorkerMessage::Progress { text: Some(t), .. })) if t == "b"),
+            "{first:?}"
+        );
+        assert!(!channel.is_eof(), "the error is still to be reported");
+        assert_eq!(
+            events(&mut channel).await,
+            ["invalid: unknown message or enum tag"]
+        );
     }
 }

@@ -3,13 +3,16 @@
 //! One object; names are the library's `as_str`. Timings come from the report's one
 //! [`Trace`]: `timings_ms` in whole milliseconds and `timings_us` in microseconds, both
 //! measured from an epoch: the job's start for `JobReport` itself, any earlier instant through
-//! [`JobReport::since`] (the CLI uses its own start).
+//! [`JobReport::since`] (the CLI uses its own start). `limits` has one object per requested
+//! limit, by name (`value`, `mechanism`, `hit`, `peak`, `oom_kills`), and `sandbox`, by
+//! feature name, `true` where it was applied; `limit` names the limit that ended the job.
 
 use std::time::{Duration, Instant};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{Failure, JobReport, Outcome, Trace};
+use crate::process::LimitReport;
 
 /// A [`JobReport`] serialised with its timings measured from an epoch (see
 /// [`JobReport::since`]).
@@ -62,6 +65,47 @@ impl Serialize for Timings<'_> {
     }
 }
 
+/// The `limits` object: each requested limit by name, then `sandbox` by feature.
+struct Limits<'a>(&'a LimitReport);
+
+impl Serialize for Limits<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.limits.len() + 1))?;
+        for e in &self.0.limits {
+            map.serialize_entry(e.kind.as_str(), &LimitEntry(e))?;
+        }
+        map.serialize_entry("sandbox", &Sandbox(self.0))?;
+        map.end()
+    }
+}
+
+struct LimitEntry<'a>(&'a crate::process::LimitEntry);
+
+impl Serialize for LimitEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("value", &e.value)?;
+        map.serialize_entry("mechanism", e.mechanism.as_str())?;
+        map.serialize_entry("hit", &e.hit)?;
+        map.serialize_entry("peak", &e.peak)?;
+        map.serialize_entry("oom_kills", &e.oom_kills)?;
+        map.end()
+    }
+}
+
+struct Sandbox<'a>(&'a LimitReport);
+
+impl Serialize for Sandbox<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.sandbox.len()))?;
+        for e in &self.0.sandbox {
+            map.serialize_entry(e.feature.as_str(), &e.enforced)?;
+        }
+        map.end()
+    }
+}
+
 fn whole_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -74,11 +118,14 @@ impl Serialize for ReportSince<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let r = self.report;
         let base = r.trace.started.saturating_duration_since(self.epoch);
-        // The worker's own words for a failure; an exit code is in `exit_code` already.
+        // The worker's own words for a failure, or the limit it reached; an exit code is in
+        // `exit_code` already.
         let error = match &r.outcome {
-            Outcome::Failed(failure @ (Failure::Worker(_) | Failure::ExitedWithoutResult)) => {
-                Some(failure.to_string())
-            }
+            Outcome::Failed(
+                failure @ (Failure::Worker(_)
+                | Failure::ExitedWithoutResult
+                | Failure::LimitReached(_)),
+            ) => Some(failure.to_string()),
             _ => None,
         };
         let core_dumped = matches!(
@@ -101,6 +148,8 @@ impl Serialize for ReportSince<'_> {
         map.serialize_entry("job_started", &r.started)?;
         map.serialize_entry("containment", r.containment.as_str())?;
         map.serialize_entry("escaped", &r.escaped)?;
+        map.serialize_entry("limits", &Limits(&r.limits))?;
+        map.serialize_entry("limit", &r.limit.map(|x| x.as_str()))?;
         let timings = |unit| Timings {
             trace: &r.trace,
             base,
@@ -119,7 +168,9 @@ mod tests {
 
     use super::*;
     use crate::escalation::Stage;
-    use crate::{ContainmentMode, ExitStatus, Violation};
+    use crate::{
+        ContainmentMode, ExitStatus, LimitKind, Mechanism, SandboxEntry, SandboxFeature, Violation,
+    };
 
     fn report(outcome: Outcome) -> JobReport {
         let t0 = Instant::now();
@@ -136,6 +187,21 @@ mod tests {
             started: true,
             containment: ContainmentMode::Subreaper,
             escaped: vec![7],
+            limits: LimitReport {
+                limits: vec![crate::process::LimitEntry {
+                    kind: LimitKind::Memory,
+                    value: 64 << 20,
+                    mechanism: Mechanism::CgroupV2,
+                    hit: Some(true),
+                    peak: Some(1 << 20),
+                    oom_kills: Some(1),
+                }],
+                sandbox: vec![SandboxEntry {
+                    feature: SandboxFeature::Seccomp,
+                    enforced: true,
+                }],
+            },
+            limit: Some(LimitKind::Memory),
             trace: Trace {
                 started: t0,
                 cancel_requested: Some(Duration::from_micros(1_500)),
@@ -162,6 +228,13 @@ mod tests {
         assert_eq!(v["signal"], 9);
         assert_eq!(v["containment"], "subreaper");
         assert_eq!(v["escaped"], json!([7]));
+        assert_eq!(
+            v["limits"],
+            json!({"memory": {"value": 64 << 20, "mechanism": "cgroup_v2", "hit": true,
+                              "peak": 1 << 20, "oom_kills": 1},
+                   "sandbox": {"seccomp": true}})
+        );
+        assert_eq!(v["limit"], "memory");
         assert_eq!(
             v["violation"],
             Violation::UnrequestedCancel { job: JobId(3) }.to_string()

@@ -144,7 +144,7 @@ fn start_guard(base: &Path) {
 }
 
 /// Sends `line` to the guard without blocking and without SIGPIPE.
-fn tell_guard(line: &str) -> io::Result<()> {
+pub(super) fn tell_guard(line: &str) -> io::Result<()> {
     use nix::sys::socket::{MsgFlags, send};
     use std::os::fd::AsRawFd;
     let fd = GUARD
@@ -166,6 +166,8 @@ fn tell_guard(line: &str) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub(crate) struct GuardOrders {
     ladders: std::collections::HashMap<String, (libc::c_int, Duration)>,
+    /// cgroup v1 bases (limits on hybrid hosts) to empty and remove too.
+    v1_bases: std::collections::BTreeSet<PathBuf>,
     partial: Vec<u8>,
     prune_at: usize,
 }
@@ -176,8 +178,13 @@ impl GuardOrders {
         self.partial.extend_from_slice(bytes);
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
-            if let Some((leaf, ladder)) = std::str::from_utf8(&line).ok().and_then(parse_order) {
+            let Ok(line) = std::str::from_utf8(&line) else {
+                continue;
+            };
+            if let Some((leaf, ladder)) = parse_order(line) {
                 self.ladders.insert(leaf, ladder);
+            } else if let Some(v1) = parse_v1_base(line) {
+                self.v1_bases.insert(v1);
             }
         }
         if self.partial.len() > 4096 {
@@ -191,6 +198,14 @@ impl GuardOrders {
             self.prune_at = self.ladders.len() * 2;
         }
     }
+}
+
+/// `v1base PATH`: an absolute path whose last part is a `warden-...` base.
+fn parse_v1_base(line: &str) -> Option<PathBuf> {
+    let path = Path::new(line.strip_prefix("v1base ")?.trim_end_matches('\n'));
+    let name = path.file_name()?.to_str()?;
+    (path.is_absolute() && Identity::parse(name).is_some() && !line.contains("/../"))
+        .then(|| path.to_owned())
 }
 
 /// `ladder tree-N SIG MS`.
@@ -214,6 +229,9 @@ const GUARD_WAIT: Duration = Duration::from_secs(5);
 /// until it is empty, and remove the leaves and the base.
 pub(crate) fn kill_and_remove_base(base: &Path, orders: &GuardOrders) {
     if !base.exists() {
+        for v1 in &orders.v1_bases {
+            super::cgroup_v1::kill_and_remove_base(v1);
+        }
         return;
     }
     let leaves: Vec<(String, PathBuf)> = std::fs::read_dir(base)
@@ -251,6 +269,10 @@ pub(crate) fn kill_and_remove_base(base: &Path, orders: &GuardOrders) {
         let _ = std::fs::remove_dir(dir);
     }
     let _ = std::fs::remove_dir(base);
+    // The trees' v1 cgroups hold the same processes, now dead: only their removal is left.
+    for v1 in &orders.v1_bases {
+        super::cgroup_v1::kill_and_remove_base(v1);
+    }
 }
 
 /// Sends `signal` and SIGCONT to every member of the cgroup at `dir`, frozen meanwhile so
@@ -283,7 +305,7 @@ fn signal_members(dir: &Path, signal: libc::c_int) {
 /// `deadline` passes; returns whether it did. Woken by the kernel's change notification on the
 /// file (poll, POLLPRI), with a short poll interval as a fallback. A cgroup that is gone counts
 /// as empty.
-fn wait_events(dir: &Path, want: &str, deadline: Instant) -> bool {
+pub(super) fn wait_events(dir: &Path, want: &str, deadline: Instant) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::io::{Read, Seek};
     use std::os::fd::AsFd;
@@ -318,14 +340,14 @@ fn wait_events(dir: &Path, want: &str, deadline: Instant) -> bool {
 /// namespaces, and pids repeat between them), the pid, and the process start time (pids are
 /// recycled).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Identity {
-    pidns: u64,
-    pid: u32,
-    start: u64,
+pub(super) struct Identity {
+    pub(super) pidns: u64,
+    pub(super) pid: u32,
+    pub(super) start: u64,
 }
 
 impl Identity {
-    fn of_self() -> io::Result<Identity> {
+    pub(super) fn of_self() -> io::Result<Identity> {
         use std::os::unix::fs::MetadataExt;
         let pidns = std::fs::metadata("/proc/self/ns/pid")?.ino();
         let pid = std::process::id();
@@ -335,11 +357,11 @@ impl Identity {
         Ok(Identity { pidns, pid, start })
     }
 
-    fn dir_name(&self) -> String {
+    pub(super) fn dir_name(&self) -> String {
         format!("warden-{}-{}-{}", self.pidns, self.pid, self.start)
     }
 
-    fn parse(name: &str) -> Option<Identity> {
+    pub(super) fn parse(name: &str) -> Option<Identity> {
         let mut it = name.strip_prefix("warden-")?.split('-');
         let id = Identity {
             pidns: it.next()?.parse().ok()?,
@@ -351,7 +373,7 @@ impl Identity {
 }
 
 /// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
+pub(super) fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..]
         .split(' ')
@@ -469,6 +491,38 @@ impl Cgroup {
     /// Freezes (`true`) or thaws the leaf; see [`set_frozen`].
     pub(crate) fn set_frozen(&self, frozen: bool) -> io::Result<()> {
         set_frozen(&self.dir, frozen)
+    }
+
+    /// Whether the leaf has the v2 `controller` (`memory`, `pids`): enabled in the base's
+    /// `cgroup.subtree_control` (done here, once, where warden's own cgroup offers it).
+    pub(crate) fn has_controller(&self, controller: &str) -> bool {
+        let listed = |dir: &Path| {
+            std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .is_ok_and(|s| s.split_whitespace().any(|c| c == controller))
+        };
+        if listed(&self.dir) {
+            return true;
+        }
+        let Some(base) = self.dir.parent() else {
+            return false;
+        };
+        listed(base)
+            && std::fs::write(
+                base.join("cgroup.subtree_control"),
+                format!("+{controller}\n"),
+            )
+            .is_ok()
+            && listed(&self.dir)
+    }
+
+    /// Writes `value` to the leaf's control file `file` (`memory.max`, `pids.max`).
+    pub(crate) fn set(&self, file: &str, value: &str) -> io::Result<()> {
+        std::fs::write(self.dir.join(file), value)
+    }
+
+    /// Reads the leaf's control file `file`.
+    pub(crate) fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(file)).ok()
     }
 
     /// True once every process in the leaf is frozen (`frozen 1` in `cgroup.events`).
@@ -590,6 +644,20 @@ mod tests {
                 ("tree-1".to_owned(), (15, Duration::from_millis(2500))),
                 ("tree-4".to_owned(), (10, Duration::ZERO)),
             ]
+        );
+    }
+
+    #[test]
+    fn guard_orders_take_v1_bases_of_warden_only() {
+        let mut orders = GuardOrders::default();
+        orders.feed(
+            b"v1base /sys/fs/cgroup/pids/warden-1-2-3\nv1base relative/warden-1-2-3\n\
+              v1base /sys/fs/cgroup/pids\nv1base /x/../warden-1-2-3\n",
+            Path::new("/nonexistent-warden-base"),
+        );
+        assert_eq!(
+            orders.v1_bases.into_iter().collect::<Vec<_>>(),
+            [PathBuf::from("/sys/fs/cgroup/pids/warden-1-2-3")]
         );
     }
 

@@ -11,6 +11,7 @@
 mod child;
 mod command;
 mod exit;
+mod limits;
 pub mod shim;
 mod spawner;
 mod sweep;
@@ -19,6 +20,8 @@ mod unix;
 
 #[cfg(target_os = "linux")]
 mod cgroup;
+#[cfg(target_os = "linux")]
+mod cgroup_v1;
 #[cfg(not(target_os = "linux"))]
 mod no_cgroup;
 
@@ -32,6 +35,9 @@ mod pidfd;
 pub(crate) use child::Child;
 pub use command::{Command, Stdio};
 pub use exit::ExitStatus;
+pub use limits::{
+    LimitEntry, LimitKind, LimitReport, Limits, Mechanism, Sandbox, SandboxEntry, SandboxFeature,
+};
 pub use sweep::{claim_all_children, start_orphan_reaper};
 pub use tree::{Containment, ContainmentMode, OrphanLadder, Tree, TreeOptions, TreeReport};
 pub(crate) use unix::socketpair;

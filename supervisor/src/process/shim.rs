@@ -8,7 +8,9 @@
 //! even its first fork can escape), restores SIGPIPE (Rust's runtime ignores it, and an ignored
 //! signal would survive exec) unless the tree asks for it ignored, and glibc's internal
 //! signals 32 and 33 (its posix_spawn child leaves them ignored), sets the signals the tree
-//! asks for to SIG_IGN, and execs the real program (with execvp's `/bin/sh` fallback for a
+//! asks for to SIG_IGN, applies the tree's limits and sandbox (its cgroup v1 limit cgroups
+//! joined with its leaf; then rlimits, closing stray descriptors, `no_new_privs`, Landlock,
+//! seccomp last: see [`super::limits`]), and execs the real program (with execvp's `/bin/sh` fallback for a
 //! file without `#!`). Binaries that never call [`run_if_shim`] are spawned directly: the
 //! cgroup is then joined from the supervisor right after spawn, and PDEATHSIG is not available.
 //!
@@ -66,11 +68,129 @@ pub(crate) struct ShimPlan {
     pub cgroup_procs: Option<std::path::PathBuf>,
     /// Signals the program starts with ignored (every other one is at its default).
     pub ignored: Vec<libc::c_int>,
+    /// Limits and sandbox, applied after the cgroup join.
+    pub setup: Setup,
+}
+
+/// The limits and sandbox steps of the shim, in the order it applies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Setup {
+    /// More `cgroup.procs` files to join (the tree's cgroup v1 limit cgroups).
+    pub cgroups: Vec<std::path::PathBuf>,
+    /// `setrlimit(resource, soft, hard)`.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Close every descriptor above the channel and the report pipe.
+    pub close_fds: bool,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+    /// A Landlock ruleset.
+    pub landlock: Option<LandlockPlan>,
+    /// The seccomp deny-list.
+    pub seccomp: bool,
+}
+
+/// What the shim's Landlock ruleset handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LandlockPlan {
+    /// The filesystem rights of this ABI are handled (1 to 3).
+    pub fs_abi: i32,
+    /// Directories with every filesystem right.
+    pub writable: Vec<std::path::PathBuf>,
+    /// TCP bind and connect are handled (denied).
+    pub net: bool,
+    /// Abstract-socket and signal scoping.
+    pub scopes: bool,
+}
+
+impl Setup {
+    /// One argv word per step (each its own word, so paths need no quoting).
+    fn words(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for cg in &self.cgroups {
+            let mut w = b"cg=".to_vec();
+            w.extend_from_slice(cg.as_os_str().as_encoded_bytes());
+            out.push(w);
+        }
+        for (res, soft, hard) in &self.rlimits {
+            out.push(format!("rl={res},{soft},{hard}").into_bytes());
+        }
+        if self.close_fds {
+            out.push(b"closefds".to_vec());
+        }
+        if self.no_new_privs {
+            out.push(b"nnp".to_vec());
+        }
+        if let Some(ll) = &self.landlock {
+            out.push(
+                format!(
+                    "ll={},{},{}",
+                    ll.fs_abi,
+                    u8::from(ll.net),
+                    u8::from(ll.scopes)
+                )
+                .into_bytes(),
+            );
+            for dir in &ll.writable {
+                let mut w = b"llw=".to_vec();
+                w.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+                out.push(w);
+            }
+        }
+        if self.seccomp {
+            out.push(b"seccomp".to_vec());
+        }
+        out
+    }
+
+    /// Reads the words back; `None` for one this build never writes.
+    fn parse(words: Vec<OsString>) -> Option<Setup> {
+        let mut setup = Setup::default();
+        for word in words {
+            let bytes = word.into_vec();
+            let (key, value) = match bytes.iter().position(|&b| b == b'=') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (&bytes[..], &[][..]),
+            };
+            let path = || std::path::PathBuf::from(OsString::from_vec(value.to_vec()));
+            let numbers = || -> Option<Vec<u64>> {
+                std::str::from_utf8(value)
+                    .ok()?
+                    .split(',')
+                    .map(|n| n.parse().ok())
+                    .collect()
+            };
+            match key {
+                b"cg" => setup.cgroups.push(path()),
+                b"rl" => match numbers()?[..] {
+                    [res, soft, hard] => setup.rlimits.push((u32::try_from(res).ok()?, soft, hard)),
+                    _ => return None,
+                },
+                b"closefds" => setup.close_fds = true,
+                b"nnp" => setup.no_new_privs = true,
+                b"ll" => match numbers()?[..] {
+                    [abi, net, scopes] => {
+                        setup.landlock = Some(LandlockPlan {
+                            fs_abi: i32::try_from(abi).ok()?,
+                            writable: Vec::new(),
+                            net: net == 1,
+                            scopes: scopes == 1,
+                        })
+                    }
+                    _ => return None,
+                },
+                b"llw" => setup.landlock.as_mut()?.writable.push(path()),
+                b"seccomp" => setup.seccomp = true,
+                _ => return None,
+            }
+        }
+        Some(setup)
+    }
 }
 
 impl ShimPlan {
     /// The shim's argv: `[exe, SHIM_ARG, ppid, death signal|0, cgroup.procs|-, ignored|-,
-    /// program path, argv...]`, `ignored` as comma-separated numbers.
+    /// N, N setup words, program path, argv...]`, `ignored` as comma-separated numbers, each
+    /// setup word one step (see [`Setup`]).
     pub(crate) fn argv(&self, path: &CString, argv: &[CString]) -> Vec<CString> {
         let number = |n: i64| CString::new(n.to_string()).unwrap_or_default();
         let mut out = Vec::with_capacity(argv.len() + 7);
@@ -89,6 +209,13 @@ impl ShimPlan {
             let list: Vec<String> = self.ignored.iter().map(ToString::to_string).collect();
             CString::new(list.join(",")).unwrap_or_default()
         });
+        let words = self.setup.words();
+        out.push(number(i64::try_from(words.len()).unwrap_or(0)));
+        out.extend(
+            words
+                .into_iter()
+                .map(|w| CString::new(w).unwrap_or_default()),
+        );
         out.push(path.clone());
         out.extend(argv.iter().cloned());
         out
@@ -110,16 +237,31 @@ pub(crate) enum Step {
     IgnoreSignals,
     /// `execve` of the program (after the `/bin/sh` fallback for ENOEXEC).
     Exec,
+    /// `setrlimit`.
+    SetRlimit,
+    /// Closing stray descriptors.
+    CloseFds,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// The Landlock ruleset.
+    Landlock,
+    /// The seccomp filter.
+    Seccomp,
 }
 
 impl Step {
-    const ALL: [Step; 6] = [
+    const ALL: [Step; 11] = [
         Step::Invocation,
         Step::DeathSignal,
         Step::JoinCgroup,
         Step::ResetSignals,
         Step::IgnoreSignals,
         Step::Exec,
+        Step::SetRlimit,
+        Step::CloseFds,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
     ];
 
     fn code(self) -> u32 {
@@ -130,6 +272,11 @@ impl Step {
             Step::ResetSignals => 4,
             Step::IgnoreSignals => 5,
             Step::Exec => 6,
+            Step::SetRlimit => 7,
+            Step::CloseFds => 8,
+            Step::NoNewPrivs => 9,
+            Step::Landlock => 10,
+            Step::Seccomp => 11,
         }
     }
 }
@@ -257,8 +404,8 @@ impl Report {
 fn shim_main(args: Vec<OsString>) -> i32 {
     let report = Report::inherited();
     let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
-    // [ppid, death signal|0, cgroup.procs|-, ignored|-, path, argv0, args...]
-    if args.len() < 6 {
+    // [ppid, death signal|0, cgroup.procs|-, ignored|-, N, N words, path, argv0, args...]
+    if args.len() < 7 {
         return report.fail(Step::Invocation, &invalid(), std::ffi::OsStr::new("shim"));
     }
     let mut it = args.into_iter();
@@ -272,10 +419,14 @@ fn shim_main(args: Vec<OsString>) -> i32 {
         }
         s.to_str()?.split(',').map(|n| n.parse().ok()).collect()
     });
+    let count = number(it.next()).and_then(|n| usize::try_from(n).ok());
+    let setup = count.and_then(|n| Setup::parse(it.by_ref().take(n).collect()));
     let Some(path) = it.next() else {
         return report.fail(Step::Invocation, &invalid(), std::ffi::OsStr::new("shim"));
     };
-    let (Some(ppid), Some(death_signal), Some(ignored)) = (ppid, death_signal, ignored) else {
+    let (Some(ppid), Some(death_signal), Some(ignored), Some(setup)) =
+        (ppid, death_signal, ignored, setup)
+    else {
         return report.fail(Step::Invocation, &invalid(), &path);
     };
     let argv: Vec<OsString> = it.collect();
@@ -298,6 +449,11 @@ fn shim_main(args: Vec<OsString>) -> i32 {
     {
         return report.fail(Step::JoinCgroup, &e, &path);
     }
+    for procs in &setup.cgroups {
+        if let Err(e) = std::fs::write(procs, b"0\n") {
+            return report.fail(Step::JoinCgroup, &e, &path);
+        }
+    }
     // Rust's runtime ignores SIGPIPE in the shim, and an ignored signal survives exec: put it
     // back unless the program must start with it ignored; so for glibc's internal signals,
     // which its posix_spawn left ignored. Everything else is at its default already
@@ -315,8 +471,134 @@ fn shim_main(args: Vec<OsString>) -> i32 {
             return report.fail(Step::IgnoreSignals, &e, &path);
         }
     }
+    #[cfg(target_os = "linux")]
+    if let Err((step, e)) = confine(&setup) {
+        return report.fail(step, &e, &path);
+    }
+    #[cfg(not(target_os = "linux"))]
+    if setup != Setup::default() {
+        return report.fail(
+            Step::SetRlimit,
+            &std::io::Error::from(std::io::ErrorKind::Unsupported),
+            &path,
+        );
+    }
     let err = super::unix::exec(&path, &argv);
     report.fail(Step::Exec, &err, &path)
+}
+
+/// The limits and the sandbox, in order: rlimits, stray descriptors, no_new_privs, Landlock,
+/// seccomp (last: it could refuse what the steps before need).
+#[cfg(target_os = "linux")]
+fn confine(setup: &Setup) -> Result<(), (Step, std::io::Error)> {
+    for &(resource, soft, hard) in &setup.rlimits {
+        super::unix::set_rlimit(resource, soft, hard).map_err(|e| (Step::SetRlimit, e))?;
+    }
+    if setup.close_fds {
+        // fd 3 is the channel (or closed already), fd 4 the report pipe (close-on-exec).
+        super::unix::close_from(super::unix::REPORT_FD + 1).map_err(|e| (Step::CloseFds, e))?;
+    }
+    if setup.no_new_privs {
+        super::unix::set_no_new_privs().map_err(|e| (Step::NoNewPrivs, e))?;
+    }
+    if let Some(plan) = &setup.landlock {
+        landlock(plan).map_err(|e| (Step::Landlock, e))?;
+    }
+    if setup.seccomp {
+        seccomp().map_err(|e| (Step::Seccomp, e))?;
+    }
+    Ok(())
+}
+
+/// The first OS error in `err`'s chain, else `fallback`.
+#[cfg(target_os = "linux")]
+fn os_error(err: &(dyn std::error::Error + 'static), fallback: i32) -> std::io::Error {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return std::io::Error::from_raw_os_error(code);
+        }
+        next = e.source();
+    }
+    std::io::Error::from_raw_os_error(fallback)
+}
+
+/// Landlock, every requested piece a hard requirement (the supervisor asks only for what the
+/// kernel's ABI has, or fails the spawn): the whole filesystem readable and executable,
+/// `/dev/null` writable, the writable directories with every right; TCP bind and connect
+/// handled with no rule (refused); abstract sockets and signals scoped to the tree.
+#[cfg(target_os = "linux")]
+fn landlock(plan: &LandlockPlan) -> std::io::Result<()> {
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+        RulesetAttr, RulesetCreatedAttr, Scope, path_beneath_rules,
+    };
+    let abi = match plan.fs_abi {
+        1 => ABI::V1,
+        2 => ABI::V2,
+        _ => ABI::V3,
+    };
+    let ll = |e: landlock::RulesetError| os_error(&e, libc::EOPNOTSUPP);
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(ll)?;
+    if plan.net {
+        ruleset = ruleset
+            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+            .map_err(ll)?;
+    }
+    if plan.scopes {
+        ruleset = ruleset
+            .scope(Scope::AbstractUnixSocket | Scope::Signal)
+            .map_err(ll)?;
+    }
+    let mut created = ruleset
+        .create()
+        .map_err(ll)?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
+        .map_err(ll)?
+        .add_rules(path_beneath_rules(
+            ["/dev/null"],
+            AccessFs::ReadFile | AccessFs::WriteFile,
+        ))
+        .map_err(ll)?;
+    for dir in &plan.writable {
+        let fd = PathFd::new(dir).map_err(|e| os_error(&e, libc::ENOENT))?;
+        created = created
+            .add_rule(PathBeneath::new(fd, AccessFs::from_all(abi)))
+            .map_err(ll)?;
+    }
+    created.restrict_self().map_err(ll)?;
+    Ok(())
+}
+
+/// The seccomp deny-list ([`DENIED_SYSCALLS`](super::limits::DENIED_SYSCALLS)): each fails
+/// with EPERM, everything else is allowed.
+#[cfg(target_os = "linux")]
+fn seccomp() -> std::io::Result<()> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let unsupported = |_| std::io::Error::from_raw_os_error(libc::EINVAL);
+    #[cfg_attr(
+        target_pointer_width = "64",
+        expect(clippy::useless_conversion, reason = "c_long is i32 on 32-bit targets")
+    )]
+    let rules = super::limits::DENIED_SYSCALLS
+        .iter()
+        .map(|&n| (i64::from(n), Vec::new()))
+        .collect();
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(unsupported)?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(unsupported)?;
+    let program: BpfProgram = filter.try_into().map_err(unsupported)?;
+    seccompiler::apply_filter(&program).map_err(|e| os_error(&e, libc::EINVAL))
 }
 
 /// One line on the shim's stderr (the program's), dropped if it cannot be written: `eprintln!`
@@ -349,10 +631,32 @@ mod tests {
             death_signal: Some(libc::SIGTERM),
             cgroup_procs: None,
             ignored: vec![libc::SIGPIPE, libc::SIGHUP],
+            setup: Setup::default(),
         };
         let argv = plan.argv(&c"/bin/true".to_owned(), &[c"true".to_owned()]);
         let words: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(words[1], SHIM_ARG);
-        assert_eq!(words[3..], ["15", "-", "13,1", "/bin/true", "true"]);
+        assert_eq!(words[3..], ["15", "-", "13,1", "0", "/bin/true", "true"]);
+    }
+
+    #[test]
+    fn setup_words_round_trip() {
+        let setup = Setup {
+            cgroups: vec!["/sys/fs/cgroup/memory/a b/cgroup.procs".into()],
+            rlimits: vec![(7, 32, 32), (0, 1, 2)],
+            close_fds: true,
+            no_new_privs: true,
+            landlock: Some(LandlockPlan {
+                fs_abi: 3,
+                writable: vec!["/tmp/x,y".into()],
+                net: true,
+                scopes: false,
+            }),
+            seccomp: true,
+        };
+        let words = setup.words().into_iter().map(OsString::from_vec).collect();
+        assert_eq!(Setup::parse(words), Some(setup));
+        assert_eq!(Setup::parse(vec!["bogus".into()]), None);
+        assert_eq!(Setup::parse(vec!["rl=1,2".into()]), None);
     }
 }

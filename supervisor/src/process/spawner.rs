@@ -354,6 +354,11 @@ fn shim_error(program: OsString, step: Step, errno: i32) -> SpawnError {
         Step::JoinCgroup => SetupStep::JoinCgroup,
         Step::ResetSignals => SetupStep::ResetSignals,
         Step::IgnoreSignals => SetupStep::IgnoreSignals,
+        Step::SetRlimit => SetupStep::SetRlimit,
+        Step::CloseFds => SetupStep::CloseFds,
+        Step::NoNewPrivs => SetupStep::NoNewPrivs,
+        Step::Landlock => SetupStep::Landlock,
+        Step::Seccomp => SetupStep::Seccomp,
     };
     SpawnError::Setup {
         program,

@@ -7,12 +7,15 @@ use std::os::fd::OwnedFd;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use super::limits::{LimitEntry, LimitKind, LimitReport, Limits, Mechanism, Sandbox, SandboxEntry};
 use super::spawner::{SpawnOptions, spawn};
 use super::{Child, Command, ExitStatus, pidfd, sweep};
 use crate::error::{ParseNameError, SpawnError};
 
 #[cfg(target_os = "linux")]
 use super::cgroup::Cgroup;
+#[cfg(target_os = "linux")]
+use super::cgroup_v1::{Controller, V1Cgroup};
 #[cfg(not(target_os = "linux"))]
 use super::no_cgroup::Cgroup;
 
@@ -119,6 +122,12 @@ pub struct TreeOptions {
     /// itself also gets [`death_signal`](Self::death_signal) at once: set both to the same
     /// signal for a polite end.
     pub orphan_ladder: Option<OrphanLadder>,
+    /// Resource limits (default: none). See [`Limits`] for the mechanisms; a limit this host
+    /// cannot enforce fails the spawn unless [`Limits::best_effort`].
+    pub limits: Limits,
+    /// The sandbox (default: none). Needs the exec shim; a feature this kernel lacks fails
+    /// the spawn unless [`Sandbox::best_effort`].
+    pub sandbox: Option<Sandbox>,
 }
 
 /// The cgroup guard's ladder for a tree whose supervisor died: `signal` and SIGCONT to every
@@ -148,6 +157,8 @@ impl Default for TreeOptions {
             death_signal: libc::SIGKILL,
             ignored_signals: Vec::new(),
             orphan_ladder: None,
+            limits: Limits::default(),
+            sandbox: None,
         }
     }
 }
@@ -198,6 +209,18 @@ impl TreeOptions {
         self.orphan_ladder = Some(OrphanLadder::new(signal, delay));
         self
     }
+
+    /// Resource limits for the tree (see the field [`limits`](Self::limits)).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Runs the program in `sandbox` (see the field [`sandbox`](Self::sandbox)).
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
 }
 
 /// What [`Tree::finish`] found.
@@ -211,6 +234,9 @@ pub struct TreeReport {
     /// Descendants found outside the program's process group (setsid, setpgid, daemons) and
     /// signalled or killed, by pid.
     pub escaped: Vec<u32>,
+    /// Each requested limit (its mechanism, and whether the tree reached it) and sandbox
+    /// feature.
+    pub limits: LimitReport,
 }
 
 /// Environment variable tagging every process of a tree (used to find adopted orphans).
@@ -227,6 +253,20 @@ pub struct Tree {
     tag: String,
     escaped: BTreeSet<u32>,
     suspended: Option<Suspension>,
+    enforcement: Enforcement,
+    /// The limit report read once the tree was gone, before its cgroups are removed.
+    final_limits: Option<LimitReport>,
+}
+
+/// How a tree's limits and sandbox are enforced, decided before it starts.
+#[derive(Debug, Default)]
+struct Enforcement {
+    limits: Vec<(LimitKind, u64, Mechanism)>,
+    /// The tree's cgroup v1 limit cgroups (removed when the tree is dropped).
+    #[cfg(target_os = "linux")]
+    v1: Vec<V1Cgroup>,
+    setup: super::shim::Setup,
+    sandbox: Vec<SandboxEntry>,
 }
 
 /// How a suspended tree was stopped, so that it is continued the same way.
@@ -275,7 +315,10 @@ impl Tree {
     /// [`SpawnError::NotFound`] / [`SpawnError::NotExecutable`] when `execve` fails (with the
     /// errno), [`SpawnError::Setup`] when a step of the exec shim does,
     /// [`SpawnError::ContainmentUnavailable`], [`SpawnError::InvalidSignal`],
-    /// [`SpawnError::InvalidCommand`], [`SpawnError::Launch`].
+    /// [`SpawnError::InvalidCommand`], [`SpawnError::Launch`];
+    /// [`SpawnError::LimitUnavailable`] / [`SpawnError::SandboxUnavailable`] for a limit or
+    /// sandbox feature this host cannot enforce (unless best effort), [`SpawnError::Limit`]
+    /// when configuring a limit's cgroup fails.
     ///
     /// # Cancel safety
     /// Dropping the future kills and reaps whatever was started.
@@ -328,10 +371,12 @@ impl Tree {
         }
         let tag = next_tag();
         let use_shim = super::shim::available();
+        let mut enforcement = plan(options, cgroup.as_ref(), use_shim)?;
         let shim = use_shim.then(|| super::shim::ShimPlan {
             death_signal: options.die_with_supervisor.then_some(options.death_signal),
             cgroup_procs: cgroup.as_ref().map(Cgroup::procs_file),
             ignored: options.ignored_signals.clone(),
+            setup: std::mem::take(&mut enforcement.setup),
         });
         let opts = SpawnOptions {
             channel,
@@ -352,6 +397,14 @@ impl Tree {
             // Too late for a clean placement: fall back to what still holds.
             tracing::warn!(error = %e, "could not move the program into its cgroup");
         }
+        #[cfg(target_os = "linux")]
+        if !use_shim {
+            for v1 in &enforcement.v1 {
+                if let Err(e) = v1.add(child.pid()) {
+                    tracing::warn!(error = %e, "could not move the program into its v1 cgroup");
+                }
+            }
+        }
         Ok(Tree {
             child,
             mode,
@@ -360,7 +413,95 @@ impl Tree {
             tag,
             escaped: BTreeSet::new(),
             suspended: None,
+            enforcement,
+            final_limits: None,
         })
+    }
+
+    /// Each requested limit and sandbox feature: how it is enforced and, from the kernel's
+    /// counters, whether the tree reached it. Final once the tree has ended
+    /// ([`finish`](Self::finish)); read live before that.
+    pub fn limits(&self) -> LimitReport {
+        match &self.final_limits {
+            Some(report) => report.clone(),
+            None => self.read_limits(),
+        }
+    }
+
+    fn read_limits(&self) -> LimitReport {
+        let status = self.child.exit_status();
+        let limits = self
+            .enforcement
+            .limits
+            .iter()
+            .map(|&(kind, value, mechanism)| {
+                let mut entry = LimitEntry {
+                    kind,
+                    value,
+                    mechanism,
+                    hit: None,
+                    peak: None,
+                    oom_kills: None,
+                };
+                self.read_counters(&mut entry, status);
+                entry
+            })
+            .collect();
+        LimitReport {
+            limits,
+            sandbox: self.enforcement.sandbox.clone(),
+        }
+    }
+
+    /// Fills `hit`, `peak` and `oom_kills` from the kernel's counters.
+    fn read_counters(&self, entry: &mut LimitEntry, status: Option<ExitStatus>) {
+        #[cfg(target_os = "linux")]
+        {
+            use super::cgroup_v1::keyed;
+            let v1 = |c: Controller| self.enforcement.v1.iter().find(|g| g.controller() == c);
+            let number = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+            match (entry.kind, entry.mechanism) {
+                (LimitKind::Memory, Mechanism::CgroupV2) => {
+                    let Some(cg) = &self.cgroup else { return };
+                    entry.peak = number(cg.read("memory.peak"));
+                    let events = cg.read("memory.events").unwrap_or_default();
+                    entry.oom_kills = keyed(&events, "oom_kill");
+                    entry.hit = keyed(&events, "max").map(|n| n > 0 || entry.oom_kills > Some(0));
+                }
+                (LimitKind::Memory, Mechanism::CgroupV1) => {
+                    let Some(cg) = v1(Controller::Memory) else {
+                        return;
+                    };
+                    entry.peak = number(cg.read("memory.max_usage_in_bytes"));
+                    entry.oom_kills = keyed(
+                        &cg.read("memory.oom_control").unwrap_or_default(),
+                        "oom_kill",
+                    );
+                    entry.hit = number(cg.read("memory.failcnt"))
+                        .map(|n| n > 0 || entry.oom_kills > Some(0));
+                }
+                (LimitKind::Processes, Mechanism::CgroupV2) => {
+                    let Some(cg) = &self.cgroup else { return };
+                    entry.peak = number(cg.read("pids.peak"));
+                    entry.hit =
+                        keyed(&cg.read("pids.events").unwrap_or_default(), "max").map(|n| n > 0);
+                }
+                (LimitKind::Processes, Mechanism::CgroupV1) => {
+                    let Some(cg) = v1(Controller::Pids) else {
+                        return;
+                    };
+                    entry.peak = number(cg.read("pids.peak"));
+                    entry.hit =
+                        keyed(&cg.read("pids.events").unwrap_or_default(), "max").map(|n| n > 0);
+                }
+                (LimitKind::CpuTime, Mechanism::Rlimit) => {
+                    entry.hit = status.map(|s| s.signal() == Some(libc::SIGXCPU));
+                }
+                _ => {}
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (entry, status);
     }
 
     /// The program's pid (also its process group id unless started without a new group).
@@ -529,6 +670,7 @@ impl Tree {
             status,
             containment: self.mode,
             escaped: self.escaped(),
+            limits: self.limits(),
         }
     }
 
@@ -537,6 +679,15 @@ impl Tree {
         if self.child.is_reaped() {
             return self.child.exit_status();
         }
+        let status = self.settle_tree(reap_timeout).await;
+        if status.is_some() {
+            // Everything is gone; the cgroups are still there until the tree is dropped.
+            self.final_limits = Some(self.read_limits());
+        }
+        status
+    }
+
+    async fn settle_tree(&mut self, reap_timeout: Duration) -> Option<ExitStatus> {
         let _ = self.kill_tree();
         let deadline = Instant::now().checked_add(reap_timeout);
         let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
@@ -630,6 +781,208 @@ impl Tree {
     }
 }
 
+/// Decides how each requested limit and sandbox feature is enforced (strongest mechanism
+/// first; see [`super::limits`]), creates and configures the tree's v1 cgroups, and fills the
+/// shim's setup. A piece that cannot be enforced is an error unless best effort was asked.
+fn plan(
+    options: &TreeOptions,
+    cgroup: Option<&Cgroup>,
+    use_shim: bool,
+) -> Result<Enforcement, SpawnError> {
+    let mut out = Enforcement::default();
+    let limits = &options.limits;
+    for (kind, value) in limits.requested() {
+        let mechanism = match limit_mechanism(kind, value, cgroup, use_shim, &mut out) {
+            Ok(mechanism) => mechanism,
+            Err(Unenforced::Missing(why)) if limits.best_effort => {
+                tracing::warn!(limit = %kind, why, "limit not enforced (best effort)");
+                Mechanism::None
+            }
+            Err(Unenforced::Missing(why)) => {
+                return Err(SpawnError::LimitUnavailable { limit: kind, why });
+            }
+            // A cgroup that exists but refuses its limit is a broken environment, not a
+            // missing feature: best effort does not cover it.
+            Err(Unenforced::Failed(source)) => {
+                return Err(SpawnError::Limit {
+                    limit: kind,
+                    source,
+                });
+            }
+        };
+        out.limits.push((kind, value, mechanism));
+    }
+    if let Some(sandbox) = &options.sandbox {
+        plan_sandbox(sandbox, use_shim, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Why a limit has no mechanism.
+#[derive(Debug)]
+enum Unenforced {
+    /// Nothing here can enforce it.
+    Missing(&'static str),
+    /// Its cgroup refused the limit.
+    Failed(io::Error),
+}
+
+impl From<&'static str> for Unenforced {
+    fn from(why: &'static str) -> Self {
+        Unenforced::Missing(why)
+    }
+}
+
+/// The mechanism for one limit, set up; `Err` says why there is none.
+#[cfg_attr(
+    not(target_os = "linux"),
+    expect(unused_variables, reason = "only rlimits elsewhere")
+)]
+fn limit_mechanism(
+    kind: LimitKind,
+    value: u64,
+    cgroup: Option<&Cgroup>,
+    use_shim: bool,
+    out: &mut Enforcement,
+) -> Result<Mechanism, Unenforced> {
+    let rlimit = |out: &mut Enforcement,
+                  resource: libc::c_int,
+                  soft: u64,
+                  hard: u64|
+     -> Result<Mechanism, Unenforced> {
+        #[cfg(target_os = "linux")]
+        if use_shim {
+            out.setup.rlimits.push((resource as u32, soft, hard));
+            return Ok(Mechanism::Rlimit);
+        }
+        let _ = (out, resource, soft, hard);
+        Err(
+            "there is no exec shim to set an rlimit (call warden::shim::run_if_shim in main)"
+                .into(),
+        )
+    };
+    match kind {
+        LimitKind::CpuTime => {
+            // Whole seconds, rounded up: SIGXCPU at the limit, SIGKILL a second later.
+            let secs = value.div_ceil(1000).max(1);
+            rlimit(out, libc::RLIMIT_CPU as libc::c_int, secs, secs + 1)
+        }
+        LimitKind::OpenFiles => rlimit(out, libc::RLIMIT_NOFILE as libc::c_int, value, value),
+        LimitKind::Memory | LimitKind::Processes => {
+            #[cfg(target_os = "linux")]
+            {
+                let (v2_controller, v2_file, controller) = match kind {
+                    LimitKind::Memory => ("memory", "memory.max", Controller::Memory),
+                    _ => ("pids", "pids.max", Controller::Pids),
+                };
+                let failed = Unenforced::Failed;
+                if let Some(cg) = cgroup
+                    && cg.has_controller(v2_controller)
+                {
+                    cg.set(v2_file, &value.to_string()).map_err(failed)?;
+                    if kind == LimitKind::Memory {
+                        // Swap would let the tree grow past its limit.
+                        let _ = cg.set("memory.swap.max", "0");
+                    }
+                    return Ok(Mechanism::CgroupV2);
+                }
+                match V1Cgroup::create(controller) {
+                    Ok(v1) => {
+                        match kind {
+                            LimitKind::Memory => {
+                                v1.set("memory.limit_in_bytes", &value.to_string())
+                                    .map_err(failed)?;
+                                if v1.has("memory.memsw.limit_in_bytes") {
+                                    v1.set("memory.memsw.limit_in_bytes", &value.to_string())
+                                        .map_err(failed)?;
+                                }
+                            }
+                            _ => v1.set("pids.max", &value.to_string()).map_err(failed)?,
+                        }
+                        out.setup.cgroups.push(v1.procs_file());
+                        out.v1.push(v1);
+                        return Ok(Mechanism::CgroupV1);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "no cgroup v1 {v2_controller} cgroup"),
+                }
+            }
+            match kind {
+                LimitKind::Memory => rlimit(out, libc::RLIMIT_AS as libc::c_int, value, value),
+                _ if super::unix::is_root() => Err(
+                    "no cgroup pids controller is usable, and RLIMIT_NPROC does not bind root"
+                        .into(),
+                ),
+                _ => rlimit(out, libc::RLIMIT_NPROC as libc::c_int, value, value),
+            }
+        }
+    }
+}
+
+/// Which sandbox features this kernel has; fills the shim's setup with those.
+fn plan_sandbox(
+    sandbox: &Sandbox,
+    use_shim: bool,
+    out: &mut Enforcement,
+) -> Result<(), SpawnError> {
+    use super::limits::SandboxFeature;
+    if sandbox
+        .allow_write
+        .iter()
+        .any(|d| d.as_os_str().as_encoded_bytes().contains(&0))
+    {
+        return Err(SpawnError::InvalidCommand {
+            what: "writable directory",
+        });
+    }
+    #[cfg(target_os = "linux")]
+    let (abi, seccomp) = (
+        super::unix::landlock_abi(),
+        super::unix::seccomp_available(),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let (abi, seccomp) = (0, false);
+    for feature in sandbox.features() {
+        let why = if !use_shim {
+            Some("there is no exec shim to apply it (call warden::shim::run_if_shim in main)")
+        } else if let Some(needed) = feature.landlock_abi() {
+            match abi {
+                0 => Some("this kernel has no Landlock (not built in, or not enabled at boot)"),
+                abi if abi < needed => Some("this kernel's Landlock ABI is too old for it"),
+                _ => None,
+            }
+        } else if feature == SandboxFeature::Seccomp && !seccomp {
+            Some("this kernel has no seccomp filters")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if !sandbox.best_effort {
+                return Err(SpawnError::SandboxUnavailable { feature, why });
+            }
+            tracing::warn!(%feature, why, "sandbox feature not applied (best effort)");
+        }
+        out.sandbox.push(SandboxEntry {
+            feature,
+            enforced: why.is_none(),
+        });
+    }
+    let on = |f: SandboxFeature| out.sandbox.iter().any(|e| e.feature == f && e.enforced);
+    let setup = super::shim::Setup {
+        close_fds: on(SandboxFeature::CloseFds),
+        no_new_privs: on(SandboxFeature::NoNewPrivs),
+        landlock: on(SandboxFeature::LandlockFs).then(|| super::shim::LandlockPlan {
+            fs_abi: abi.min(3),
+            writable: sandbox.allow_write.clone(),
+            net: on(SandboxFeature::LandlockNet),
+            scopes: on(SandboxFeature::ScopeAbstractSockets),
+        }),
+        seccomp: on(SandboxFeature::Seccomp),
+        ..std::mem::take(&mut out.setup)
+    };
+    out.setup = setup;
+    Ok(())
+}
+
 fn next_tag() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -655,6 +1008,52 @@ fn signal_member(pid: i32, sig: i32, is_member: impl Fn(i32) -> bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_cannot_be_enforced_fails_unless_best_effort() {
+        // No exec shim: nothing can set an rlimit or a sandbox before exec.
+        let strict = TreeOptions::new().limits(Limits::new().cpu_time(Duration::from_secs(1)));
+        assert!(matches!(
+            plan(&strict, None, false),
+            Err(SpawnError::LimitUnavailable {
+                limit: LimitKind::CpuTime,
+                ..
+            })
+        ));
+        let lenient = TreeOptions::new()
+            .limits(
+                Limits::new()
+                    .cpu_time(Duration::from_secs(1))
+                    .best_effort(true),
+            )
+            .sandbox(Sandbox::new().best_effort(true));
+        let planned = plan(&lenient, None, false).expect("best effort");
+        assert_eq!(
+            planned.limits,
+            [(LimitKind::CpuTime, 1000, Mechanism::None)]
+        );
+        assert!(!planned.sandbox.is_empty());
+        assert!(planned.sandbox.iter().all(|e| !e.enforced));
+        assert_eq!(planned.setup, super::super::shim::Setup::default());
+        let strict = TreeOptions::new().sandbox(Sandbox::new());
+        assert!(matches!(
+            plan(&strict, None, false),
+            Err(SpawnError::SandboxUnavailable { .. })
+        ));
+        // With a shim, CPU time and open files are rlimits (the shim sets them on Linux).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            let rl = TreeOptions::new().limits(
+                Limits::new()
+                    .cpu_time(Duration::from_millis(1500))
+                    .open_files(32),
+            );
+            assert_eq!(
+                plan(&rl, None, true).expect("rlimits").setup.rlimits,
+                [(libc::RLIMIT_CPU, 2, 3), (libc::RLIMIT_NOFILE, 32, 32)]
+            );
+        }
+    }
 
     #[test]
     fn every_containment_mode_name_round_trips() {

@@ -539,3 +539,78 @@ pub(crate) fn exec(path: &std::ffi::OsStr, argv: &[std::ffi::OsString]) -> io::E
     }
     io::Error::from(err)
 }
+
+/// The Landlock ABI version this kernel offers; 0 without Landlock (not built in, or not
+/// enabled at boot).
+#[cfg(target_os = "linux")]
+pub(crate) fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag, landlock_create_ruleset
+    // only returns the ABI version (or fails); it reads and writes no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(v).unwrap_or(0).max(0)
+}
+
+/// Whether this kernel has seccomp filters (`PR_GET_SECCOMP` fails with EINVAL without them).
+#[cfg(target_os = "linux")]
+pub(crate) fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointer; it only returns this thread's seccomp mode.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// `setrlimit(resource, soft, hard)`, for the single-threaded shim before exec.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call; the resource number is
+    // checked by the kernel (EINVAL).
+    if unsafe { libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Closes every descriptor from `first` up (`close_range`, Linux 5.9).
+#[cfg(target_os = "linux")]
+pub(crate) fn close_from(first: RawFd) -> io::Result<()> {
+    let first =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: close_range only closes descriptors of this process; the single-threaded shim
+    // owns none of them any more (nothing of it refers to those numbers after this).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: no exec from here on gains privileges (setuid bits, file
+/// capabilities); needed before an unprivileged seccomp filter.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only; no memory is involved.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this process runs as root (RLIMIT_NPROC binds nobody with CAP_SYS_RESOURCE or
+/// CAP_SYS_ADMIN, which root has).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

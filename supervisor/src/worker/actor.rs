@@ -253,7 +253,9 @@ impl Actor {
             Action::Reap => {
                 let status = self.tree.settle(self.config.deadlines.reap_timeout).await;
                 tracing::debug!(parent: span, ?status, "worker reaped");
-                self.conn.handle_reaped(Instant::now(), status);
+                // Read after the reap: the final counters (OOM kills, pids reached).
+                let limits = self.tree.limits();
+                self.conn.handle_reaped(Instant::now(), status, limits);
             }
             Action::Progress(progress) => {
                 if let Some(sink) = self.current.as_mut().and_then(|c| c.progress.as_mut()) {
@@ -265,6 +267,9 @@ impl Actor {
                 match &mut result {
                     Ok(report) => {
                         report.escaped = self.tree.escaped();
+                        // Fresh counters for a job that ended without a reap; after one, the
+                        // same final report the connection decided with.
+                        report.limits = self.tree.limits();
                         tracing::info!(parent: span, job = %report.job, outcome = report.outcome.name(), stage = ?report.stage, reason = ?report.reason, violation = ?report.violation, "job ended");
                     }
                     Err(e) => tracing::info!(parent: span, error = %e, "job refused"),

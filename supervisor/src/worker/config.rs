@@ -210,9 +210,11 @@ impl JobOptions {
 
     /// Calls `f` with the worker's progress reports, on a thread of the job's own, never on
     /// the worker's actor: a callback that blocks delays only later progress, never the
-    /// ladder (SIGKILL included). Delivery is bounded and coalescing: while `f` runs, newer
-    /// reports replace older ones not yet delivered, so `f` sees the latest, not every one.
-    /// Reports may still be delivered after [`Worker::run`](crate::Worker::run) returned.
+    /// ladder (SIGKILL included). Delivery is bounded and coalescing: reports read together
+    /// from the worker become one, and while `f` runs, newer reports replace older ones not
+    /// yet delivered, so `f` sees the latest, not every one; the last report before the result
+    /// is always delivered. Reports may still be delivered after
+    /// [`Worker::run`](crate::Worker::run) returned.
     pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self

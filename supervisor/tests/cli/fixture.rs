@@ -18,6 +18,17 @@
 //! - `raw:never-heartbeats`: speaks the protocol by hand on its stdin (started as
 //!   `sh -c 'exec <&3 ...'`), completes the handshake, takes a job, then sends nothing, ever
 //!   (as an SDK without heartbeats would); SIGTERM at its default.
+//! - plugins, for the limits and the sandbox (each prints one result line and exits):
+//!   `plugin:alloc:MIB` allocates and touches MIB MiB in 8 MiB steps; `plugin:spin` burns
+//!   CPU (60 s of wall time at most); `plugin:files:N` opens /dev/null N times
+//!   (`opened K`, exit 3 if K < N); `plugin:procs:N` starts N children that wait on a pipe
+//!   (`started K`, then ends them, exit 0); `plugin:write:PATH` (`wrote` or `write: ERR`, exit
+//!   3), `plugin:connect:ADDR` (TCP; `connected` or `connect: ERR`, exit 3),
+//!   `plugin:abstract:NAME` (connect to an abstract unix socket), `plugin:signal-parent`
+//!   (signal 0 to its parent, warden), `plugin:ptrace` (PTRACE_TRACEME),
+//!   `plugin:fds` (`fds 0,1,2...`), `plugin:env` (`env K=V` per variable), `plugin:status`
+//!   (its NoNewPrivs and Seccomp lines); `plugin:hang` starts two children, prints `ready`
+//!   and hangs (bounded).
 //! - `exec:blocked` blocks SIGTERM in its mask and execs `WARDEN_CLI_EXEC` with the
 //!   arguments in `WARDEN_CLI_EXEC_ARGS` (separated by newlines).
 
@@ -55,6 +66,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 fn run(role: &str) -> Result<i32> {
     if let Some(spec) = role.strip_prefix("tree:") {
         return tree(spec);
+    }
+    if let Some(spec) = role.strip_prefix("plugin:") {
+        return plugin(spec);
     }
     match role {
         "shape:bg" => escapee("bg", || Ok(()), false),
@@ -256,4 +270,145 @@ fn exec_blocked() -> Result<i32> {
     let program = std::ffi::CString::new(program)?;
     let error = nix::unistd::execv(&program, &argv).unwrap_err();
     Err(format!("exec failed: {error}").into())
+}
+
+// Plugins for the limits and sandbox tests (`supervisor/tests/cli/limits.rs`).
+
+/// One line of a plugin's result, then its exit status.
+fn outcome(ok: bool, line: &str) -> Result<i32> {
+    announce(line)?;
+    Ok(if ok { 0 } else { 3 })
+}
+
+fn plugin(spec: &str) -> Result<i32> {
+    let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    match name {
+        "alloc" => {
+            let mib: usize = arg.parse()?;
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..mib / 8 {
+                // Non-zero, so every page is written (and charged).
+                held.push(vec![1u8; 8 << 20]);
+            }
+            outcome(true, &format!("allocated {}", held.len() * 8))
+        }
+        "spin" => {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < HANG {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            outcome(false, &format!("spun {x}"))
+        }
+        "files" => {
+            let n: usize = arg.parse()?;
+            let mut files = Vec::new();
+            let mut error = None;
+            for _ in 0..n {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            let line = match &error {
+                None => format!("opened {}", files.len()),
+                Some(e) => format!("opened {} ({e})", files.len()),
+            };
+            outcome(files.len() == n, &line)
+        }
+        "procs" => {
+            let n: usize = arg.parse()?;
+            let mut children = Vec::new();
+            for _ in 0..n {
+                match Command::new("/bin/sh")
+                    .args(["-c", "read x"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                {
+                    Ok(child) => children.push(child),
+                    Err(_) => break,
+                }
+            }
+            announce(&format!("started {}", children.len()))?;
+            for mut child in children {
+                drop(child.stdin.take());
+                child.wait()?;
+            }
+            Ok(0)
+        }
+        "write" => match std::fs::write(arg, b"plugin was here\n") {
+            Ok(()) => outcome(true, "wrote"),
+            Err(e) => outcome(false, &format!("write: {e}")),
+        },
+        "connect" => match std::net::TcpStream::connect(arg) {
+            Ok(_) => outcome(true, "connected"),
+            Err(e) => outcome(false, &format!("connect: {e}")),
+        },
+        "abstract" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(arg.as_bytes())?;
+            match std::os::unix::net::UnixStream::connect_addr(&addr) {
+                Ok(_) => outcome(true, "connected"),
+                Err(e) => outcome(false, &format!("connect: {e}")),
+            }
+        }
+        "signal-parent" => match nix::sys::signal::kill(nix::unistd::getppid(), None) {
+            Ok(()) => outcome(true, "signalled"),
+            Err(e) => outcome(false, &format!("signal: {e}")),
+        },
+        "ptrace" => match nix::sys::ptrace::traceme() {
+            Ok(()) => outcome(true, "traced"),
+            Err(e) => outcome(false, &format!("ptrace: {e}")),
+        },
+        "fds" => {
+            let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+            fds.sort_unstable();
+            // The last one is read_dir's own.
+            fds.pop();
+            let list: Vec<String> = fds.iter().map(ToString::to_string).collect();
+            outcome(true, &format!("fds {}", list.join(",")))
+        }
+        "env" => {
+            for (k, v) in std::env::vars_os() {
+                announce(&format!(
+                    "env {}={}",
+                    k.to_string_lossy(),
+                    v.to_string_lossy()
+                ))?;
+            }
+            Ok(0)
+        }
+        "status" => {
+            let status = std::fs::read_to_string("/proc/self/status")?;
+            for line in status.lines() {
+                if line.starts_with("NoNewPrivs:") || line.starts_with("Seccomp:") {
+                    announce(&line.split_whitespace().collect::<Vec<_>>().join(" "))?;
+                }
+            }
+            Ok(0)
+        }
+        "hang" => {
+            let mut children = Vec::new();
+            for _ in 0..2 {
+                children.push(
+                    Command::new("/bin/sh")
+                        .args(["-c", "read x"])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .spawn()?,
+                );
+            }
+            announce("ready")?;
+            std::thread::sleep(HANG);
+            Ok(0)
+        }
+        other => Err(format!("unknown plugin {other}").into()),
+    }
 }

@@ -24,8 +24,8 @@ use warden_protocol::{
     FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage, encode_frame,
 };
 use warden_tests::{
-    BAD_VERSION, ECHO, ECHO_PROGRESS, FAIL, GARBAGE_FRAME, LATE_OUTPUT, PARTIAL_FRAME, READY,
-    RESULT_OUTPUT, cancelled_text, mode, ready_text, sys,
+    BAD_VERSION, ECHO, ECHO_PROGRESS, FAIL, FLOOD_LAST, FLOOD_TEXT_LEN, GARBAGE_FRAME, LATE_OUTPUT,
+    PARTIAL_FRAME, READY, RESULT_OUTPUT, TRICKLE_FRAME_LEN, cancelled_text, mode, ready_text, sys,
 };
 use warden_worker::{CancelCause, FD_ENV_VAR, Job, JobError, Worker};
 
@@ -118,6 +118,117 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             raw.send_bytes(&header)?;
             block_forever()
         }
+        mode::HUGE_LENGTH => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.send_bytes(&u32::MAX.to_le_bytes())?;
+            let body = vec![0u8; 64 * 1024];
+            for _ in 0..number(arg)? * 16 {
+                // The supervisor stops reading at the header: this fails or blocks until the
+                // kill, which is the point.
+                if raw.send_bytes(&body).is_err() {
+                    break;
+                }
+            }
+            block_forever()
+        }
+        mode::HUGE_CLAIM => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            let job = u8::try_from(job.0).map_err(|_| "job id over one varint byte")?;
+            // Tag 3 (Completed), the job, then an output length of 2^50 as LEB128 (seven zero
+            // groups, then 2^1), then 5 of those bytes.
+            let body = [
+                3, job, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 1, 2, 3, 4, 5,
+            ];
+            let mut frame = u32::try_from(body.len())?.to_le_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            raw.send_bytes(&frame)?;
+            block_forever()
+        }
+        mode::TRAILING_BYTES => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            let mut frame = encode_frame(
+                &WorkerMessage::Completed {
+                    job,
+                    output: b"looks fine".to_vec(),
+                },
+                raw.max_frame_len,
+            )?;
+            frame.push(0);
+            let len = u32::try_from(frame.len() - 4)?;
+            frame[..4].copy_from_slice(&len.to_le_bytes());
+            raw.send_bytes(&frame)?;
+            block_forever()
+        }
+        mode::TRICKLE => {
+            let interval = std::time::Duration::from_millis(u64::try_from(number(arg)?)?);
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            raw.send_bytes(&TRICKLE_FRAME_LEN.to_le_bytes())?;
+            // Tag 3 (Completed) first, so the body is a plausible start of a result.
+            raw.send_bytes(&[3])?;
+            loop {
+                // The worker's own pace, not a test's synchronisation.
+                std::thread::sleep(interval);
+                raw.send_bytes(&[0])?;
+            }
+        }
+        mode::PROGRESS_FLOOD => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            let total = u64::try_from(number(arg)?)? << 20;
+            let text = "p".repeat(FLOOD_TEXT_LEN);
+            let mut sent = 0u64;
+            let mut reports = 0u64;
+            let mut batch = Vec::new();
+            while sent < total {
+                let fraction = sent as f32 / total as f32;
+                let report = WorkerMessage::Progress {
+                    job,
+                    fraction: Some(fraction),
+                    text: Some(text.clone()),
+                };
+                let before = batch.len();
+                warden_protocol::encode_frame_into(&report, raw.max_frame_len, &mut batch)?;
+                sent += u64::try_from(batch.len() - before)?;
+                reports += 1;
+                if batch.len() >= 64 * 1024 {
+                    raw.send_bytes(&batch)?;
+                    batch.clear();
+                }
+            }
+            raw.send_bytes(&batch)?;
+            raw.send(&WorkerMessage::Progress {
+                job,
+                fraction: Some(1.0),
+                text: Some(FLOOD_LAST.into()),
+            })?;
+            reports += 1;
+            raw.send(&WorkerMessage::Completed {
+                job,
+                output: reports.to_string().into_bytes(),
+            })?;
+            raw.serve_until_shutdown();
+        }
+        mode::HEARTBEAT_FLOOD => {
+            let mut raw = Raw::connect()?;
+            let job = raw.start_job()?;
+            let one = encode_frame(&WorkerMessage::Heartbeat, raw.max_frame_len)?;
+            let per_batch = 64 * 1024 / one.len();
+            let batch = one.repeat(per_batch);
+            let batches = (u64::try_from(number(arg)?)? << 20) / u64::try_from(batch.len())?;
+            for _ in 0..batches {
+                raw.send_bytes(&batch)?;
+            }
+            let beats = batches * u64::try_from(per_batch)?;
+            raw.send(&WorkerMessage::Completed {
+                job,
+                output: beats.to_string().into_bytes(),
+            })?;
+            raw.serve_until_shutdown();
+        }
         mode::STALL => {
             let mut raw = Raw::connect()?;
             raw.start_job()?;
@@ -132,8 +243,7 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
                 job,
                 output: fds.into_bytes(),
             })?;
-            // Idle now: leave when told to (or when the supervisor hangs up).
-            while !matches!(raw.recv(), Ok(SupervisorMessage::Shutdown) | Err(_)) {}
+            raw.serve_until_shutdown();
         }
         mode::HANGUP => {
             let mut raw = Raw::connect()?;
@@ -195,6 +305,36 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             fifo.write_all(format!("{READY}\n").as_bytes())?;
             drop(fifo);
             block_forever()
+        }
+
+        // Limits (issue 8's untrusted plugins).
+        mode::ALLOC => {
+            let mib = usize::try_from(number(arg)?)?;
+            Worker::new().serve_blocking(move |_job| {
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mib / 8 {
+                    // Non-zero, so every page is written (and charged).
+                    held.push(vec![1u8; 8 << 20]);
+                }
+                Ok(format!("allocated {}", held.len() * 8).into_bytes())
+            })?
+        }
+        mode::PLAIN_PROCS => {
+            let n = number(arg)?;
+            let mut started = 0;
+            while started < n {
+                let child = Command::new(std::env::current_exe()?)
+                    .arg(mode::PLAIN_WAIT)
+                    .stdin(Stdio::null())
+                    .spawn();
+                match child {
+                    // Left running: the tree's end kills them.
+                    Ok(child) => drop(child),
+                    Err(_) => break,
+                }
+                started += 1;
+            }
+            std::process::exit(started)
         }
 
         other => return Err(format!("unknown mode {other:?}").into()),
@@ -507,6 +647,11 @@ impl Raw {
             }
             self.decoder.push(&buf[..n]);
         }
+    }
+
+    /// Idle now: leaves when told to (or when the supervisor hangs up).
+    fn serve_until_shutdown(&mut self) {
+        while !matches!(self.recv(), Ok(SupervisorMessage::Shutdown) | Err(_)) {}
     }
 
     /// Waits for a job to start and returns its id.

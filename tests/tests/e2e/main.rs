@@ -6,6 +6,9 @@
 //! that stops when asked gets 60 s; one that never stops gets 100-300 ms), and every test ends
 //! with the survivor check (see `support`).
 //!
+//! `limits`: limits and the sandbox (OOM kill named, fresh counters per tree, a fork bomb's
+//! peak, fd hygiene).
+//!
 //! `shim`: what the exec shim does between spawn and exec (typed exec-time errors, signals
 //! that start ignored) and what the cgroup guard does when the supervisor is SIGKILLed
 //! (death signal, orphan ladders).
@@ -13,8 +16,10 @@
 mod actor;
 mod deps;
 mod handshake;
+mod hostile;
 mod ladder;
 mod lifecycle;
+mod limits;
 mod liveness;
 mod plain;
 mod protocol;

@@ -8,10 +8,11 @@ use warden_tests::mode;
 
 use crate::support::*;
 
-/// Runs one job on a raw worker in `worker_mode` and checks the common shape of a violation.
-async fn violation(t: &Ctx, worker_mode: &str, config: WorkerConfig) -> JobReport {
+/// Runs one job on a raw worker started with `args` (its mode first) and checks the common
+/// shape of a violation: SIGKILLed at once, no cancel, no signal, no result; then shuts it down.
+pub(crate) async fn violation(t: &Ctx, args: &[&str], config: WorkerConfig) -> JobReport {
     // Patient deadlines: a violation must not need the ladder's timers.
-    let worker = t.spawn(&[worker_mode], config.deadlines(patient())).await;
+    let worker = t.spawn(args, config.deadlines(patient())).await;
     let report = run_job(&worker, b"x".to_vec(), JobOptions::new()).await;
 
     assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
@@ -37,7 +38,7 @@ async fn violation(t: &Ctx, worker_mode: &str, config: WorkerConfig) -> JobRepor
 #[test]
 fn garbage_frame_during_a_job_is_killed() {
     e2e("garbage_frame_during_a_job_is_killed", |t| async move {
-        let report = violation(&t, mode::GARBAGE, WorkerConfig::protocol()).await;
+        let report = violation(&t, &[mode::GARBAGE], WorkerConfig::protocol()).await;
         assert_eq!(
             report.violation,
             Some(Violation::Frame(DecodeError::UnknownTag))
@@ -48,7 +49,7 @@ fn garbage_frame_during_a_job_is_killed() {
 #[test]
 fn oversized_frame_is_killed() {
     e2e("oversized_frame_is_killed", |t| async move {
-        let report = violation(&t, mode::OVERSIZED, WorkerConfig::protocol()).await;
+        let report = violation(&t, &[mode::OVERSIZED], WorkerConfig::protocol()).await;
         assert_eq!(
             report.violation,
             Some(Violation::Frame(DecodeError::Oversized {
@@ -65,7 +66,7 @@ fn oversized_frame_against_a_configured_limit_is_killed() {
         "oversized_frame_against_a_configured_limit_is_killed",
         |t| async move {
             let config = WorkerConfig::protocol().max_frame_len(1024);
-            let report = violation(&t, mode::OVERSIZED, config).await;
+            let report = violation(&t, &[mode::OVERSIZED], config).await;
             assert_eq!(
                 report.violation,
                 Some(Violation::Frame(DecodeError::Oversized {
@@ -80,7 +81,7 @@ fn oversized_frame_against_a_configured_limit_is_killed() {
 #[test]
 fn result_for_an_unknown_job_is_killed() {
     e2e("result_for_an_unknown_job_is_killed", |t| async move {
-        let report = violation(&t, mode::UNKNOWN_JOB, WorkerConfig::protocol()).await;
+        let report = violation(&t, &[mode::UNKNOWN_JOB], WorkerConfig::protocol()).await;
         assert_eq!(
             report.violation,
             Some(Violation::NotRunning {
@@ -96,7 +97,7 @@ fn stalled_partial_frame_is_killed() {
     e2e("stalled_partial_frame_is_killed", |t| async move {
         let mut config = WorkerConfig::protocol();
         config.frame_timeout = ms(200);
-        let report = violation(&t, mode::STALL, config).await;
+        let report = violation(&t, &[mode::STALL], config).await;
         assert_eq!(
             report.violation,
             Some(Violation::StalledFrame { timeout: ms(200) })
@@ -114,7 +115,7 @@ fn stalled_partial_frame_is_killed() {
 #[test]
 fn second_hello_is_killed() {
     e2e("second_hello_is_killed", |t| async move {
-        let report = violation(&t, mode::SECOND_HELLO, WorkerConfig::protocol()).await;
+        let report = violation(&t, &[mode::SECOND_HELLO], WorkerConfig::protocol()).await;
         assert_eq!(report.violation, Some(Violation::RepeatedHello));
     });
 }

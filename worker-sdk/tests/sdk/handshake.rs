@@ -167,3 +167,25 @@ async fn start_job_in_the_same_write_as_hello_is_served() {
     );
     finished(serving).await.expect("ok after shutdown");
 }
+
+#[tokio::test]
+async fn hello_claiming_a_2_pow_50_byte_version_string_is_truncated() {
+    let (mut sup, channel) = pair();
+    let serving = spawn_async(channel, |_job| async { Ok(Vec::new()) });
+    let _ = sup.recv_any("worker hello").await;
+    // Hello (tag 0), protocol version 1, then a supervisor_version length of 2^50.
+    let body = [0, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, b'w'];
+    let len = u32::try_from(body.len()).expect("short");
+    sup.send_raw(&[&len.to_le_bytes()[..], &body].concat())
+        .await;
+    let err = finished(serving).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServeError::Connect(ConnectError::Decode(
+                warden_protocol::DecodeError::Truncated
+            ))
+        ),
+        "{err:?}"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod blocking;
 mod handshake;
+mod heartbeat;
 mod jobs;
 mod lifecycle;
 mod process;

@@ -6,8 +6,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -22,6 +23,10 @@ use crate::support::*;
 /// Selects the child's behaviour; unset in the parent.
 const MODE_VAR: &str = "WARDEN_SDK_TEST_CHILD";
 
+/// Marks every child (and anything it starts) with a value unique to one spawn, so a test can
+/// prove that nothing it started is still alive.
+const MARK_VAR: &str = "WARDEN_SDK_TEST_MARK";
+
 /// The test name the child runs.
 const ENTRY: &str = "process::child_entry";
 
@@ -31,6 +36,7 @@ const EXIT_OTHER_ERROR: i32 = 4;
 const EXIT_NOT_STARTED: i32 = 5;
 const EXIT_PROBE_NOT_OPEN: i32 = 6;
 const EXIT_PROBE_OTHER: i32 = 7;
+pub(crate) const EXIT_WRITER_LEFT: i32 = 8;
 
 /// Spawns that make the channel inheritable are serialised, so no other child of this test
 /// binary inherits a channel meant for one worker.
@@ -81,6 +87,29 @@ fn run_child(mode: &str) -> Result<(), ServeError> {
                 .status()?;
             Ok(vec![status.code().map_or(255, |c| c as u8)])
         }),
+        // A handler that never yields, on a current-thread runtime: it starves the serve task.
+        "spin-async" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Runtime)?;
+            runtime.block_on(
+                Worker::new()
+                    .orphan_grace(Duration::from_millis(100))
+                    .serve_async(|job| async move { spin(&job) }),
+            )
+        }
+        "spin-blocking" => Worker::new()
+            .orphan_grace(Duration::from_millis(100))
+            .serve_blocking(|job| spin(&job)),
+        "writer-ends" => {
+            Worker::new().serve(|job| async move { Ok(job.payload().to_vec()) })?;
+            // Serving returned: the writer thread must be gone with it.
+            if thread_names().iter().any(|name| name == "warden-writer") {
+                std::process::exit(EXIT_WRITER_LEFT);
+            }
+            Ok(())
+        }
         "probe" => {
             let code = match Channel::from_env() {
                 Err(BootstrapError::NotOpen { .. }) => EXIT_PROBE_NOT_OPEN,
@@ -108,19 +137,54 @@ fn wait_for_cancel(job: Job) -> Result<Vec<u8>, JobError> {
     }
 }
 
-struct Child {
-    sup: FakeSupervisor,
+/// Spins the CPU without yielding or blocking for the number of milliseconds in the payload
+/// (a little-endian `u64`), or until the token trips.
+fn spin(job: &Job) -> Result<Vec<u8>, JobError> {
+    let ms = job
+        .payload()
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| JobError::msg("payload is not a u64"))?;
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        job.check()?;
+        std::hint::spin_loop();
+    }
+    Ok(b"spun".to_vec())
+}
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+pub(crate) struct Child {
+    pub(crate) sup: FakeSupervisor,
     process: tokio::process::Child,
+    mark: String,
 }
 
 /// Starts this binary in `mode` with a fresh channel at `WARDEN_FD` (unless `with_channel` is
 /// false). The child is killed if the test fails before it exits.
-fn spawn(mode: &str, with_channel: bool) -> Child {
+pub(crate) fn spawn(mode: &str, with_channel: bool) -> Child {
+    static SPAWNED: AtomicU32 = AtomicU32::new(0);
+    let mark = format!(
+        "{}-{}",
+        std::process::id(),
+        SPAWNED.fetch_add(1, Ordering::Relaxed)
+    );
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     let mut command = tokio::process::Command::new(std::env::current_exe().expect("current exe"));
     command
         .args(["--exact", ENTRY, "--nocapture", "--test-threads=1"])
         .env(MODE_VAR, mode)
+        .env(MARK_VAR, &mark)
         .env_remove(FD_ENV_VAR)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -145,24 +209,63 @@ fn spawn(mode: &str, with_channel: bool) -> Child {
     Child {
         sup: FakeSupervisor::new(ours),
         process,
+        mark,
     }
 }
 
+/// Live (not zombie) processes whose environment holds `MARK_VAR=mark`.
+fn marked(mark: &str) -> Vec<i32> {
+    let entry = format!("{MARK_VAR}={mark}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// Fails the test if a process of this spawn is still alive, after killing it by PID.
+fn assert_no_survivors(mark: &str) {
+    let survivors = marked(mark);
+    for &pid in &survivors {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(survivors.is_empty(), "survivors of {mark}: {survivors:?}");
+}
+
 impl Child {
-    /// Waits for the child to exit; on timeout the drop of `process` kills it.
-    async fn exit_status(mut self, what: &str) -> ExitStatus {
-        within(what, self.process.wait())
+    /// Waits for the child to exit (on timeout the drop of `process` kills it), then proves
+    /// nothing it started survives.
+    pub(crate) async fn exit_status(mut self, what: &str) -> ExitStatus {
+        let status = within(what, self.process.wait())
             .await
-            .expect("wait for the child")
+            .expect("wait for the child");
+        assert_no_survivors(&self.mark);
+        status
     }
 
     /// Closes the supervisor's end, then waits for the child to exit.
-    async fn close_and_exit_status(self, what: &str) -> ExitStatus {
-        let Child { sup, mut process } = self;
+    pub(crate) async fn close_and_exit_status(self, what: &str) -> ExitStatus {
+        let Child {
+            sup,
+            mut process,
+            mark,
+        } = self;
         sup.close();
-        within(what, process.wait())
+        let status = within(what, process.wait())
             .await
-            .expect("wait for the child")
+            .expect("wait for the child");
+        assert_no_survivors(&mark);
+        status
     }
 
     fn signal(&self, signal: Signal) {
