@@ -18,8 +18,14 @@
 //! `shutdown`): (1) *cooperative*: a cancel message, then `grace`; (2) *signal*: the polite
 //! signal (SIGTERM) and SIGCONT to the process group, then `kill_after`; (3) *kill*: SIGKILL to
 //! the group. A plain program starts at stage 2. The ladder is the sans-IO state machine
-//! [`Escalation`]; the actor only feeds it events and performs its actions, so cancelling never
-//! blocks the caller and one stuck worker never blocks another.
+//! [`Escalation`], held with every other deadline of the worker (job timeout, frame stall,
+//! liveness, drain) by a per-worker sans-IO connection machine; the actor only feeds it facts
+//! and performs its actions, so cancelling never blocks the caller, caller code (progress
+//! callbacks) never runs on the actor, and one stuck worker never blocks another.
+//!
+//! **Liveness.** With [`WorkerConfig::unresponsive_after`], a worker that sends nothing (not
+//! even a heartbeat) for that long has its job cancelled with reason `unresponsive`, and the
+//! ladder runs from there; an idle one is killed.
 //!
 //! **Outcomes.** [`Outcome`] says who stopped the work and is never blurred: `Completed` (even
 //! if a cancel came too late: `CompletedDespiteCancel`), `Cancelled` (the worker acknowledged),
@@ -74,17 +80,24 @@
 //! - `cli` (default): builds the `warden` binary (`warden timeout`, `warden run`) and pulls in
 //!   what only it needs (clap, serde_json, tracing-subscriber). The library's API is the same
 //!   without it; a host that embeds warden depends on it with `default-features = false`.
+//! - `serde` (enabled by `cli`): [`JobReport`] implements `serde::Serialize` (see
+//!   `JobReport::since` for timings from an epoch of your own).
 #![warn(missing_docs)]
 
+mod connection;
 mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
 mod process;
+#[doc(hidden)]
+pub mod time;
 mod worker;
 
 pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
+#[cfg(feature = "serde")]
+pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
 pub use process::shim;
 pub use process::{

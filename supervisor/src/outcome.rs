@@ -11,6 +11,11 @@ use crate::error::ParseNameError;
 use crate::escalation::Stage;
 use crate::{ContainmentMode, ExitStatus, LimitKind, LimitReport};
 
+#[cfg(feature = "serde")]
+mod serde_impl;
+#[cfg(feature = "serde")]
+pub use serde_impl::ReportSince;
+
 /// How a job ended. The variants are never blurred: each says who stopped the work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -174,6 +179,21 @@ pub enum Violation {
     StalledFrame {
         /// The frame timeout.
         timeout: Duration,
+    },
+    /// A `Cancelled` for the running job, which the supervisor never asked to cancel (no
+    /// `Cancel` sent, no polite signal): it acknowledges a cancel that was never sent.
+    #[error("cancelled message for {job}, which was never asked to cancel")]
+    UnrequestedCancel {
+        /// The job it named.
+        job: warden_protocol::JobId,
+    },
+    /// Nothing (not even a heartbeat) came from the idle worker for this long
+    /// ([`WorkerConfig::unresponsive_after`](crate::WorkerConfig::unresponsive_after)). A
+    /// running job is cancelled with reason `unresponsive` instead.
+    #[error("the worker sent nothing for {after:?} (unresponsive)")]
+    Unresponsive {
+        /// The liveness bound.
+        after: Duration,
     },
 }
 

@@ -15,6 +15,8 @@
 //!   write outside `--allow-write`, a TCP connect under `--no-network`, signals and ptrace);
 //!   no process and no cgroup (v1 included) is left;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
+//! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
+//!   sends heartbeats;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -39,6 +41,8 @@ mod jobctl;
 mod ladder;
 #[path = "cli/limits.rs"]
 mod limits;
+#[path = "cli/liveness.rs"]
+mod liveness;
 #[path = "cli/report.rs"]
 mod report;
 #[path = "cli/support.rs"]

@@ -147,6 +147,14 @@ pub mod mode {
     /// or SIGKILL to itself (`kill`).
     pub const RESULT_THEN_EXIT: &str = "result-then-exit";
 
+    /// Raw protocol: completes the handshake, waits for a job, then sends nothing at all (no
+    /// heartbeat, no result: an SDK without heartbeats) and blocks forever, every signal at
+    /// its default.
+    pub const NEVER_HEARTBEATS: &str = "never-heartbeats";
+    /// SDK worker (heartbeats flow, SIGTERM at its default): once a job started, stops its
+    /// whole process with SIGSTOP, then blocks forever once continued.
+    pub const SIGSTOP_SELF: &str = "sigstop-self";
+
     /// No protocol: exits with the status given as the next argument.
     pub const PLAIN_EXIT: &str = "plain-exit";
     /// No protocol: blocks forever with every signal at its default.

@@ -37,7 +37,7 @@
 //! time. While paused no timer is due, and a signal handled then arms its `--kill-after` timer
 //! from the moment of the pause (so it too counts only running time).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libc::c_int;
 
@@ -328,32 +328,12 @@ impl GnuLadder {
     }
 }
 
-/// Sleeps until `at` even if it is years away (tokio's timer saturates at about two years,
-/// which would fire a long DURATION early).
-pub(crate) async fn sleep_until(at: Option<Instant>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    loop {
-        let now = Instant::now();
-        if now >= at {
-            return;
-        }
-        tokio::time::sleep_until(next_wake(now, at).into()).await;
-    }
-}
-
-/// Where to sleep to next on the way to `at`: `at` itself if tokio can time it, else a year on.
-fn next_wake(now: Instant, at: Instant) -> Instant {
-    const STEP: Duration = Duration::from_secs(365 * 24 * 3600);
-    now + at.saturating_duration_since(now).min(STEP)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use Step::{Announce, SignalCommand, SignalTree};
     use libc::{SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
+    use std::time::Duration;
 
     fn secs(n: u64) -> Interval {
         Interval::After(Duration::from_secs(n))
@@ -741,17 +721,5 @@ mod tests {
                 "moved by the stop, or dropped"
             );
         }
-    }
-
-    #[test]
-    fn long_sleeps_go_a_year_at_a_time() {
-        let year = Duration::from_secs(365 * 24 * 3600);
-        let now = Instant::now();
-        assert_eq!(next_wake(now, now + 5 * year), now + year);
-        assert_eq!(
-            next_wake(now, now + Duration::from_secs(3)),
-            now + Duration::from_secs(3)
-        );
-        assert_eq!(next_wake(now + year, now), now + year);
     }
 }

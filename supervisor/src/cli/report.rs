@@ -1,6 +1,9 @@
 //! What `warden run` reports: its exit status and the JSON report, from the facts of one run.
 //!
-//! Pure functions over [`RunFacts`], so every rule is unit-tested without a process.
+//! Pure functions over [`RunFacts`], so every rule is unit-tested without a process. The report
+//! of a job that ran is the library's [`JobReport`] serialised (its timings measured from
+//! warden's start through [`JobReport::since`]), with the CLI's own keys added; only a run
+//! that never got a report (a spawn failure, a refused run) is written here key by key.
 //!
 //! # Exit status
 //! In order, the first that applies:
@@ -21,23 +24,23 @@
 //! `containment`, `escaped` and `timings_ms` (`started`, `cancel_requested`, `signal_sent`,
 //! `kill_sent`, `ended`, plus `exited` and `reaped`) are always present, `null` when they do not
 //! apply. Extra keys: `exit_status` (warden's), `program`, `pid`, `protocol`, `warden_signal`,
-//! `core_dumped`, `error`, `violation`, and `limits`: one object per requested limit, by name
-//! (`memory`, `cpu_time`, `open_files`, `processes`), with its `value` (bytes, milliseconds,
-//! descriptors, processes), `mechanism` (`cgroup_v2`, `cgroup_v1`, `rlimit`, `none`), `hit`
-//! (from the kernel's counters; `null` where none tells), `peak` and `oom_kills`; `sandbox`, by
-//! feature name, `true` where it was applied; and `limit`, the limit that ended the run.
-//! Timings are whole milliseconds since warden started.
+//! `core_dumped`, `error`, `violation`, and the library's `job`, `job_started`, `timings_us`
+//! (microseconds) and `timings_ms.{kill_pending,result_received}`; `limits`: one object per
+//! requested limit, by name (`memory`, `cpu_time`, `open_files`, `processes`), with its
+//! `value` (bytes, milliseconds, descriptors, processes), `mechanism` (`cgroup_v2`,
+//! `cgroup_v1`, `rlimit`, `none`), `hit` (from the kernel's counters; `null` where none tells),
+//! `peak` and `oom_kills`; `sandbox`, by feature name, `true` where it was applied; and
+//! `limit`, the limit that ended the run. Timings are whole milliseconds since warden started.
 //!
 //! Every name in it (outcome, reason, stage, containment) is the library's own `as_str`, which
 //! its `FromStr` parses back; only `spawn_failed` is the CLI's, as a spawn error is no outcome.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libc::c_int;
 use serde_json::{Value, json};
 use warden::{
-    CancelReason, ContainmentMode, ExitStatus, Failure, LimitKind, LimitReport, Outcome,
-    OutcomeKind, Stage,
+    CancelReason, ExitStatus, Failure, JobReport, LimitKind, Outcome, OutcomeKind, Stage,
 };
 
 use super::exit_status::{EXIT_CANCELED, EXIT_TIMED_OUT};
@@ -141,25 +144,6 @@ impl Ending {
     }
 }
 
-/// When each step happened, measured from warden's start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Timings {
-    /// The job started (after spawn and handshake).
-    pub(crate) started: Option<Duration>,
-    /// A cancel was requested (timeout or shutdown).
-    pub(crate) cancel_requested: Option<Duration>,
-    /// The polite signal was sent.
-    pub(crate) signal_sent: Option<Duration>,
-    /// SIGKILL was sent.
-    pub(crate) kill_sent: Option<Duration>,
-    /// The program exited.
-    pub(crate) exited: Option<Duration>,
-    /// The program was reaped.
-    pub(crate) reaped: Option<Duration>,
-    /// The outcome was decided.
-    pub(crate) ended: Option<Duration>,
-}
-
 /// Everything the exit status and the report are made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunFacts {
@@ -171,27 +155,25 @@ pub(crate) struct RunFacts {
     pub(crate) pid: Option<u32>,
     /// How the run ended.
     pub(crate) ending: Ending,
-    /// Why a cancel was requested.
+    /// Why a cancel was requested (the report's).
     pub(crate) reason: Option<CancelReason>,
-    /// The highest stage of the ladder reached.
+    /// The highest stage of the ladder reached (the report's).
     pub(crate) stage: Option<Stage>,
-    /// How the process ended, if it did.
+    /// How the process ended, if it did: the report's, else what the shutdown after the job
+    /// saw (a reused worker's exit comes after its report).
     pub(crate) exit: Option<ExitStatus>,
-    /// How the tree was contained; `None` if the program never started.
-    pub(crate) containment: Option<ContainmentMode>,
-    /// Descendants found outside the process group and killed.
-    pub(crate) escaped: Vec<u32>,
-    /// Timings.
-    pub(crate) timings: Timings,
+    /// The job's report, if the job ran; the rest of the report is made of it.
+    pub(crate) report: Option<JobReport>,
+    /// warden's start, from which the report's timings are measured.
+    pub(crate) epoch: Instant,
+    /// When the run ended, for a run without a report.
+    pub(crate) ended: Duration,
     /// The first stop signal warden itself received.
     pub(crate) warden_signal: Option<c_int>,
-    /// A spawn error, a worker's failure message, or a warden error, as text.
+    /// A spawn error or a warden error, as text (the worker's own failure message is the
+    /// report's).
     pub(crate) error: Option<String>,
-    /// The protocol violation that got the worker killed.
-    pub(crate) violation: Option<String>,
-    /// The tree's limits and sandbox.
-    pub(crate) limits: LimitReport,
-    /// The limit that ended the run.
+    /// The limit that ended the run (the report's).
     pub(crate) limit: Option<LimitKind>,
 }
 
@@ -219,73 +201,70 @@ pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
         Ending::Failed { exit_code: None } => 1,
         Ending::Crashed => facts.exit.map_or(EXIT_CANCELED, shell_status),
         Ending::Killed if facts.limit.is_some() => facts.exit.map_or(137, shell_status),
-        // Stopped, but neither by --timeout nor by warden's own signal: nothing in the CLI asks
-        // for that (an `unresponsive` cancel is the library's own), so it is warden's failure.
+        // Liveness (--unresponsive-after) stopped it: a timeout of another kind.
+        _ if facts.reason == Some(CancelReason::Unresponsive) => EXIT_TIMED_OUT,
+        // Stopped, but neither by a timeout nor by warden's own signal: nothing in the CLI asks
+        // for that, so it is warden's failure.
         Ending::Cancelled | Ending::Terminated | Ending::Killed => EXIT_CANCELED,
     }
 }
 
-fn ms(d: Option<Duration>) -> Value {
-    d.map_or(Value::Null, |d| {
-        Value::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    })
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The report's `limits` object: each requested limit by name, then `sandbox` by feature.
-fn limits_json(limits: &LimitReport) -> Value {
-    let mut out = serde_json::Map::new();
-    for e in &limits.limits {
-        out.insert(
-            e.kind.as_str().to_owned(),
-            json!({
-                "value": e.value,
-                "mechanism": e.mechanism.as_str(),
-                "hit": e.hit,
-                "peak": e.peak,
-                "oom_kills": e.oom_kills,
-            }),
-        );
-    }
-    let sandbox: serde_json::Map<String, Value> = limits
-        .sandbox
-        .iter()
-        .map(|e| (e.feature.as_str().to_owned(), Value::from(e.enforced)))
-        .collect();
-    out.insert("sandbox".into(), Value::Object(sandbox));
-    Value::Object(out)
-}
-
-/// The JSON report of a run.
+/// The JSON report of a run: the library's report with the CLI's keys, or (no job ran) the
+/// same keys, `null` where nothing happened.
 pub(crate) fn to_json(facts: &RunFacts) -> Value {
-    let t = &facts.timings;
-    json!({
-        "outcome": facts.ending.name(),
-        "reason": facts.reason.map(CancelReason::as_str),
-        "stage": facts.stage.map(Stage::as_str),
-        "exit_code": facts.exit.and_then(ExitStatus::code),
-        "signal": facts.exit.and_then(ExitStatus::signal),
-        "containment": facts.containment.map(ContainmentMode::as_str),
-        "escaped": facts.escaped,
-        "timings_ms": {
-            "started": ms(t.started),
-            "cancel_requested": ms(t.cancel_requested),
-            "signal_sent": ms(t.signal_sent),
-            "kill_sent": ms(t.kill_sent),
-            "exited": ms(t.exited),
-            "reaped": ms(t.reaped),
-            "ended": ms(t.ended),
-        },
-        "exit_status": exit_status(facts),
-        "program": facts.program,
-        "pid": facts.pid,
-        "protocol": facts.protocol,
-        "warden_signal": facts.warden_signal,
-        "core_dumped": matches!(facts.exit, Some(ExitStatus::Signal { core_dumped: true, .. })),
-        "error": facts.error,
-        "violation": facts.violation,
-        "limits": limits_json(&facts.limits),
-        "limit": facts.limit.map(LimitKind::as_str),
-    })
+    let serialised = facts
+        .report
+        .as_ref()
+        .and_then(|report| serde_json::to_value(report.since(facts.epoch)).ok());
+    let mut report = serialised.unwrap_or_else(|| {
+        json!({
+            "reason": facts.reason.map(CancelReason::as_str),
+            "stage": facts.stage.map(Stage::as_str),
+            "containment": null,
+            "escaped": [],
+            "timings_ms": {
+                "started": null, "cancel_requested": null, "signal_sent": null,
+                "kill_sent": null, "exited": null, "reaped": null, "ended": ms(facts.ended),
+            },
+            "error": null,
+            "violation": null,
+            "limits": {"sandbox": {}},
+            "limit": facts.limit.map(LimitKind::as_str),
+        })
+    });
+    let Value::Object(map) = &mut report else {
+        return report;
+    };
+    let mut set = |key: &str, value: Value| {
+        map.insert(key.to_owned(), value);
+    };
+    set("outcome", facts.ending.name().into());
+    set("exit_code", facts.exit.and_then(ExitStatus::code).into());
+    set("signal", facts.exit.and_then(ExitStatus::signal).into());
+    set(
+        "core_dumped",
+        matches!(
+            facts.exit,
+            Some(ExitStatus::Signal {
+                core_dumped: true,
+                ..
+            })
+        )
+        .into(),
+    );
+    set("exit_status", exit_status(facts).into());
+    set("program", facts.program.clone().into());
+    set("pid", facts.pid.into());
+    set("protocol", facts.protocol.into());
+    set("warden_signal", facts.warden_signal.into());
+    if let Some(error) = &facts.error {
+        set("error", error.clone().into());
+    }
+    report
 }
 
 #[cfg(test)]
@@ -301,17 +280,11 @@ mod tests {
             reason: None,
             stage: None,
             exit: Some(ExitStatus::Code(0)),
-            containment: Some(ContainmentMode::Cgroup),
-            escaped: Vec::new(),
-            timings: Timings {
-                started: Some(Duration::from_millis(3)),
-                ended: Some(Duration::from_millis(10)),
-                ..Timings::default()
-            },
+            report: None,
+            epoch: Instant::now(),
+            ended: Duration::from_millis(10),
             warden_signal: None,
             error: None,
-            violation: None,
-            limits: LimitReport::default(),
             limit: None,
         }
     }
@@ -405,7 +378,6 @@ mod tests {
             let f = RunFacts {
                 pid: None,
                 exit: None,
-                containment: None,
                 ..facts(Ending::SpawnFailed { status })
             };
             assert_eq!(exit_status(&f), status);
@@ -463,14 +435,6 @@ mod tests {
             assert_eq!(report["reason"], reason.as_str());
             assert_eq!(report["reason"].as_str().unwrap().parse(), Ok(reason));
         }
-        for mode in ContainmentMode::ALL {
-            let report = to_json(&RunFacts {
-                containment: Some(mode),
-                ..facts(Ending::Completed)
-            });
-            assert_eq!(report["containment"], mode.as_str());
-            assert_eq!(report["containment"].as_str().unwrap().parse(), Ok(mode));
-        }
         // The one name of the CLI's own: no library outcome is called that.
         let spawn_failed = facts(Ending::SpawnFailed { status: 127 });
         assert_eq!(to_json(&spawn_failed)["outcome"], SPAWN_FAILED);
@@ -525,6 +489,22 @@ mod tests {
     }
 
     #[test]
+    fn unresponsive_follows_the_stage_reached() {
+        for (ending, stage, status) in [
+            (Ending::Cancelled, Stage::Cooperative, 124),
+            (Ending::Terminated, Stage::Signal, 124),
+            (Ending::Killed, Stage::Kill, 137),
+        ] {
+            let f = RunFacts {
+                reason: Some(CancelReason::Unresponsive),
+                stage: Some(stage),
+                ..facts(ending.clone())
+            };
+            assert_eq!(exit_status(&f), status, "{ending:?}");
+        }
+    }
+
+    #[test]
     fn a_limit_that_killed_the_program_gives_its_signal_status() {
         let oom = RunFacts {
             exit: Some(KILLED),
@@ -544,7 +524,7 @@ mod tests {
     fn a_stop_nobody_asked_for_is_wardens_failure() {
         for ending in [Ending::Cancelled, Ending::Terminated, Ending::Killed] {
             let f = RunFacts {
-                reason: Some(CancelReason::Unresponsive),
+                reason: Some(CancelReason::Requested),
                 stage: Some(Stage::Signal),
                 exit: Some(TERMED),
                 ..facts(ending.clone())
@@ -559,53 +539,39 @@ mod tests {
     }
 
     #[test]
-    fn report_has_every_required_key() {
+    fn a_run_without_a_report_has_every_required_key() {
         let f = RunFacts {
-            reason: Some(CancelReason::Timeout),
-            stage: Some(Stage::Kill),
-            exit: Some(KILLED),
-            escaped: vec![7, 9],
-            timings: Timings {
-                started: Some(Duration::from_millis(2)),
-                cancel_requested: Some(Duration::from_millis(102)),
-                signal_sent: Some(Duration::from_micros(102_400)),
-                kill_sent: Some(Duration::from_millis(202)),
-                exited: Some(Duration::from_millis(203)),
-                reaped: Some(Duration::from_millis(204)),
-                ended: Some(Duration::from_millis(205)),
-            },
-            ..facts(Ending::Killed)
+            pid: None,
+            exit: None,
+            error: Some("program not found".into()),
+            ..facts(Ending::SpawnFailed { status: 127 })
         };
         let report = to_json(&f);
         assert_eq!(
             report,
             json!({
-                "outcome": "killed",
-                "reason": "timeout",
-                "stage": "kill",
+                "outcome": "spawn_failed",
+                "reason": null,
+                "stage": null,
                 "exit_code": null,
-                "signal": 9,
-                "containment": "cgroup",
-                "escaped": [7, 9],
+                "signal": null,
+                "containment": null,
+                "escaped": [],
                 "timings_ms": {
-                    "started": 2, "cancel_requested": 102, "signal_sent": 102, "kill_sent": 202,
-                    "exited": 203, "reaped": 204, "ended": 205
+                    "started": null, "cancel_requested": null, "signal_sent": null,
+                    "kill_sent": null, "exited": null, "reaped": null, "ended": 10
                 },
-                "exit_status": 137,
+                "exit_status": 127,
                 "program": "prog",
-                "pid": 42,
+                "pid": null,
                 "protocol": false,
                 "warden_signal": null,
                 "core_dumped": false,
-                "error": null,
+                "error": "program not found",
                 "violation": null,
                 "limits": {"sandbox": {}},
                 "limit": null,
             })
         );
-        let plain = to_json(&facts(Ending::Completed));
-        assert_eq!(plain["timings_ms"]["kill_sent"], Value::Null);
-        assert_eq!(plain["exit_code"], 0);
-        assert_eq!(plain["stage"], Value::Null);
     }
 }

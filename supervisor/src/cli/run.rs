@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use libc::c_int;
 use warden::{
-    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, LimitReport,
-    Limits, Outcome, RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker,
-    WorkerConfig,
+    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Limits, Outcome,
+    RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
 };
 
 use super::c_locale::quote;
@@ -31,7 +30,7 @@ use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::duration::{Interval, parse_duration};
 use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
 use super::out::{say, stdout_all};
-use super::report::{Ending, RunFacts, Timings, exit_status, to_json};
+use super::report::{Ending, RunFacts, exit_status, to_json};
 use super::signal_set::SignalSet;
 use super::signals::{parse_signal, signal_name};
 use super::timeout_main::{errno_text, error_chain, exec_errno};
@@ -58,7 +57,8 @@ warden then exits with 128 + the first signal.
 Exit status:
   0-255  the program's own status when it completed or failed on its own
          (a protocol worker: 0 completed, 1 failed), 128+N if a signal killed it
-  124    cancelled by --timeout (cooperatively or by the polite signal)
+  124    cancelled by --timeout or --unresponsive-after (cooperatively or by the
+         polite signal)
   125    warden itself failed (bad arguments, I/O, containment unavailable)
   126    PROGRAM found but not runnable
   127    PROGRAM not found
@@ -106,6 +106,11 @@ struct Args {
     /// The polite signal: a name (TERM, SIGINT, rtmin+2) or a number.
     #[arg(long, value_name = "SIGNAL", default_value = "TERM", allow_hyphen_values = true, value_parser = signal_arg)]
     signal: c_int,
+    /// Liveness (needs --protocol): when nothing, not even a heartbeat, comes from the worker
+    /// for DURATION, cancel the job with reason unresponsive and run the ladder from there
+    /// (0 or inf: off, the default). The worker is asked for a heartbeat every quarter of it.
+    #[arg(long, value_name = "DURATION", requires = "protocol", allow_hyphen_values = true, value_parser = duration_arg)]
+    unresponsive_after: Option<Interval>,
     /// PROGRAM is an SDK worker: run one job over warden's protocol.
     #[arg(long)]
     protocol: bool,
@@ -473,13 +478,11 @@ async fn supervise(
         reason: None,
         stage: None,
         exit: None,
-        containment: None,
-        escaped: Vec::new(),
-        timings: Timings::default(),
+        report: None,
+        epoch: t0,
+        ended: Duration::ZERO,
         warden_signal: None,
         error: None,
-        violation: None,
-        limits: LimitReport::default(),
         limit: None,
     };
     let mut command = Command::new(program);
@@ -495,32 +498,36 @@ async fn supervise(
     } else {
         Stdio::Inherit
     });
-    let config = if args.protocol {
+    let mut config = if args.protocol {
         WorkerConfig::protocol()
     } else {
         WorkerConfig::plain()
+    };
+    if let Some(Interval::After(after)) = args.unresponsive_after {
+        config = config.unresponsive_after(after);
     }
-    .deadlines(Deadlines {
-        grace: stage_deadline(args.grace),
-        kill_after: stage_deadline(args.kill_after),
-        reap_timeout: REAP_TIMEOUT,
-    })
-    .polite_signal(args.signal)
-    .shutdown_token(stop.shutdown.clone())
-    .kill_token(stop.kill.clone())
-    // Every signal starts at its default in the program (an inherited ignored SIGTERM would
-    // break the ladder), except SIGPIPE, which stays as warden inherited it: under
-    // `trap '' PIPE` a program sees EPIPE instead of dying of it.
-    .tree({
-        let tree = TreeOptions::new()
-            .containment(containment.to_containment())
-            .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE))
-            .limits(args.limits());
-        match args.sandbox() {
-            Some(sandbox) => tree.sandbox(sandbox),
-            None => tree,
-        }
-    });
+    let config = config
+        .deadlines(Deadlines {
+            grace: stage_deadline(args.grace),
+            kill_after: stage_deadline(args.kill_after),
+            reap_timeout: REAP_TIMEOUT,
+        })
+        .polite_signal(args.signal)
+        .shutdown_token(stop.shutdown.clone())
+        .kill_token(stop.kill.clone())
+        // Every signal starts at its default in the program (an inherited ignored SIGTERM would
+        // break the ladder), except SIGPIPE, which stays as warden inherited it: under
+        // `trap '' PIPE` a program sees EPIPE instead of dying of it.
+        .tree({
+            let tree = TreeOptions::new()
+                .containment(containment.to_containment())
+                .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE))
+                .limits(args.limits());
+            match args.sandbox() {
+                Some(sandbox) => tree.sandbox(sandbox),
+                None => tree,
+            }
+        });
 
     let worker = match Worker::spawn(&command, config).await {
         Ok(worker) => worker,
@@ -539,7 +546,7 @@ async fn supervise(
                 facts.exit = Some(*exit);
             }
             facts.error = Some(error_chain(&error));
-            facts.timings.ended = Some(t0.elapsed());
+            facts.ended = t0.elapsed();
             facts.warden_signal = stop.signal();
             return (facts, None);
         }
@@ -563,7 +570,7 @@ async fn supervise(
     facts.warden_signal = stop.signal();
     match result {
         Ok(report) => {
-            let output = fill_from_report(&mut facts, &report, t0);
+            let output = fill_from_report(&mut facts, report);
             if facts.exit.is_none() {
                 facts.exit = after_job;
             }
@@ -577,7 +584,7 @@ async fn supervise(
                 RunError::WorkerGone { status, .. } => status,
                 _ => None,
             });
-            facts.timings.ended = Some(t0.elapsed());
+            facts.ended = t0.elapsed();
             (facts, None)
         }
     }
@@ -615,43 +622,29 @@ fn spawn_status(error: &SpawnError) -> u8 {
     }
 }
 
-/// Copies a job report into the facts; returns the output of a completed job.
-fn fill_from_report(facts: &mut RunFacts, report: &JobReport, t0: Instant) -> Option<Vec<u8>> {
-    let base = report.trace.started.saturating_duration_since(t0);
-    let at = |d: Option<Duration>| d.map(|d| base + d);
-    facts.timings = Timings {
-        started: Some(base),
-        cancel_requested: at(report.trace.cancel_requested),
-        signal_sent: at(report.trace.signal_sent),
-        kill_sent: at(report.trace.kill_sent),
-        exited: at(report.trace.exited),
-        reaped: at(report.trace.reaped),
-        ended: Some(base + report.trace.ended),
-    };
+/// Takes a job's report into the facts (the report is written from it); returns the output
+/// of a completed job.
+fn fill_from_report(facts: &mut RunFacts, report: JobReport) -> Option<Vec<u8>> {
     facts.reason = report.reason;
     facts.stage = report.stage;
     facts.exit = report.exit;
-    facts.containment = Some(report.containment);
-    facts.escaped = report.escaped.clone();
-    facts.limits = report.limits.clone();
     facts.limit = report.limit;
-    facts.violation = report.violation.as_ref().map(ToString::to_string);
     let (ending, error) = Ending::of(&report.outcome);
     if let Ending::Unrecognised { .. } = ending
         && let Some(error) = &error
     {
         say!("{PROGRAM}: {error}");
+        facts.error = Some(error.clone());
     }
     facts.ending = ending;
-    if error.is_some() {
-        facts.error = error;
-    }
-    match &report.outcome {
+    let output = match &report.outcome {
         Outcome::Completed(out) | Outcome::CompletedDespiteCancel(out) if facts.protocol => {
             Some(out.clone())
         }
         _ => None,
-    }
+    };
+    facts.report = Some(report);
+    output
 }
 
 #[cfg(test)]

@@ -18,15 +18,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use libc::c_int;
+use warden::time::Wakeup;
 use warden::{Command, Containment, ExitStatus, SpawnError, Stdio, Tree, TreeOptions};
 
 use super::c_locale::quote;
 use super::containment::{CONTAINMENT_ENV, ContainmentArg};
 use super::duration::Interval;
 use super::exit_status::{EXIT_CANCELED, RunResult, Termination, exec_failure, exit_status_for};
-use super::gnu_ladder::{
-    Ending, GnuLadder, Reaction, Step, handled_signals, kept_ignored, sleep_until,
-};
+use super::gnu_ladder::{Ending, GnuLadder, Reaction, Step, handled_signals, kept_ignored};
 use super::out::{say, stderr_bytes, stdout_all};
 use super::signal_set::SignalSet;
 use super::timeout::{Invocation, Parsed, help_text, parse, program_name, version_text};
@@ -138,10 +137,12 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         invocation.foreground,
         Instant::now(),
     );
+    let mut wakeup = Wakeup::new();
     let status = loop {
+        wakeup.set(ladder.poll_timeout());
         let steps = tokio::select! {
             status = tree.wait() => break status,
-            () = sleep_until(ladder.poll_timeout()) => ladder.handle_timeout(Instant::now()),
+            () = wakeup.fired() => ladder.handle_timeout(Instant::now()),
             sig = signals.recv() => match ladder.handle_signal(sig, Instant::now()) {
                 Reaction::Steps(steps) => steps,
                 Reaction::ExitNow(status) => {

@@ -3,9 +3,9 @@
 //! Writes go out from the caller's task with `try_write` (no writer task, so a cancel costs no
 //! extra wake-up); what the socket does not take is kept and flushed when it becomes writable.
 //! Reads are bounded per call and decoded at once, so memory stays within one read chunk plus
-//! one maximal frame whatever the worker sends. A frame that starts to arrive must be complete
-//! within the frame timeout; the timer runs inside [`Channel::next_event`], which does not
-//! return on a partial frame, so callers cannot forget to arm it.
+//! one maximal frame whatever the worker sends. The channel keeps no timer: a read that leaves
+//! part of a frame buffered returns [`Event::Partial`] once, and the caller's machine times the
+//! stall (`frame_timeout`) with its other deadlines.
 //!
 //! Floods are coalesced, never queued: of a run of heartbeats and progress reports for one job
 //! that one read already delivered, only the last report (or, if there is none, one heartbeat)
@@ -16,8 +16,6 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
-
 use tokio::net::UnixStream;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
 
@@ -32,55 +30,41 @@ pub(crate) enum Event {
     Eof,
     /// The worker sent bytes that are not a valid frame; the channel is unusable.
     Invalid(DecodeError),
-    /// Part of a frame arrived and the rest did not come within the frame timeout; the channel
-    /// is unusable.
-    Stalled,
+    /// A frame started to arrive and is not complete yet (see [`Channel::is_mid_frame`]).
+    Partial,
 }
 
 pub(crate) struct Channel {
     stream: UnixStream,
     decoder: FrameDecoder,
     max_frame_len: u32,
-    frame_timeout: Duration,
     outbox: Vec<u8>,
     sent: usize,
     eof: bool,
     write_closed: bool,
-    partial_since: Option<Instant>,
+    /// [`Event::Partial`] was returned for the frame now buffered.
+    partial_told: bool,
     read_buf: Box<[u8]>,
     /// The message (or decode error) that ended a coalesced run, returned by the next call.
     pending: Option<Event>,
 }
 
 impl Channel {
-    pub(crate) fn new(
-        fd: OwnedFd,
-        max_frame_len: u32,
-        frame_timeout: Duration,
-    ) -> io::Result<Self> {
+    pub(crate) fn new(fd: OwnedFd, max_frame_len: u32) -> io::Result<Self> {
         let std = std::os::unix::net::UnixStream::from(fd);
         std.set_nonblocking(true)?;
         Ok(Channel {
             stream: UnixStream::from_std(std)?,
             decoder: FrameDecoder::new(max_frame_len),
             max_frame_len,
-            frame_timeout,
             outbox: Vec::new(),
             sent: 0,
             eof: false,
             write_closed: false,
-            partial_since: None,
+            partial_told: false,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             pending: None,
         })
-    }
-
-    /// Moves the start of a partial frame later by `by`: the worker was suspended that long
-    /// and could not send the rest, so that time does not count against `frame_timeout`.
-    pub(crate) fn defer_stall(&mut self, by: Duration) {
-        if let Some(since) = &mut self.partial_since {
-            *since = since.checked_add(by).unwrap_or(*since);
-        }
     }
 
     /// Queues `msg` and writes what the socket takes now. A broken pipe is not an error here:
@@ -111,6 +95,11 @@ impl Channel {
         !self.write_closed && self.sent < self.outbox.len()
     }
 
+    /// True while part of a frame is buffered.
+    pub(crate) fn is_mid_frame(&self) -> bool {
+        self.decoder.is_mid_frame()
+    }
+
     /// True once the worker closed its end or the stream became unusable (and every event
     /// before that was returned).
     pub(crate) fn is_eof(&self) -> bool {
@@ -119,9 +108,8 @@ impl Channel {
 
     /// The next event. Also flushes queued writes while it waits.
     ///
-    /// A partial frame is not an event: the call keeps waiting for the rest, and returns
-    /// [`Event::Stalled`] if it does not arrive within the frame timeout (measured from the
-    /// frame's first byte, across calls).
+    /// A read that starts a frame without completing it returns [`Event::Partial`]; a read
+    /// that only adds to a partial frame returns nothing and the call waits on.
     ///
     /// Heartbeats and progress reports already received are coalesced (see the module doc).
     ///
@@ -140,6 +128,10 @@ impl Channel {
         loop {
             match self.decoder.next::<WorkerMessage>() {
                 Ok(Some(msg)) => return self.message(msg),
+                Ok(None) if self.decoder.is_mid_frame() && !self.partial_told => {
+                    self.partial_told = true;
+                    return Event::Partial;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     self.eof = true;
@@ -149,15 +141,7 @@ impl Channel {
             if self.eof {
                 return Event::Eof;
             }
-            // A timeout too large to add never fires.
-            let stall_at = self
-                .partial_since
-                .and_then(|since| since.checked_add(self.frame_timeout));
             tokio::select! {
-                () = sleep_until(stall_at) => {
-                    self.eof = true;
-                    return Event::Stalled;
-                }
                 ready = self.stream.readable() => {
                     if ready.is_err() {
                         self.eof = true;
@@ -167,7 +151,6 @@ impl Channel {
                         Ok(0) => self.eof = true,
                         Ok(n) => {
                             self.decoder.push(&self.read_buf[..n]);
-                            self.track_partial();
                         }
                         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                         Err(_) => self.eof = true,
@@ -186,9 +169,8 @@ impl Channel {
     /// The event for a decoded message, with what is coalesced into it.
     fn message(&mut self, msg: WorkerMessage) -> Event {
         let msg = self.coalesce(msg);
-        // A frame completed: any bytes left belong to a new frame.
-        self.partial_since = None;
-        self.track_partial();
+        // A frame completed: any bytes left belong to a new frame, told as partial anew.
+        self.partial_told = false;
         Event::Message(msg)
     }
 
@@ -222,27 +204,13 @@ impl Channel {
         }
         msg
     }
-
-    fn track_partial(&mut self) {
-        if self.decoder.is_mid_frame() {
-            self.partial_since.get_or_insert_with(Instant::now);
-        } else {
-            self.partial_since = None;
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream as StdStream;
+    use std::time::Duration;
 
     use warden_protocol::{DEFAULT_MAX_FRAME_LEN, JobId, encode_frame_into};
 
@@ -273,7 +241,7 @@ mod tests {
         );
         theirs.write_all(&bytes).expect("write");
         drop(theirs);
-        Channel::new(ours.into(), DEFAULT_MAX_FRAME_LEN, WAIT).expect("channel")
+        Channel::new(ours.into(), DEFAULT_MAX_FRAME_LEN).expect("channel")
     }
 
     async fn events(channel: &mut Channel) -> Vec<String> {
@@ -288,7 +256,7 @@ mod tests {
                 }
                 Event::Message(m) => m.kind().to_owned(),
                 Event::Invalid(e) => format!("invalid: {e}"),
-                Event::Stalled => "stalled".to_owned(),
+                Event::Partial => "partial".to_owned(),
                 Event::Eof => "eof".to_owned(),
             });
         }

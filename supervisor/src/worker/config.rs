@@ -25,8 +25,16 @@ pub struct WorkerConfig {
     pub polite_signal: i32,
     /// Largest frame body in either direction (default 1 MiB).
     pub max_frame_len: u32,
-    /// How often the worker should send heartbeats; `None` (default) asks for none.
+    /// How often the worker should send heartbeats; `None` (default) asks for none, unless
+    /// [`unresponsive_after`](Self::unresponsive_after) is set (then a quarter of it).
     pub heartbeat_interval: Option<Duration>,
+    /// Liveness: when nothing (no frame at all; heartbeats are what an idle worker sends)
+    /// arrives from the worker for this long, a running job is cancelled with reason
+    /// `unresponsive` and the ladder runs from there (a stopped or wedged worker gets the
+    /// polite signal and SIGCONT, then SIGKILL); an idle worker is killed
+    /// ([`Violation::Unresponsive`](crate::Violation::Unresponsive)). `None` (default): not
+    /// checked. A worker that sends no heartbeats (an SDK without them) is then killed.
+    pub unresponsive_after: Option<Duration>,
     /// How long part of a frame may wait for the rest before the worker is killed (default 5 s).
     pub frame_timeout: Duration,
     /// After the worker exits, how long to wait for the channel to reach EOF so that a result
@@ -56,6 +64,7 @@ impl WorkerConfig {
             polite_signal: libc::SIGTERM,
             max_frame_len: warden_protocol::DEFAULT_MAX_FRAME_LEN,
             heartbeat_interval: None,
+            unresponsive_after: None,
             frame_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
@@ -108,6 +117,27 @@ impl WorkerConfig {
         self
     }
 
+    /// Checks liveness: see [`WorkerConfig::unresponsive_after`]. Asks the worker for
+    /// heartbeats every quarter of `after` (unless a heartbeat interval is set), so that a
+    /// few late or lost ones do not count against a live worker.
+    pub fn unresponsive_after(mut self, after: Duration) -> Self {
+        self.unresponsive_after = Some(after);
+        self
+    }
+
+    /// Asks the worker for a heartbeat every `interval`.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// The heartbeat interval the handshake asks for: the one set, else a quarter of
+    /// `unresponsive_after`, else none.
+    pub(crate) fn requested_heartbeat(&self) -> Option<Duration> {
+        self.heartbeat_interval
+            .or_else(|| self.unresponsive_after.map(|after| after / 4))
+    }
+
     /// Sets the frame limit.
     pub fn max_frame_len(mut self, len: u32) -> Self {
         self.max_frame_len = len;
@@ -127,7 +157,7 @@ pub struct Progress {
     pub text: Option<String>,
 }
 
-type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+pub(crate) type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// Per-job settings: the caller's token, a timeout, deadlines and a progress callback.
 #[derive(Clone, Default)]
@@ -178,12 +208,36 @@ impl JobOptions {
         self
     }
 
-    /// Calls `f` with the worker's progress reports (from the worker's actor task: keep it
-    /// quick). Reports that arrive together are coalesced: of those read at once, `f` sees the
-    /// latest, so a flood costs one call per read, and the last report before the result is
-    /// always delivered.
+    /// Calls `f` with the worker's progress reports, on a thread of the job's own, never on
+    /// the worker's actor: a callback that blocks delays only later progress, never the
+    /// ladder (SIGKILL included). Delivery is bounded and coalescing: reports read together
+    /// from the worker become one, and while `f` runs, newer reports replace older ones not
+    /// yet delivered, so `f` sees the latest, not every one; the last report before the result
+    /// is always delivered. Reports may still be delivered after
+    /// [`Worker::run`](crate::Worker::run) returned.
     pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_asks_for_a_heartbeat_every_quarter_of_the_bound() {
+        let config = WorkerConfig::protocol();
+        assert_eq!(config.requested_heartbeat(), None);
+        let config = config.unresponsive_after(Duration::from_secs(1));
+        assert_eq!(
+            config.requested_heartbeat(),
+            Some(Duration::from_millis(250))
+        );
+        let config = config.heartbeat_interval(Duration::from_millis(100));
+        assert_eq!(
+            config.requested_heartbeat(),
+            Some(Duration::from_millis(100))
+        );
     }
 }

@@ -1,19 +1,18 @@
 //! The handle a caller holds, and spawning with the handshake.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use warden_protocol::{SupervisorMessage, WorkerMessage, check_version};
 
-use std::time::Duration;
-
-use super::actor::{Actor, Control, Request, sleep_until};
+use super::actor::{Actor, Control, Request};
 use super::config::{JobOptions, WorkerConfig};
 use crate::error::{JobControlError, RunError, SpawnError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{JobReport, Violation};
 use crate::process::{self, Child, Command, ExitStatus, Tree};
+use crate::time::{Wakeup, deadline_after};
 
 /// What the worker said about itself in the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +68,7 @@ impl Worker {
         };
         let channel = match ours {
             Some(fd) => {
-                let result = match Channel::new(fd, config.max_frame_len, config.frame_timeout) {
+                let result = match Channel::new(fd, config.max_frame_len) {
                     Ok(mut channel) => handshake(tree.child_mut(), &mut channel, &config)
                         .instrument(span.clone())
                         .await
@@ -122,7 +121,8 @@ impl Worker {
     ///
     /// # Cancel safety
     /// Dropping the returned future cancels the job (reason `requested`); the ladder then runs
-    /// to its end in the background.
+    /// to its end in the background. A future dropped while its job waits behind another job
+    /// cancels it before it starts: it is never sent to the worker.
     pub async fn run(&self, payload: Vec<u8>, options: JobOptions) -> Result<JobReport, RunError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -137,8 +137,9 @@ impl Worker {
 
     /// Suspends the worker, for job control (the host was stopped with Ctrl-Z, say): stops its
     /// whole process tree (freezes its cgroup where it has one, else SIGSTOPs its process group
-    /// and the members that left it) and pauses every deadline of the running job (its
-    /// timeout, the ladder's stages, the drain and hang-up waits) until
+    /// and the members that left it) and pauses every deadline of the worker (the job's
+    /// timeout, the ladder's stages, the drain and hang-up waits, a partial frame's stall
+    /// bound, liveness) until
     /// [`resume`](Self::resume), so the time suspended does not count against them. Returns
     /// once the tree is stopped, or after `timeout` if it does not stop (an error; the worker
     /// counts as suspended all the same). A no-op while already suspended.
@@ -211,7 +212,10 @@ async fn handshake(
     config: &WorkerConfig,
 ) -> Result<(u16, String), SpawnError> {
     let pid = child.pid();
-    let deadline = super::actor::deadline_after(Instant::now(), config.handshake_timeout);
+    let mut handshake_timer = Wakeup::new();
+    handshake_timer.set(deadline_after(Instant::now(), config.handshake_timeout));
+    // A partial frame's stall bound, armed by its first byte.
+    let mut stall = Wakeup::new();
     loop {
         tokio::select! {
             status = child.wait_exit() => {
@@ -229,7 +233,7 @@ async fn handshake(
                                 supervisor_version: concat!("warden ", env!("CARGO_PKG_VERSION")).into(),
                                 max_frame_len: config.max_frame_len,
                                 heartbeat_interval_ms: config
-                                    .heartbeat_interval
+                                    .requested_heartbeat()
                                     .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)),
                             };
                             // Cannot fail: the message is far below any sane frame limit.
@@ -247,13 +251,14 @@ async fn handshake(
                     return Err(SpawnError::Protocol { pid, violation: Violation::BeforeHello { kind: other.kind() } });
                 }
                 Event::Invalid(e) => return Err(SpawnError::Protocol { pid, violation: Violation::Frame(e) }),
-                Event::Stalled => {
-                    let violation = Violation::StalledFrame { timeout: config.frame_timeout };
-                    return Err(SpawnError::Protocol { pid, violation });
-                }
+                Event::Partial => stall.set(deadline_after(Instant::now(), config.frame_timeout)),
                 Event::Eof => {}
             },
-            () = sleep_until(deadline) => {
+            () = stall.fired() => {
+                let violation = Violation::StalledFrame { timeout: config.frame_timeout };
+                return Err(SpawnError::Protocol { pid, violation });
+            }
+            () = handshake_timer.fired() => {
                 return Err(SpawnError::HandshakeTimeout { pid, timeout: config.handshake_timeout });
             }
         }

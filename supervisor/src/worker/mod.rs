@@ -3,6 +3,7 @@
 mod actor;
 mod config;
 mod handle;
+mod progress;
 
 pub use config::{JobOptions, Progress, WorkerConfig};
 pub use handle::{Worker, WorkerInfo};

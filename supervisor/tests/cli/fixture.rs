@@ -12,8 +12,12 @@
 //!   (bounded: a leak heals itself eventually, though the tests kill survivors at once).
 //! - SDK workers: `worker:echo` (returns the payload reversed), `worker:fail`,
 //!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:ignore-all` (ignores the
-//!   cancel and blocks past the polite signal), `hang-handshake` (prints `ready` and never
-//!   speaks the protocol).
+//!   cancel and blocks past the polite signal), `worker:sigstop-self` (stops its whole process
+//!   with SIGSTOP once a job started; SIGTERM at its default), `hang-handshake` (prints `ready`
+//!   and never speaks the protocol).
+//! - `raw:never-heartbeats`: speaks the protocol by hand on its stdin (started as
+//!   `sh -c 'exec <&3 ...'`), completes the handshake, takes a job, then sends nothing, ever
+//!   (as an SDK without heartbeats would); SIGTERM at its default.
 //! - plugins, for the limits and the sandbox (each prints one result line and exits):
 //!   `plugin:alloc:MIB` allocates and touches MIB MiB in 8 MiB steps; `plugin:spin` burns
 //!   CPU (60 s of wall time at most); `plugin:files:N` opens /dev/null N times
@@ -103,6 +107,17 @@ fn run(role: &str) -> Result<i32> {
             })?;
             Ok(0)
         }
+        "worker:sigstop-self" => {
+            warden_worker::Worker::new()
+                .handle_sigterm(false)
+                .serve_blocking(|_job| {
+                    raise(Signal::SIGSTOP)?;
+                    std::thread::sleep(HANG);
+                    Ok(Vec::new())
+                })?;
+            Ok(0)
+        }
+        "raw:never-heartbeats" => never_heartbeats(),
         "hang-handshake" => {
             announce("ready")?;
             std::thread::sleep(HANG);
@@ -124,6 +139,40 @@ fn serve(
         let handler = handler.clone();
         async move { handler(job.payload()) }
     })?;
+    Ok(0)
+}
+
+/// See `raw:never-heartbeats`.
+fn never_heartbeats() -> Result<i32> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use warden_protocol::{
+        DEFAULT_MAX_FRAME_LEN, FrameDecoder, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage,
+        encode_frame,
+    };
+    let mut stream = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let hello = WorkerMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        sdk_version: "cli fixture, no heartbeats".into(),
+    };
+    stream.write_all(&encode_frame(&hello, DEFAULT_MAX_FRAME_LEN)?)?;
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut buf = [0u8; 4096];
+    loop {
+        match decoder.next::<SupervisorMessage>()? {
+            Some(SupervisorMessage::StartJob { .. }) => break,
+            Some(_) => continue,
+            None => {}
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err("the supervisor closed the channel".into());
+        }
+        decoder.push(&buf[..n]);
+    }
+    std::thread::sleep(HANG);
     Ok(0)
 }
 

@@ -282,6 +282,15 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
                 _ => sys::exit_now(0),
             }
         }
+        mode::NEVER_HEARTBEATS => {
+            let mut raw = Raw::connect()?;
+            raw.start_job()?;
+            block_forever()
+        }
+        mode::SIGSTOP_SELF => Worker::new().handle_sigterm(false).serve_blocking(|_job| {
+            let _ = kill(getpid(), Signal::SIGSTOP);
+            block_forever()
+        })?,
 
         // Plain programs.
         mode::PLAIN_EXIT => std::process::exit(number(arg)?),

@@ -13,12 +13,14 @@
 //! that start ignored) and what the cgroup guard does when the supervisor is SIGKILLed
 //! (death signal, orphan ladders).
 
+mod actor;
 mod deps;
 mod handshake;
 mod hostile;
 mod ladder;
 mod lifecycle;
 mod limits;
+mod liveness;
 mod plain;
 mod protocol;
 mod results;
