@@ -51,7 +51,10 @@ async fn handle(job: Job) -> Result<Vec<u8>, JobError> {
             }
             Ok(b"spun".to_vec())
         }
-        b"output" => Ok(vec![b'x'; usize::try_from(number()?).map_err(JobError::msg)?]),
+        b"output" => Ok(vec![
+            b'x';
+            usize::try_from(number()?).map_err(JobError::msg)?
+        ]),
         b"deadline" => Ok(match job.deadline() {
             Some(deadline) => deadline
                 .saturating_duration_since(Instant::now())

@@ -6,16 +6,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use warden::{
-    CancelReason, CancellationToken, ExitStatus, Failure, JobOptions, Outcome, Stage,
-    Worker, WorkerConfig,
+    CancelReason, CancellationToken, ExitStatus, Failure, JobOptions, Outcome, Stage, Worker,
+    WorkerConfig,
 };
 use warden_protocol::{DEFAULT_MAX_FRAME_LEN, JobId, SupervisorMessage, WorkerMessage};
 
 use crate::peer::{Peer, start};
 use crate::sdks::Sdk;
-use crate::support::{
-    Ctx, LIMIT, ms, patient, run_job, shutdown, watch, within,
-};
+use crate::support::{Ctx, LIMIT, ms, patient, run_job, shutdown, watch, within};
 
 // ---------------------------------------------------------------------------------------------
 // Under the real supervisor
@@ -44,7 +42,12 @@ pub async fn echo_completes(t: Ctx, sdk: Sdk) {
     for data in [&b"hi"[..], b"again"] {
         let (options, mut progress) = watch(JobOptions::new());
         let report = run_job(&worker, [&b"echo:"[..], data].concat(), options).await;
-        assert_eq!(report.outcome, Outcome::Completed(data.to_vec()), "{}", sdk.name);
+        assert_eq!(
+            report.outcome,
+            Outcome::Completed(data.to_vec()),
+            "{}",
+            sdk.name
+        );
         assert_eq!(report.reason, None);
         let reported = progress.drain();
         assert!(
@@ -69,7 +72,12 @@ pub async fn failed_carries_the_message(t: Ctx, sdk: Sdk) {
         sdk.name
     );
     let report = run_job(&worker, b"echo:ok".to_vec(), JobOptions::new()).await;
-    assert_eq!(report.outcome, Outcome::Completed(b"ok".to_vec()), "{}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed(b"ok".to_vec()),
+        "{}",
+        sdk.name
+    );
     shutdown_exits_zero(&sdk, worker).await;
 }
 
@@ -83,11 +91,20 @@ pub async fn cancelled_at_stage_one(t: Ctx, sdk: Sdk) {
         progress.ready().await;
         token.cancel();
     });
-    assert_eq!(report.outcome, Outcome::Cancelled, "{}: {report:#?}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Cancelled,
+        "{}: {report:#?}",
+        sdk.name
+    );
     assert_eq!(report.stage, Some(Stage::Cooperative));
     assert_eq!(report.reason, Some(CancelReason::Requested));
     assert_eq!(report.exit, None, "{}: the worker lives on", sdk.name);
-    let texts: Vec<_> = progress.drain().into_iter().filter_map(|p| p.text).collect();
+    let texts: Vec<_> = progress
+        .drain()
+        .into_iter()
+        .filter_map(|p| p.text)
+        .collect();
     assert!(
         texts.iter().any(|t| t == "cancelled:requested"),
         "{}: the job saw the reason: {texts:?}",
@@ -103,11 +120,24 @@ pub async fn timeout_cancels_cooperatively(t: Ctx, sdk: Sdk) {
     let worker = spawn(&t, &sdk, WorkerConfig::protocol().deadlines(patient())).await;
     let (options, mut progress) = watch(JobOptions::new().timeout(ms(300)));
     let report = run_job(&worker, b"wait".to_vec(), options).await;
-    assert_eq!(report.outcome, Outcome::Cancelled, "{}: {report:#?}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Cancelled,
+        "{}: {report:#?}",
+        sdk.name
+    );
     assert_eq!(report.reason, Some(CancelReason::Timeout));
     assert_eq!(report.stage, Some(Stage::Cooperative));
-    let texts: Vec<_> = progress.drain().into_iter().filter_map(|p| p.text).collect();
-    assert!(texts.iter().any(|t| t == "cancelled:timeout"), "{}: {texts:?}", sdk.name);
+    let texts: Vec<_> = progress
+        .drain()
+        .into_iter()
+        .filter_map(|p| p.text)
+        .collect();
+    assert!(
+        texts.iter().any(|t| t == "cancelled:timeout"),
+        "{}: {texts:?}",
+        sdk.name
+    );
     shutdown_exits_zero(&sdk, worker).await;
 }
 
@@ -115,7 +145,12 @@ pub async fn timeout_cancels_cooperatively(t: Ctx, sdk: Sdk) {
 pub async fn deadline_reaches_the_job(t: Ctx, sdk: Sdk) {
     let worker = spawn(&t, &sdk, WorkerConfig::protocol().deadlines(patient())).await;
     let timeout = Duration::from_secs(60);
-    let report = run_job(&worker, b"deadline".to_vec(), JobOptions::new().timeout(timeout)).await;
+    let report = run_job(
+        &worker,
+        b"deadline".to_vec(),
+        JobOptions::new().timeout(timeout),
+    )
+    .await;
     let Outcome::Completed(out) = &report.outcome else {
         panic!("{}: {report:#?}", sdk.name);
     };
@@ -126,7 +161,12 @@ pub async fn deadline_reaches_the_job(t: Ctx, sdk: Sdk) {
         sdk.name
     );
     let report = run_job(&worker, b"deadline".to_vec(), JobOptions::new()).await;
-    assert_eq!(report.outcome, Outcome::Completed(b"none".to_vec()), "{}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed(b"none".to_vec()),
+        "{}",
+        sdk.name
+    );
     shutdown_exits_zero(&sdk, worker).await;
 }
 
@@ -165,7 +205,12 @@ pub async fn output_over_the_frame_limit_fails(t: Ctx, sdk: Sdk) {
         sdk.name
     );
     let report = run_job(&worker, b"output:1000".to_vec(), JobOptions::new()).await;
-    assert_eq!(report.outcome, Outcome::Completed(vec![b'x'; 1000]), "{}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed(vec![b'x'; 1000]),
+        "{}",
+        sdk.name
+    );
     shutdown_exits_zero(&sdk, worker).await;
 }
 
@@ -178,7 +223,12 @@ pub async fn stays_live_under_unresponsive_after_while_spinning(t: Ctx, sdk: Sdk
     );
     let worker = spawn(&t, &sdk, config).await;
     let report = run_job(&worker, b"spin:2000".to_vec(), JobOptions::new()).await;
-    assert_eq!(report.outcome, Outcome::Completed(b"spun".to_vec()), "{}: {report:#?}", sdk.name);
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed(b"spun".to_vec()),
+        "{}: {report:#?}",
+        sdk.name
+    );
     assert_eq!(report.reason, None);
     shutdown_exits_zero(&sdk, worker).await;
 }
@@ -218,7 +268,12 @@ where
 
 fn assert_exit_code(peer: &mut Peer, code: i32, what: &str) {
     let status = peer.wait_exit(what);
-    assert_eq!(status.code(), Some(code), "{}: {what}: {status:?}", peer.sdk);
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "{}: {what}: {status:?}",
+        peer.sdk
+    );
 }
 
 fn assert_exit_failure(peer: &mut Peer, what: &str) -> ExitStatusCode {
@@ -250,14 +305,19 @@ pub async fn handshake_over_a_split_stream(t: Ctx, sdk: Sdk) {
             u32::MAX,
         )
         .expect("encode");
-        bytes.extend(warden_protocol::encode_frame(&start(7, b"echo:split"), u32::MAX).expect("encode"));
+        bytes.extend(
+            warden_protocol::encode_frame(&start(7, b"echo:split"), u32::MAX).expect("encode"),
+        );
         for byte in bytes {
             peer.send_bytes(&[byte]);
         }
         let (terminal, _) = peer.expect_terminal(7);
         assert_eq!(
             terminal,
-            WorkerMessage::Completed { job: JobId(7), output: b"split".to_vec() },
+            WorkerMessage::Completed {
+                job: JobId(7),
+                output: b"split".to_vec()
+            },
             "{}",
             sdk.name
         );
@@ -273,7 +333,9 @@ pub async fn refusal_exits_non_zero(t: Ctx, sdk: Sdk) {
     raw(t, sdk, |t, sdk| {
         let mut peer = Peer::spawn(t, sdk);
         peer.expect_hello();
-        peer.send(&SupervisorMessage::Refuse { reason: "conformance says no".into() });
+        peer.send(&SupervisorMessage::Refuse {
+            reason: "conformance says no".into(),
+        });
         // The channel stays open here: the refusal alone must end the worker.
         peer.expect_eof("the end after Refuse");
         assert_exit_failure(&mut peer, "after Refuse");
@@ -307,14 +369,22 @@ pub async fn cancel_before_start_answers_once(t: Ctx, sdk: Sdk) {
         let mut both = warden_protocol::encode_frame(&start(1, b"wait"), u32::MAX).expect("encode");
         both.extend(
             warden_protocol::encode_frame(
-                &SupervisorMessage::Cancel { job: JobId(1), reason: CancelReason::Requested },
+                &SupervisorMessage::Cancel {
+                    job: JobId(1),
+                    reason: CancelReason::Requested,
+                },
                 u32::MAX,
             )
             .expect("encode"),
         );
         peer.send_bytes(&both);
         let (terminal, _) = peer.expect_terminal(1);
-        assert_eq!(terminal, WorkerMessage::Cancelled { job: JobId(1) }, "{}", sdk.name);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Cancelled { job: JobId(1) },
+            "{}",
+            sdk.name
+        );
         peer.send(&SupervisorMessage::Shutdown);
         peer.expect_eof("the end after Shutdown (no second terminal message)");
         assert_exit_code(&mut peer, 0, "after Shutdown");
@@ -330,8 +400,17 @@ pub async fn stale_cancels_are_ignored(t: Ctx, sdk: Sdk) {
         peer.handshake(DEFAULT_MAX_FRAME_LEN, 0);
         peer.start(1, b"echo:one");
         let (terminal, _) = peer.expect_terminal(1);
-        assert_eq!(terminal, WorkerMessage::Completed { job: JobId(1), output: b"one".to_vec() });
-        let cancel = |job, reason| SupervisorMessage::Cancel { job: JobId(job), reason };
+        assert_eq!(
+            terminal,
+            WorkerMessage::Completed {
+                job: JobId(1),
+                output: b"one".to_vec()
+            }
+        );
+        let cancel = |job, reason| SupervisorMessage::Cancel {
+            job: JobId(job),
+            reason,
+        };
         peer.send(&cancel(1, CancelReason::Timeout));
         peer.send(&cancel(99, CancelReason::Requested));
         peer.start(2, b"wait");
@@ -339,7 +418,12 @@ pub async fn stale_cancels_are_ignored(t: Ctx, sdk: Sdk) {
         peer.send(&cancel(2, CancelReason::Shutdown));
         peer.send(&cancel(2, CancelReason::Requested));
         let (terminal, progress) = peer.expect_terminal(2);
-        assert_eq!(terminal, WorkerMessage::Cancelled { job: JobId(2) }, "{}", sdk.name);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Cancelled { job: JobId(2) },
+            "{}",
+            sdk.name
+        );
         let texts: Vec<_> = progress
             .iter()
             .filter_map(|p| match p {
@@ -347,10 +431,21 @@ pub async fn stale_cancels_are_ignored(t: Ctx, sdk: Sdk) {
                 _ => None,
             })
             .collect();
-        assert_eq!(texts, ["cancelled:shutdown"], "{}: the first cancel's reason", sdk.name);
+        assert_eq!(
+            texts,
+            ["cancelled:shutdown"],
+            "{}: the first cancel's reason",
+            sdk.name
+        );
         peer.start(3, b"echo:three");
         let (terminal, _) = peer.expect_terminal(3);
-        assert_eq!(terminal, WorkerMessage::Completed { job: JobId(3), output: b"three".to_vec() });
+        assert_eq!(
+            terminal,
+            WorkerMessage::Completed {
+                job: JobId(3),
+                output: b"three".to_vec()
+            }
+        );
         peer.send(&SupervisorMessage::Shutdown);
         peer.expect_eof("the end after Shutdown");
         assert_exit_code(&mut peer, 0, "after Shutdown");
@@ -369,7 +464,10 @@ pub async fn progress_coalesces(t: Ctx, sdk: Sdk) {
         let (terminal, progress) = peer.expect_terminal(1);
         assert_eq!(
             terminal,
-            WorkerMessage::Completed { job: JobId(1), output: N.to_string().into_bytes() }
+            WorkerMessage::Completed {
+                job: JobId(1),
+                output: N.to_string().into_bytes()
+            }
         );
         let reports: Vec<(Option<f32>, Option<String>)> = progress
             .into_iter()
@@ -391,7 +489,11 @@ pub async fn progress_coalesces(t: Ctx, sdk: Sdk) {
             sdk.name
         );
         let fractions: Vec<f32> = reports.iter().filter_map(|r| r.0).collect();
-        assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{}: in order", sdk.name);
+        assert!(
+            fractions.windows(2).all(|w| w[0] <= w[1]),
+            "{}: in order",
+            sdk.name
+        );
         peer.send(&SupervisorMessage::Shutdown);
         peer.expect_eof("the end after Shutdown (no progress after the result)");
         assert_exit_code(&mut peer, 0, "after Shutdown");
@@ -456,7 +558,12 @@ pub async fn sigterm_cancels_then_exits_zero(t: Ctx, sdk: Sdk) {
         peer.expect_ready(1);
         sigterm(&peer);
         let (terminal, progress) = peer.expect_terminal(1);
-        assert_eq!(terminal, WorkerMessage::Cancelled { job: JobId(1) }, "{}", sdk.name);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Cancelled { job: JobId(1) },
+            "{}",
+            sdk.name
+        );
         assert!(
             progress.iter().any(|p| matches!(p,
                 WorkerMessage::Progress { text: Some(t), .. } if t == "cancelled:signal")),
@@ -554,8 +661,8 @@ pub async fn garbage_from_the_supervisor_ends_serving(t: Ctx, sdk: Sdk) {
                     .step_by(2)
                     .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
                     .collect();
-                let limit = u32::try_from(c["max_frame_len"].as_u64().expect("limit"))
-                    .expect("u32");
+                let limit =
+                    u32::try_from(c["max_frame_len"].as_u64().expect("limit")).expect("u32");
                 (c["name"].as_str().expect("name").to_owned(), bytes, limit)
             })
             .collect();
@@ -572,4 +679,3 @@ pub async fn garbage_from_the_supervisor_ends_serving(t: Ctx, sdk: Sdk) {
     })
     .await;
 }
-

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use warden_protocol::{
-    DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage,
-    WorkerMessage, encode_frame,
+    DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage,
+    encode_frame,
 };
 
 use crate::sdks::Sdk;
@@ -72,7 +72,10 @@ impl Peer {
             match self.decoder.next::<WorkerMessage>() {
                 Ok(Some(msg)) => return Some(msg),
                 Ok(None) => {}
-                Err(e) => panic!("{}: undecodable frame while waiting for {what}: {e}", self.sdk),
+                Err(e) => panic!(
+                    "{}: undecodable frame while waiting for {what}: {e}",
+                    self.sdk
+                ),
             }
             let sdk = self.sdk;
             match self.stream().read(&mut buf) {
@@ -142,10 +145,21 @@ impl Peer {
                 sdk_version,
             }) => {
                 assert_eq!(protocol_version, PROTOCOL_VERSION, "{}", self.sdk);
-                assert_eq!(said, pid, "{}: the hello names the worker's own pid", self.sdk);
-                assert!(!sdk_version.is_empty(), "{}: the hello names its SDK", self.sdk);
+                assert_eq!(
+                    said, pid,
+                    "{}: the hello names the worker's own pid",
+                    self.sdk
+                );
+                assert!(
+                    !sdk_version.is_empty(),
+                    "{}: the hello names its SDK",
+                    self.sdk
+                );
             }
-            other => panic!("{}: expected the worker's hello first, got {other:?}", self.sdk),
+            other => panic!(
+                "{}: expected the worker's hello first, got {other:?}",
+                self.sdk
+            ),
         }
     }
 
@@ -174,7 +188,10 @@ impl Peer {
                         return;
                     }
                 }
-                other => panic!("{}: expected progress for job {job}, got {other:?}", self.sdk),
+                other => panic!(
+                    "{}: expected progress for job {job}, got {other:?}",
+                    self.sdk
+                ),
             }
         }
     }

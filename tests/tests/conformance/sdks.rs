@@ -103,7 +103,10 @@ fn python_version(python: &str) -> Result<(), String> {
         .get_or_init(|| {
             let _spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
             let out = std::process::Command::new(python)
-                .args(["-c", "import sys; assert sys.version_info >= (3, 9), sys.version"])
+                .args([
+                    "-c",
+                    "import sys; assert sys.version_info >= (3, 9), sys.version",
+                ])
                 .output()
                 .map_err(|e| format!("`{python}` cannot be run: {e}"))?;
             if out.status.success() {
