@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import queue
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, List, Optional, Tuple, Union
 
 from . import protocol as p
 from ._errors import (
@@ -134,7 +134,7 @@ class _Wake:
         os.close(self.w)
 
 
-def _wait(fds: list, deadline: Optional[float]) -> list:
+def _wait(fds: List[int], deadline: Optional[float]) -> List[int]:
     """The fds of ``fds`` that are readable, waiting until ``deadline`` (monotonic) at most."""
     poller = select.poll()
     for fd in fds:
@@ -279,9 +279,11 @@ class _AsyncRunner:
         self._loop = loop
 
     def start(self, job: _JobBase, done: Callable[[Finished], None]) -> None:
+        assert isinstance(job, AsyncJob)
+
         async def run() -> None:
             try:
-                result = self._handler(job)
+                result: Any = self._handler(job)
                 if inspect.isawaitable(result):
                     result = await result
                 finished = _finished_from_return(result)
@@ -312,7 +314,7 @@ class _Core:
         self.cond = threading.Condition()
         self.decoder = p.FrameDecoder(machine.config.max_frame_len, p.SUPERVISOR)
         self.job: Optional[_Running] = None
-        self.finished: Optional[tuple] = None
+        self.finished: Optional[Tuple[int, Finished]] = None
         self.read_closed = False
         self.signal_seen = False
         self.aborted = False
@@ -415,12 +417,12 @@ class _Core:
             with self.cond:
                 finished, self.finished = self.finished, None
             if finished is not None and self.job is not None and finished[0] == self.job.id:
-                job, self.job = self.job, None
-                last = job.slot.close()
+                running, self.job = self.job, None
+                last = running.slot.close()
                 with self.cond:
                     if last is not None:
-                        m.handle_progress(job.id, *last)
-                    m.handle_finished(job.id, finished[1])
+                        m.handle_progress(running.id, *last)
+                    m.handle_finished(running.id, finished[1])
             if sock_fd in ready and not self.read_closed:
                 self._read(now)
 
@@ -581,7 +583,7 @@ async def serve_async(
     loop = asyncio.get_running_loop()
     wake = _Wake()
     done: "asyncio.Future[Exit]" = loop.create_future()
-    cores: list = []
+    cores: List[_Core] = []
 
     def settle(result: Any, error: Optional[BaseException]) -> None:
         if done.done():
@@ -602,7 +604,7 @@ async def serve_async(
                     orphan_grace,
                     cores.append,
                 )
-            outcome: tuple = (exit_, None)
+            outcome: Tuple[Optional[Exit], Optional[BaseException]] = (exit_, None)
         except BaseException as e:  # noqa: B902 - handed to the awaiting coroutine
             outcome = (None, e)
         try:
