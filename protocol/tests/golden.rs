@@ -638,3 +638,499 @@ fn protocol_md_dumps_are_the_encoded_frames() {
         assert!(doc.contains(&line), "PROTOCOL.md lacks the dump `{line}`");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// tests/golden.json: the same frames as data, for SDKs written in other languages
+// ---------------------------------------------------------------------------------------------
+
+/// One frame of `golden.json`: a message and its bytes, or bytes and the error they must give.
+enum Shared {
+    Supervisor(&'static str, SupervisorMessage, &'static str),
+    Worker(&'static str, WorkerMessage, &'static str),
+    /// Decodes to the message, but is not how a sender writes it (an over-long varint).
+    SupervisorLenient(&'static str, SupervisorMessage, &'static str),
+    /// `(name, direction, limit, frame, error)`: what a strict receiver must reject, and why.
+    Invalid(&'static str, &'static str, u32, &'static str, &'static str),
+}
+
+/// The frames of the tests above (the same hand-derived bytes, as hex), plus what a receiver
+/// must refuse. `golden.json` is this list serialised; `golden_json_is_current` keeps them equal.
+fn shared_frames() -> Vec<Shared> {
+    use Shared::{Invalid, Supervisor, SupervisorLenient, Worker};
+    let hello = |v: u16, s: &str, max: u32, hb: u32| SupervisorMessage::Hello {
+        protocol_version: v,
+        supervisor_version: s.into(),
+        max_frame_len: max,
+        heartbeat_interval_ms: hb,
+    };
+    let start = |job: u64, payload: &[u8], deadline_ms: Option<u64>| SupervisorMessage::StartJob {
+        job: JobId(job),
+        payload: payload.to_vec(),
+        deadline_ms,
+    };
+    let cancel = |job: u64, reason| SupervisorMessage::Cancel {
+        job: JobId(job),
+        reason,
+    };
+    let progress = |job: u64, fraction: Option<f32>, text: Option<&str>| WorkerMessage::Progress {
+        job: JobId(job),
+        fraction,
+        text: text.map(Into::into),
+    };
+    let max = DEFAULT_MAX_FRAME_LEN;
+    vec![
+        Supervisor(
+            "supervisor_hello_typical",
+            hello(1, "0.1.0", 1 << 20, 1000),
+            "0d000000 00 01 05302e312e30 808040 e807",
+        ),
+        Supervisor(
+            "supervisor_hello_extremes",
+            hello(300, "", u32::MAX, 0),
+            "0a000000 00 ac02 00 ffffffff0f 00",
+        ),
+        Supervisor(
+            "supervisor_hello_max_u16_version",
+            hello(u16::MAX, "v", 127, 128),
+            "09000000 00 ffff03 0176 7f 8001",
+        ),
+        Supervisor(
+            "supervisor_start_job_minimal",
+            start(300, b"", None),
+            "05000000 01 ac02 00 00",
+        ),
+        Supervisor(
+            "supervisor_start_job_payload_deadline",
+            start(7, &[0xde, 0xad, 0xbe, 0xef], Some(1 << 40)),
+            "0e000000 01 07 04deadbeef 01 808080808020",
+        ),
+        Supervisor(
+            "supervisor_start_job_max_job_deadline_zero",
+            start(u64::MAX, &[0], Some(0)),
+            "0f000000 01 ffffffffffffffffff01 0100 0100",
+        ),
+        Supervisor(
+            "supervisor_start_job_protocol_md",
+            start(300, b"hi", Some(30_000)),
+            "0a000000 01 ac02 026869 01 b0ea01",
+        ),
+        Supervisor(
+            "supervisor_cancel_requested",
+            cancel(7, CancelReason::Requested),
+            "03000000 02 07 00",
+        ),
+        Supervisor(
+            "supervisor_cancel_timeout",
+            cancel(7, CancelReason::Timeout),
+            "03000000 02 07 01",
+        ),
+        Supervisor(
+            "supervisor_cancel_shutdown",
+            cancel(7, CancelReason::Shutdown),
+            "03000000 02 07 02",
+        ),
+        Supervisor(
+            "supervisor_cancel_unresponsive",
+            cancel(300, CancelReason::Unresponsive),
+            "04000000 02 ac02 03",
+        ),
+        Supervisor(
+            "supervisor_shutdown",
+            SupervisorMessage::Shutdown,
+            "01000000 03",
+        ),
+        Supervisor(
+            "supervisor_refuse_empty",
+            SupervisorMessage::Refuse {
+                reason: String::new(),
+            },
+            "02000000 04 00",
+        ),
+        Supervisor(
+            "supervisor_refuse_utf8",
+            SupervisorMessage::Refuse {
+                reason: "é".into()
+            },
+            "04000000 04 02c3a9",
+        ),
+        SupervisorLenient(
+            "supervisor_cancel_overlong_job_varint",
+            cancel(1, CancelReason::Requested),
+            "04000000 02 8100 00",
+        ),
+        Worker(
+            "worker_hello",
+            WorkerMessage::Hello {
+                protocol_version: 1,
+                pid: 4242,
+                sdk_version: "sdk".into(),
+            },
+            "08000000 00 01 9221 0373646b",
+        ),
+        Worker(
+            "worker_hello_protocol_md",
+            WorkerMessage::Hello {
+                protocol_version: 1,
+                pid: 4242,
+                sdk_version: "warden-worker 0.1.0".into(),
+            },
+            "18000000 00 01 9221 13 7761726465 6e2d776f726b657220302e312e30",
+        ),
+        Worker(
+            "worker_hello_extremes",
+            WorkerMessage::Hello {
+                protocol_version: 0,
+                pid: u32::MAX,
+                sdk_version: String::new(),
+            },
+            "08000000 00 00 ffffffff0f 00",
+        ),
+        Worker("worker_heartbeat", WorkerMessage::Heartbeat, "01000000 01"),
+        Worker(
+            "worker_progress_nothing",
+            progress(1, None, None),
+            "04000000 02 01 00 00",
+        ),
+        Worker(
+            "worker_progress_everything",
+            progress(300, Some(0.5), Some("half")),
+            "0e000000 02 ac02 010000003f 010468616c66",
+        ),
+        Worker(
+            "worker_progress_protocol_md",
+            progress(300, Some(0.25), Some("a")),
+            "0b000000 02 ac02 010000803e 010161",
+        ),
+        Worker(
+            "worker_progress_zero",
+            progress(2, Some(0.0), None),
+            "08000000 02 02 0100000000 00",
+        ),
+        Worker(
+            "worker_progress_one",
+            progress(2, Some(1.0), None),
+            "08000000 02 02 010000803f 00",
+        ),
+        Worker(
+            "worker_progress_tenth",
+            progress(2, Some(0.1), None),
+            "08000000 02 02 01cdcccc3d 00",
+        ),
+        Worker(
+            "worker_progress_negative",
+            progress(2, Some(-2.0), None),
+            "08000000 02 02 01000000c0 00",
+        ),
+        Worker(
+            "worker_progress_empty_text",
+            progress(2, None, Some("")),
+            "05000000 02 02 00 0100",
+        ),
+        Worker(
+            "worker_completed_empty",
+            WorkerMessage::Completed {
+                job: JobId(2),
+                output: Vec::new(),
+            },
+            "03000000 03 02 00",
+        ),
+        Worker(
+            "worker_completed_bytes",
+            WorkerMessage::Completed {
+                job: JobId(2),
+                output: vec![0, 1, 2, 0xff],
+            },
+            "07000000 03 02 04000102ff",
+        ),
+        Worker(
+            "worker_completed_protocol_md",
+            WorkerMessage::Completed {
+                job: JobId(300),
+                output: b"ok".to_vec(),
+            },
+            "06000000 03 ac02 026f6b",
+        ),
+        Worker(
+            "worker_cancelled",
+            WorkerMessage::Cancelled { job: JobId(2) },
+            "02000000 04 02",
+        ),
+        Worker(
+            "worker_cancelled_big_job",
+            WorkerMessage::Cancelled {
+                job: JobId(1 << 40),
+            },
+            "07000000 04 808080808020",
+        ),
+        Worker(
+            "worker_failed_empty",
+            WorkerMessage::Failed {
+                job: JobId(9),
+                error: String::new(),
+            },
+            "03000000 05 09 00",
+        ),
+        Worker(
+            "worker_failed_text",
+            WorkerMessage::Failed {
+                job: JobId(9),
+                error: "boom".into(),
+            },
+            "07000000 05 09 04626f6f6d",
+        ),
+        Invalid(
+            "unknown_supervisor_tag",
+            "supervisor",
+            max,
+            "01000000 05",
+            "unknown_tag",
+        ),
+        Invalid(
+            "unknown_worker_tag",
+            "worker",
+            max,
+            "01000000 06",
+            "unknown_tag",
+        ),
+        Invalid(
+            "unknown_cancel_reason",
+            "supervisor",
+            max,
+            "03000000 02 07 04",
+            "unknown_tag",
+        ),
+        Invalid("empty_frame", "supervisor", max, "00000000", "empty"),
+        Invalid(
+            "oversized_default",
+            "supervisor",
+            max,
+            "01001000",
+            "oversized",
+        ),
+        Invalid(
+            "oversized_u32_max",
+            "supervisor",
+            max,
+            "ffffffff",
+            "oversized",
+        ),
+        Invalid(
+            "oversized_small_limit",
+            "supervisor",
+            16,
+            "11000000",
+            "oversized",
+        ),
+        Invalid(
+            "trailing_byte",
+            "supervisor",
+            max,
+            "02000000 03 00",
+            "trailing_bytes",
+        ),
+        Invalid(
+            "truncated_start_job",
+            "supervisor",
+            max,
+            "03000000 01 07 05",
+            "truncated",
+        ),
+        Invalid(
+            "truncated_varint",
+            "supervisor",
+            max,
+            "02000000 02 80",
+            "truncated",
+        ),
+        Invalid(
+            "string_claims_2_pow_50_bytes",
+            "supervisor",
+            max,
+            "0a000000 04 80808080808080 02 6162",
+            "truncated",
+        ),
+        Invalid(
+            "bad_option_tag",
+            "supervisor",
+            max,
+            "05000000 01 07 00 02 00",
+            "malformed",
+        ),
+        Invalid(
+            "bad_utf8",
+            "supervisor",
+            max,
+            "03000000 04 01 ff",
+            "malformed",
+        ),
+        Invalid(
+            "u16_varint_too_long",
+            "supervisor",
+            max,
+            "07000000 00 ffff04 00 10 00",
+            "malformed",
+        ),
+        Invalid(
+            "u64_varint_eleven_bytes",
+            "supervisor",
+            max,
+            "0d000000 02 ffffffffffffffffffff01 00",
+            "malformed",
+        ),
+    ]
+}
+
+fn hex_to_bytes(spaced: &str) -> Vec<u8> {
+    let digits: String = spaced.split_whitespace().collect();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn error_name(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::Oversized { .. } => "oversized",
+        DecodeError::Empty => "empty",
+        DecodeError::Truncated => "truncated",
+        DecodeError::TrailingBytes { .. } => "trailing_bytes",
+        DecodeError::UnknownTag => "unknown_tag",
+        DecodeError::Malformed(_) => "malformed",
+        other => panic!("a decode error golden.json cannot name yet: {other:?}"),
+    }
+}
+
+fn supervisor_json(msg: &SupervisorMessage) -> serde_json::Value {
+    use serde_json::json;
+    match msg {
+        SupervisorMessage::Hello {
+            protocol_version,
+            supervisor_version,
+            max_frame_len,
+            heartbeat_interval_ms,
+        } => json!({"type": "Hello", "protocol_version": protocol_version,
+            "supervisor_version": supervisor_version, "max_frame_len": max_frame_len,
+            "heartbeat_interval_ms": heartbeat_interval_ms}),
+        SupervisorMessage::StartJob {
+            job,
+            payload,
+            deadline_ms,
+        } => json!({"type": "StartJob", "job": job.0, "payload": hex(payload).replace(' ', ""),
+            "deadline_ms": deadline_ms}),
+        SupervisorMessage::Cancel { job, reason } => {
+            json!({"type": "Cancel", "job": job.0, "reason": reason.as_str()})
+        }
+        SupervisorMessage::Shutdown => json!({"type": "Shutdown"}),
+        SupervisorMessage::Refuse { reason } => json!({"type": "Refuse", "reason": reason}),
+        other => panic!("golden.json cannot describe {other:?} yet"),
+    }
+}
+
+fn worker_json(msg: &WorkerMessage) -> serde_json::Value {
+    use serde_json::json;
+    match msg {
+        WorkerMessage::Hello {
+            protocol_version,
+            pid,
+            sdk_version,
+        } => json!({"type": "Hello", "protocol_version": protocol_version, "pid": pid,
+            "sdk_version": sdk_version}),
+        WorkerMessage::Heartbeat => json!({"type": "Heartbeat"}),
+        WorkerMessage::Progress {
+            job,
+            fraction,
+            text,
+        } => json!({"type": "Progress", "job": job.0, "fraction": fraction.map(f64::from),
+            "text": text}),
+        WorkerMessage::Completed { job, output } => {
+            json!({"type": "Completed", "job": job.0, "output": hex(output).replace(' ', "")})
+        }
+        WorkerMessage::Cancelled { job } => json!({"type": "Cancelled", "job": job.0}),
+        WorkerMessage::Failed { job, error } => {
+            json!({"type": "Failed", "job": job.0, "error": error})
+        }
+        other => panic!("golden.json cannot describe {other:?} yet"),
+    }
+}
+
+/// Checks every shared frame against the codec and returns the JSON document for them.
+fn golden_document() -> String {
+    use serde_json::json;
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for case in shared_frames() {
+        match case {
+            Shared::Supervisor(name, ref msg, frame)
+            | Shared::SupervisorLenient(name, ref msg, frame) => {
+                let canonical = matches!(case, Shared::Supervisor(..));
+                let msg = msg.clone();
+                let bytes = hex_to_bytes(frame);
+                let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+                decoder.push(&bytes);
+                assert_eq!(
+                    decoder.next::<SupervisorMessage>(),
+                    Ok(Some(msg.clone())),
+                    "{name}"
+                );
+                assert_eq!(decoder.buffered(), 0, "{name}");
+                let encoded = encode_frame(&msg, DEFAULT_MAX_FRAME_LEN).expect("encode");
+                assert_eq!(encoded == bytes, canonical, "{name}: canonical form");
+                valid.push(json!({"name": name, "direction": "supervisor",
+                    "frame": hex(&bytes).replace(' ', ""), "canonical": canonical,
+                    "message": supervisor_json(&msg)}));
+            }
+            Shared::Worker(name, msg, frame) => {
+                let bytes = hex_to_bytes(frame);
+                assert_worker(msg.clone(), &bytes);
+                valid.push(json!({"name": name, "direction": "worker",
+                    "frame": hex(&bytes).replace(' ', ""), "canonical": true,
+                    "message": worker_json(&msg)}));
+            }
+            Shared::Invalid(name, direction, limit, frame, error) => {
+                let bytes = hex_to_bytes(frame);
+                let mut decoder = FrameDecoder::new(limit);
+                decoder.push(&bytes);
+                let got = if direction == "supervisor" {
+                    decoder.next::<SupervisorMessage>().map(|m| m.is_some())
+                } else {
+                    decoder.next::<WorkerMessage>().map(|m| m.is_some())
+                };
+                let got = got.err().map(|e| error_name(&e));
+                assert_eq!(got, Some(error), "{name}: {frame}");
+                invalid.push(
+                    json!({"name": name, "direction": direction, "max_frame_len": limit,
+                    "frame": hex(&bytes).replace(' ', ""), "error": error}),
+                );
+            }
+        }
+    }
+    let doc = json!({
+        "about": "Golden frames of warden protocol v1, generated and checked by protocol/tests/golden.rs \
+                  (golden_json_is_current; WARDEN_BLESS=1 rewrites it). `frame` is the whole frame in hex \
+                  (header and body); byte strings (payload, output) are hex; `canonical` false: decodes to \
+                  `message` but a sender writes the shortest form. `invalid`: what a strict receiver with \
+                  `max_frame_len` must reject, with the reason.",
+        "valid": valid,
+        "invalid": invalid,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).expect("serialise golden.json");
+    text.push('\n');
+    text
+}
+
+/// `golden.json` is what the codec and the hand-derived frames above say, byte for byte.
+#[test]
+fn golden_json_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden.json");
+    let expected = golden_document();
+    if std::env::var_os("WARDEN_BLESS").is_some() {
+        std::fs::write(&path, &expected).expect("write golden.json");
+        return;
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "{} is out of date: regenerate it with `WARDEN_BLESS=1 cargo test -p warden-protocol --test golden`",
+        path.display()
+    );
+}
