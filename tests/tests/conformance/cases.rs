@@ -49,14 +49,11 @@ pub async fn echo_completes(t: Ctx, sdk: Sdk) {
             sdk.name
         );
         assert_eq!(report.reason, None);
-        let reported = progress.drain();
-        assert!(
-            reported
-                .iter()
-                .any(|p| p.fraction == Some(0.5) && p.text.as_deref() == Some("echoing")),
-            "{}: the progress report came before the result: {reported:?}",
-            sdk.name
-        );
+        progress
+            .until(&format!("{}: the job's progress report", sdk.name), |p| {
+                p.fraction == Some(0.5) && p.text.as_deref() == Some("echoing")
+            })
+            .await;
     }
     shutdown_exits_zero(&sdk, worker).await;
 }
@@ -100,16 +97,11 @@ pub async fn cancelled_at_stage_one(t: Ctx, sdk: Sdk) {
     assert_eq!(report.stage, Some(Stage::Cooperative));
     assert_eq!(report.reason, Some(CancelReason::Requested));
     assert_eq!(report.exit, None, "{}: the worker lives on", sdk.name);
-    let texts: Vec<_> = progress
-        .drain()
-        .into_iter()
-        .filter_map(|p| p.text)
-        .collect();
-    assert!(
-        texts.iter().any(|t| t == "cancelled:requested"),
-        "{}: the job saw the reason: {texts:?}",
-        sdk.name
-    );
+    progress
+        .until(&format!("{}: the job saw the reason", sdk.name), |p| {
+            p.text.as_deref() == Some("cancelled:requested")
+        })
+        .await;
     let report = run_job(&worker, b"echo:next".to_vec(), JobOptions::new()).await;
     assert_eq!(report.outcome, Outcome::Completed(b"next".to_vec()));
     shutdown_exits_zero(&sdk, worker).await;
@@ -128,16 +120,11 @@ pub async fn timeout_cancels_cooperatively(t: Ctx, sdk: Sdk) {
     );
     assert_eq!(report.reason, Some(CancelReason::Timeout));
     assert_eq!(report.stage, Some(Stage::Cooperative));
-    let texts: Vec<_> = progress
-        .drain()
-        .into_iter()
-        .filter_map(|p| p.text)
-        .collect();
-    assert!(
-        texts.iter().any(|t| t == "cancelled:timeout"),
-        "{}: {texts:?}",
-        sdk.name
-    );
+    progress
+        .until(&format!("{}: the job saw the reason", sdk.name), |p| {
+            p.text.as_deref() == Some("cancelled:timeout")
+        })
+        .await;
     shutdown_exits_zero(&sdk, worker).await;
 }
 
@@ -217,10 +204,9 @@ pub async fn output_over_the_frame_limit_fails(t: Ctx, sdk: Sdk) {
 /// Issue 7's liveness check keeps a worker whose handler spins without looking at its job: the
 /// heartbeats come from a thread of their own (§6).
 pub async fn stays_live_under_unresponsive_after_while_spinning(t: Ctx, sdk: Sdk) {
-    let config = liveness::Liveness::unresponsive_after(
-        WorkerConfig::protocol().deadlines(patient()),
-        ms(400),
-    );
+    let config = WorkerConfig::protocol()
+        .deadlines(patient())
+        .unresponsive_after(ms(400));
     let worker = spawn(&t, &sdk, config).await;
     let report = run_job(&worker, b"spin:2000".to_vec(), JobOptions::new()).await;
     assert_eq!(
@@ -231,24 +217,6 @@ pub async fn stays_live_under_unresponsive_after_while_spinning(t: Ctx, sdk: Sdk
     );
     assert_eq!(report.reason, None);
     shutdown_exits_zero(&sdk, worker).await;
-}
-
-mod liveness {
-    use warden::WorkerConfig;
-
-    /// Stands in for `WorkerConfig::unresponsive_after` until issue 7 lands; the inherent
-    /// method then takes precedence over this one, and this trait can go (with the `#[ignore]`
-    /// in `main.rs`).
-    pub trait Liveness {
-        fn unresponsive_after(self, after: std::time::Duration) -> Self;
-    }
-
-    impl Liveness for WorkerConfig {
-        fn unresponsive_after(mut self, after: std::time::Duration) -> Self {
-            self.heartbeat_interval = Some(after / 4);
-            self
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

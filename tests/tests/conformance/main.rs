@@ -75,7 +75,6 @@ conformance! {
         deadline_reaches_the_job,
         crossing_cancel_completes_despite_cancel,
         output_over_the_frame_limit_fails,
-        #[ignore = "needs unresponsive_after (issue 7)"]
         stays_live_under_unresponsive_after_while_spinning,
         // Under the hand-written supervisor.
         handshake_over_a_split_stream,
