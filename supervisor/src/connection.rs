@@ -892,4 +892,6 @@ impl Connection {
 }
 
 #[cfg(test)]
+mod pair;
+#[cfg(test)]
 mod tests;
