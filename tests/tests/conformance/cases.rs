@@ -26,6 +26,22 @@ async fn spawn(t: &Ctx, sdk: &Sdk, config: WorkerConfig) -> Worker {
         .unwrap_or_else(|e| panic!("{}: spawning failed: {e:?}", sdk.name))
 }
 
+/// Waits (bounded) for a progress report for which `want` holds. Progress reaches the callback
+/// from a thread of the job's own, coalesced (latest wins), so it may follow the job's report;
+/// a job's last report is always delivered.
+async fn until(
+    progress: &mut crate::support::Watch,
+    what: &str,
+    want: impl Fn(&warden::Progress) -> bool,
+) -> warden::Progress {
+    loop {
+        let report = progress.next(what).await;
+        if want(&report) {
+            return report;
+        }
+    }
+}
+
 /// Shuts the worker down: it exits with status 0 (§5 rule 7).
 async fn shutdown_exits_zero(sdk: &Sdk, worker: Worker) {
     assert_eq!(
@@ -49,11 +65,12 @@ pub async fn echo_completes(t: Ctx, sdk: Sdk) {
             sdk.name
         );
         assert_eq!(report.reason, None);
-        progress
-            .until(&format!("{}: the job's progress report", sdk.name), |p| {
-                p.fraction == Some(0.5) && p.text.as_deref() == Some("echoing")
-            })
-            .await;
+        until(
+            &mut progress,
+            &format!("{}: the job's progress report", sdk.name),
+            |p| p.fraction == Some(0.5) && p.text.as_deref() == Some("echoing"),
+        )
+        .await;
     }
     shutdown_exits_zero(&sdk, worker).await;
 }
@@ -97,11 +114,12 @@ pub async fn cancelled_at_stage_one(t: Ctx, sdk: Sdk) {
     assert_eq!(report.stage, Some(Stage::Cooperative));
     assert_eq!(report.reason, Some(CancelReason::Requested));
     assert_eq!(report.exit, None, "{}: the worker lives on", sdk.name);
-    progress
-        .until(&format!("{}: the job saw the reason", sdk.name), |p| {
-            p.text.as_deref() == Some("cancelled:requested")
-        })
-        .await;
+    until(
+        &mut progress,
+        &format!("{}: the job saw the reason", sdk.name),
+        |p| p.text.as_deref() == Some("cancelled:requested"),
+    )
+    .await;
     let report = run_job(&worker, b"echo:next".to_vec(), JobOptions::new()).await;
     assert_eq!(report.outcome, Outcome::Completed(b"next".to_vec()));
     shutdown_exits_zero(&sdk, worker).await;
@@ -120,11 +138,12 @@ pub async fn timeout_cancels_cooperatively(t: Ctx, sdk: Sdk) {
     );
     assert_eq!(report.reason, Some(CancelReason::Timeout));
     assert_eq!(report.stage, Some(Stage::Cooperative));
-    progress
-        .until(&format!("{}: the job saw the reason", sdk.name), |p| {
-            p.text.as_deref() == Some("cancelled:timeout")
-        })
-        .await;
+    until(
+        &mut progress,
+        &format!("{}: the job saw the reason", sdk.name),
+        |p| p.text.as_deref() == Some("cancelled:timeout"),
+    )
+    .await;
     shutdown_exits_zero(&sdk, worker).await;
 }
 

@@ -331,18 +331,6 @@ impl Watch {
         parse_ready(&text).unwrap_or_else(|| panic!("expected {READY:?}, got {text:?}"))
     }
 
-    /// Waits (bounded) for a report for which `want` holds; returns it. Progress reaches the
-    /// callback from a thread of the job's own, coalesced, so it may follow the job's report;
-    /// the last report of a job is always delivered.
-    pub async fn until(&mut self, what: &str, want: impl Fn(&Progress) -> bool) -> Progress {
-        loop {
-            let progress = self.next(what).await;
-            if want(&progress) {
-                return progress;
-            }
-        }
-    }
-
     /// Everything reported so far and not yet taken.
     pub fn drain(&mut self) -> Vec<Progress> {
         std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
