@@ -388,18 +388,8 @@ pub(super) fn start_time(pid: u32) -> Option<u64> {
 /// later probe. Directories of other pid namespaces are never touched: their owners cannot be
 /// seen from here.
 fn sweep_stale(own: &Path, me: &Identity) {
-    let Ok(entries) = std::fs::read_dir(own) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(owner) = entry.file_name().to_str().and_then(Identity::parse) else {
-            continue;
-        };
-        if owner.pidns != me.pidns || owner == *me || start_time(owner.pid) == Some(owner.start) {
-            continue;
-        }
-        let dir = entry.path();
-        if let Ok(leaves) = std::fs::read_dir(&dir) {
+    for_each_stale_base(own, me, |dir| {
+        if let Ok(leaves) = std::fs::read_dir(dir) {
             for leaf in leaves.flatten().filter(|l| l.path().is_dir()) {
                 let leaf = Cgroup {
                     dir: leaf.path(),
@@ -411,7 +401,25 @@ fn sweep_stale(own: &Path, me: &Identity) {
                 drop(leaf);
             }
         }
-        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(dir);
+    });
+}
+
+/// Calls `remove` on each base directory under `own` whose owner (named by the directory, see
+/// [`Identity`]) is of our pid namespace, is not us, and no longer runs (its start time
+/// differs: the pid was recycled or is free). The one walk the v2 and v1 sweeps share.
+pub(super) fn for_each_stale_base(own: &Path, me: &Identity, mut remove: impl FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(owner) = entry.file_name().to_str().and_then(Identity::parse) else {
+            continue;
+        };
+        if owner.pidns != me.pidns || owner == *me || start_time(owner.pid) == Some(owner.start) {
+            continue;
+        }
+        remove(&entry.path());
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{Identity, start_time, tell_guard};
+use super::cgroup::{Identity, tell_guard};
 
 /// A v1 controller warden puts limits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,18 +113,7 @@ fn make_base(base: &Path) -> io::Result<()> {
 /// Removes the v1 bases of supervisors of our pid namespace that no longer run, killing what
 /// is left in them.
 fn sweep_stale(own: &Path, me: &Identity) {
-    let Ok(entries) = std::fs::read_dir(own) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(owner) = entry.file_name().to_str().and_then(Identity::parse) else {
-            continue;
-        };
-        if owner.pidns != me.pidns || owner == *me || start_time(owner.pid) == Some(owner.start) {
-            continue;
-        }
-        kill_and_remove_base(&entry.path());
-    }
+    super::cgroup::for_each_stale_base(own, me, kill_and_remove_base);
 }
 
 /// Kills every process still in a cgroup under `base` (held by pidfds, membership checked
