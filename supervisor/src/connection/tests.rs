@@ -4,15 +4,12 @@ use std::time::{Duration, Instant};
 
 use warden_protocol::{CancelReason, DecodeError, JobId, SupervisorMessage, WorkerMessage};
 
+use super::pair::{ms, settings};
 use super::{Action, Connection, JobStart, Settings};
 use crate::error::RunError;
-use crate::escalation::{Deadlines, Stage};
+use crate::escalation::Stage;
 use crate::outcome::{JobReport, Outcome, Violation};
-use crate::process::{ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Mechanism};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use crate::process::{ExitStatus, LimitEntry, LimitKind, LimitReport, Mechanism};
 
 const KILLED: ExitStatus = ExitStatus::Signal {
     signal: libc::SIGKILL,
@@ -22,21 +19,6 @@ const TERMED: ExitStatus = ExitStatus::Signal {
     signal: libc::SIGTERM,
     core_dumped: false,
 };
-
-fn settings() -> Settings {
-    Settings {
-        protocol: true,
-        deadlines: Deadlines {
-            grace: ms(100),
-            kill_after: ms(100),
-            reap_timeout: ms(100),
-        },
-        frame_timeout: ms(50),
-        drain_timeout: ms(30),
-        unresponsive_after: None,
-        containment: ContainmentMode::Cgroup,
-    }
-}
 
 /// A connection and its virtual clock.
 struct Rig {
