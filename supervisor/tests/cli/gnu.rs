@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    Ended, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command, gnu_available, new_mark,
+    Ended, ExecFailures, Finished, GNU_TIMEOUT, LIMIT, Proc, TempDir, WARDEN, command,
+    gnu_available, new_mark,
 };
 
 struct Case {
@@ -610,24 +611,15 @@ fn utf8_locale_messages_match_gnu() {
 #[test]
 fn exec_time_failures_match_gnu() {
     let dir = TempDir::new();
-    let missing = dir.file(
-        "missing-interpreter",
-        "#!/nonexistent/warden-interpreter\n",
-        0o755,
-    );
-    let busy = dir.file("busy", "#!/bin/sh\nexit 0\n", 0o755);
-    // Held open for writing (close-on-exec, so no child keeps it) while both sides run.
-    let writer = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&busy)
-        .expect("open the script for writing");
+    let scripts = ExecFailures::new(&dir);
+    let (missing, busy) = (&scripts.missing_interpreter, &scripts.busy);
     check(&[
         case(
             "a #! interpreter that does not exist",
-            &["30", &missing],
+            &["30", missing],
             Code(127),
         ),
-        case("a script open for writing", &["30", &busy], Code(126)),
+        case("a script open for writing", &["30", busy], Code(126)),
     ]);
-    drop(writer);
+    drop(scripts);
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fixture::ROLE_VAR;
-use crate::support::{Ended, Finished, Proc, TempDir, WARDEN, command, fixture_argv, new_mark};
+use crate::support::{
+    Ended, ExecFailures, Finished, Proc, TempDir, WARDEN, command, fixture_argv, new_mark,
+};
 
 const REQUIRED: [&str; 8] = [
     "outcome",
@@ -180,16 +182,8 @@ fn spawn_failures() {
 #[test]
 fn exec_time_failures() {
     let dir = TempDir::new();
-    let missing = dir.file(
-        "missing-interpreter",
-        "#!/nonexistent/warden-interpreter\n",
-        0o755,
-    );
-    let busy = dir.file("busy", "#!/bin/sh\nexit 0\n", 0o755);
-    let writer = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&busy)
-        .expect("open the script for writing");
+    let scripts = ExecFailures::new(&dir);
+    let (missing, busy) = (&scripts.missing_interpreter, &scripts.busy);
     for protocol in [false, true] {
         for (program, status, text) in [
             (missing.as_str(), 127, "No such file or directory"),
@@ -208,7 +202,7 @@ fn exec_time_failures() {
             assert_eq!(r["exit_code"], Value::Null, "{what}: the program never ran");
         }
     }
-    drop(writer);
+    drop(scripts);
 }
 
 #[test]

@@ -503,6 +503,39 @@ impl TempDir {
     }
 }
 
+/// Programs only `execve` can refuse, in `dir`: a script whose `#!` names a missing
+/// interpreter (ENOENT), and one held open for writing by the returned file (ETXTBSY while the
+/// file lives; close-on-exec, so no child keeps it).
+pub struct ExecFailures {
+    /// The script with a missing interpreter.
+    pub missing_interpreter: String,
+    /// The script open for writing.
+    pub busy: String,
+    /// Keeps `busy` busy.
+    _writer: std::fs::File,
+}
+
+impl ExecFailures {
+    /// Writes both scripts into `dir`.
+    pub fn new(dir: &TempDir) -> ExecFailures {
+        let missing_interpreter = dir.file(
+            "missing-interpreter",
+            "#!/nonexistent/warden-interpreter\n",
+            0o755,
+        );
+        let busy = dir.file("busy", "#!/bin/sh\nexit 0\n", 0o755);
+        let writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&busy)
+            .expect("open the script for writing");
+        ExecFailures {
+            missing_interpreter,
+            busy,
+            _writer: writer,
+        }
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
