@@ -340,6 +340,13 @@ pub fn run_if_shim() {
 #[cfg(target_os = "linux")]
 fn guard_main(base: &std::path::Path) -> i32 {
     use std::io::Read;
+    // The guard is started with std's `Command`, which passes on every descriptor the host
+    // had not marked close-on-exec at that moment: one end of a pipe or socket the host meant
+    // for a child of its own would be held open for the supervisor's whole life, and whoever
+    // waits for its EOF would wait as long. The guard needs only 0 (its order socket), 1, 2.
+    if let Err(e) = super::unix::close_from(3) {
+        super::unix::close_listed_from(3, e);
+    }
     for sig in [
         libc::SIGINT,
         libc::SIGTERM,

@@ -596,6 +596,30 @@ pub(crate) fn close_from(first: RawFd) -> io::Result<()> {
     }
 }
 
+/// Closes every descriptor from `first` up that `/proc/self/fd` lists: the fallback for a
+/// kernel without `close_range` (`why` is its error, logged if the listing fails too).
+#[cfg(target_os = "linux")]
+pub(crate) fn close_listed_from(first: RawFd, why: io::Error) {
+    let listed: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd >= first)
+            .collect(),
+        Err(e) => {
+            eprintln!(
+                "warden: cannot close inherited descriptors (close_range: {why}; /proc/self/fd: {e})"
+            );
+            return;
+        }
+    };
+    for fd in listed {
+        // SAFETY: closes a descriptor number of this process; the caller owns no object that
+        // refers to one at or above `first` (the directory's own descriptor is closed by now,
+        // and closing it twice only returns EBADF).
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// `PR_SET_NO_NEW_PRIVS`: no exec from here on gains privileges (setuid bits, file
 /// capabilities); needed before an unprivileged seccomp filter.
 #[cfg(target_os = "linux")]

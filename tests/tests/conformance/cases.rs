@@ -350,16 +350,6 @@ pub async fn other_version_exits_non_zero(t: Ctx, sdk: Sdk) {
 /// A `Cancel` right behind its `StartJob` (one write) gets exactly one terminal message,
 /// `Cancelled` (§5, cancel before start).
 pub async fn cancel_before_start_answers_once(t: Ctx, sdk: Sdk) {
-    if sdk.name == "python" {
-        // A known bug, open in issue 11: with the blocking Python SDK, a Shutdown after this
-        // exchange sometimes (about 1 run in 10 under load) does not end `serve`: the peer
-        // waits 20 s for EOF. The async variant and the Rust SDK pass it.
-        eprintln!(
-            "KNOWN BUG, case not run for the blocking Python SDK: Shutdown after a cancel \
-             right behind its job sometimes does not end serve (issue 11)"
-        );
-        return;
-    }
     raw(t, sdk, |t, sdk| {
         let mut peer = Peer::spawn(t, sdk);
         peer.handshake(DEFAULT_MAX_FRAME_LEN, 0);
