@@ -1,0 +1,1145 @@
+//! warden's benchmark: every figure a ratio against a raw floor measured in the same run.
+//!
+//! `cargo bench -p warden` (add `-- --quick` for a run of under a minute) prints one table and
+//! writes the same rows as JSON to `target/warden-bench.json`:
+//! `[{name, unit, median, p99, floor_name, floor_median, ratio, target, met}]`.
+//!
+//! The machine this runs on may be a noisy VM, so nothing here is a pass/fail gate: `.ci/run`
+//! runs `--quick` to keep the bench from rotting, and the README shows a full run's table. Rows
+//! that need what this machine lacks (python3 with `pebble`, a pool) say they were skipped.
+//!
+//! Every worker and floor program is this executable started in a role
+//! (`WARDEN_BENCH_ROLE`), so a floor and the worker it is compared with pay for the same
+//! binary's exec and start-up.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use warden::{
+    CancellationToken, Containment, Deadlines, JobOptions, Outcome, Progress, Tree, TreeOptions,
+    Worker, WorkerConfig,
+};
+
+const ROLE: &str = "WARDEN_BENCH_ROLE";
+/// The inherited socket of the raw floors' children.
+const RAW_FD: &str = "WARDEN_BENCH_FD";
+/// Bound on every wait for a worker, a report or a child.
+const WAIT: Duration = Duration::from_secs(20);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() {
+    warden::shim::run_if_shim();
+    if let Ok(role) = std::env::var(ROLE) {
+        std::process::exit(roles::run(&role));
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    raise_nofile();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let rows = runtime.block_on(run_all(quick));
+    print_table(&rows);
+    let path = json_path();
+    match std::fs::write(&path, to_json(&rows)) {
+        Ok(()) => println!("\nwritten: {}", path.display()),
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One result row.
+struct Row {
+    name: String,
+    unit: &'static str,
+    median: f64,
+    p99: f64,
+    floor_name: String,
+    floor_median: Option<f64>,
+    target: String,
+    /// Whether the target is met, decided by the row.
+    met: Option<bool>,
+    /// Why the row was not measured, if it was not.
+    skipped: Option<String>,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        let floor = self.floor_median?;
+        (floor > 0.0 && self.skipped.is_none()).then(|| self.median / floor)
+    }
+
+    fn skipped(name: &str, target: &str, why: impl Into<String>) -> Row {
+        Row {
+            name: name.into(),
+            unit: "",
+            median: 0.0,
+            p99: 0.0,
+            floor_name: String::new(),
+            floor_median: None,
+            target: target.into(),
+            met: None,
+            skipped: Some(why.into()),
+        }
+    }
+}
+
+/// A row whose target is "at most `max_ratio` times the floor".
+fn ratio_row(
+    name: &str,
+    samples: &mut [f64],
+    floor_name: &str,
+    floor: &mut [f64],
+    max_ratio: f64,
+) -> Row {
+    let (median, p99) = stats(samples);
+    let (floor_median, _) = stats(floor);
+    Row {
+        name: name.into(),
+        unit: "ms",
+        median,
+        p99,
+        floor_name: floor_name.into(),
+        floor_median: Some(floor_median),
+        target: format!("<= {max_ratio}x"),
+        met: Some(floor_median > 0.0 && median / floor_median <= max_ratio),
+        skipped: None,
+    }
+}
+
+fn stats(samples: &mut [f64]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the one clock every process on the machine shares.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Lifts the soft open-file limit to the hard one (the 1,000-worker row needs ~2,000 fds).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn exe() -> std::path::PathBuf {
+    std::env::current_exe().expect("the bench executable")
+}
+
+/// The bench started as `role`, for warden.
+fn warden_cmd(role: &str) -> warden::Command {
+    let mut cmd = warden::Command::new(exe());
+    cmd.env(ROLE, role);
+    cmd
+}
+
+/// The bench started as `role` by std, with `theirs` at fd 3 (named by `WARDEN_BENCH_FD`).
+fn raw_child(role: &str, theirs: &UnixStream) -> std::io::Result<std::process::Child> {
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(exe());
+    cmd.env(ROLE, role)
+        .env(RAW_FD, "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec. (The floor
+    // may use a pre_exec closure: it is what a careful hand-written spawn does.)
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn sdk_config() -> WorkerConfig {
+    WorkerConfig::protocol()
+}
+
+async fn run_all(quick: bool) -> Vec<Row> {
+    let n = if quick { 20 } else { 200 };
+    let mut rows = Vec::new();
+    macro_rules! row {
+        ($name:expr, $fut:expr) => {{
+            eprint!("{} ... ", $name);
+            let row = match $fut.await {
+                Ok(row) => row,
+                Err(e) => Row::skipped($name, "", format!("failed: {e}")),
+            };
+            eprintln!("done");
+            rows.push(row);
+        }};
+    }
+    row!("1 spawn -> handshake", spawn_handshake(n));
+    row!("2 spawn after a tree was killed", spawn_after_kill(n / 2));
+    row!("3 cancel() -> token flips", cancel_flip(n));
+    row!("4 cancel() -> cooperative outcome", cancel_outcome(n));
+    for r in stage3(if quick { 10 } else { 100 }).await {
+        rows.push(r);
+    }
+    row!(
+        "6 tree of 100 killed -> all reaped",
+        tree_kill(if quick { 3 } else { 10 })
+    );
+    rows.push(Row::skipped(
+        "7 20,000 empty jobs, pool of 2",
+        ">= 2x multiprocessing.Pool(2), pebble",
+        "skipped: the pool (issue 9) is not in this build",
+    ));
+    row!(
+        "8 N workers: spawn, cancel all, reaped",
+        many_workers(if quick { 100 } else { 1000 })
+    );
+    row!(
+        "9 supervisor RSS per idle worker",
+        rss_per_worker(if quick { 100 } else { 500 })
+    );
+    row!("10 idle SDK worker PSS", worker_pss());
+    row!("11a warden timeout 10 true", timeout_true(n / 2));
+    row!(
+        "11b warden timeout 0.1 sleep 10",
+        timeout_sleep(if quick { 5 } else { 20 })
+    );
+    row!("12 is_cancelled() hot loop", hot_loop());
+    rows
+}
+
+// Row 1 and 2 -------------------------------------------------------------------------------
+
+/// std spawn of the bench as a raw worker that writes one hello frame on an inherited
+/// socketpair; the time until the frame is read.
+fn raw_hello_once() -> Result<Duration, BoxError> {
+    let (mut ours, theirs) = UnixStream::pair()?;
+    ours.set_read_timeout(Some(WAIT))?;
+    let start = Instant::now();
+    let mut child = raw_child("raw-hello", &theirs)?;
+    drop(theirs);
+    let mut header = [0u8; 4];
+    ours.read_exact(&mut header)?;
+    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+    ours.read_exact(&mut body)?;
+    let took = start.elapsed();
+    drop(ours);
+    child.wait()?;
+    Ok(took)
+}
+
+async fn raw_hello_floor(n: usize) -> Result<Vec<f64>, BoxError> {
+    tokio::task::spawn_blocking(move || (0..n).map(|_| raw_hello_once().map(ms)).collect()).await?
+}
+
+async fn spawn_handshake(n: usize) -> Result<Row, BoxError> {
+    let mut floor = raw_hello_floor(n).await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let worker = Worker::spawn(&warden_cmd("sdk"), sdk_config()).await?;
+        samples.push(ms(start.elapsed()));
+        worker.shutdown().await;
+    }
+    Ok(ratio_row(
+        "1 spawn -> handshake",
+        &mut samples,
+        "std spawn, one hello frame on a socketpair",
+        &mut floor,
+        1.5,
+    ))
+}
+
+async fn spawn_after_kill(n: usize) -> Result<Row, BoxError> {
+    let mut floor = raw_hello_floor(n).await?;
+    let mut samples = Vec::with_capacity(n);
+    let config = || {
+        sdk_config()
+            .deadlines(Deadlines {
+                grace: Duration::ZERO,
+                kill_after: Duration::ZERO,
+                reap_timeout: WAIT,
+            })
+            .tree(TreeOptions::new().containment(Containment::Auto))
+    };
+    for _ in 0..n {
+        let victim = Worker::spawn(&warden_cmd("sdk"), config()).await?;
+        // A spinning job cancelled with zero deadlines: its tree is killed.
+        let (report, _, _) = cancel_when_ready(&victim, b"spin").await?;
+        if report.outcome != Outcome::Killed {
+            return Err(format!("the victim was not killed: {:?}", report.outcome).into());
+        }
+        let _ = victim.shutdown().await;
+        let start = Instant::now();
+        let worker = Worker::spawn(&warden_cmd("sdk"), config()).await?;
+        samples.push(ms(start.elapsed()));
+        worker.shutdown().await;
+    }
+    Ok(ratio_row(
+        "2 spawn after a tree was killed",
+        &mut samples,
+        "std spawn, one hello frame on a socketpair",
+        &mut floor,
+        1.5,
+    ))
+}
+
+// Rows 3 and 4 ------------------------------------------------------------------------------
+
+/// The raw floors: a child reads a byte on the inherited socket and (3) reports when, or (4)
+/// acks it. Returns (one-way, round trip) in ms.
+fn raw_ipc(n: usize) -> Result<(Vec<f64>, Vec<f64>), BoxError> {
+    let (mut ours, theirs) = UnixStream::pair()?;
+    ours.set_read_timeout(Some(WAIT))?;
+    let mut child = raw_child("raw-echo", &theirs)?;
+    drop(theirs);
+    let (mut one_way, mut round) = (Vec::new(), Vec::new());
+    let mut ack = [0u8; 8];
+    for _ in 0..n {
+        let t0 = mono_ns();
+        ours.write_all(b"p")?;
+        ours.read_exact(&mut ack)?;
+        let t2 = mono_ns();
+        let t1 = u64::from_le_bytes(ack);
+        one_way.push(t1.saturating_sub(t0) as f64 / 1e6);
+        round.push(t2.saturating_sub(t0) as f64 / 1e6);
+    }
+    drop(ours);
+    child.wait()?;
+    Ok((one_way, round))
+}
+
+/// Runs `payload` on `worker` with a token that is cancelled once the job reports `ready`.
+/// Returns the report and the CLOCK_MONOTONIC instants (ns) of the cancel and of the outcome.
+async fn cancel_when_ready(
+    worker: &Worker,
+    payload: &[u8],
+) -> Result<(warden::JobReport, u64, u64), BoxError> {
+    let token = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let options = JobOptions::new()
+        .token(token.clone())
+        .on_progress(move |p: Progress| {
+            if let Some(text) = p.text {
+                let _ = tx.send(text);
+            }
+        });
+    let run = worker.run(payload.to_vec(), options);
+    tokio::pin!(run);
+    let ready = tokio::select! {
+        r = &mut run => return Err(format!("the job ended before it was ready: {r:?}").into()),
+        text = tokio::time::timeout(WAIT, rx.recv()) => text?,
+    };
+    if ready.as_deref() != Some("ready") {
+        return Err(format!("expected ready, got {ready:?}").into());
+    }
+    let t0 = mono_ns();
+    token.cancel();
+    let report = tokio::time::timeout(WAIT, &mut run).await??;
+    Ok((report, t0, mono_ns()))
+}
+
+/// `n` cancels of a "flip" job (it answers with the instant its token flipped, so its outcome
+/// is `completed` despite the cancel): cancel -> token flipped in the worker, in ms.
+async fn flips(n: usize) -> Result<Vec<f64>, BoxError> {
+    let worker = Worker::spawn(&warden_cmd("sdk"), sdk_config()).await?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (report, t0, _) = cancel_when_ready(&worker, b"flip").await?;
+        let Outcome::CompletedDespiteCancel(bytes) = &report.outcome else {
+            return Err(format!("flip job: {:?}", report.outcome).into());
+        };
+        let t1 = u64::from_le_bytes(bytes.as_slice().try_into()?);
+        out.push(t1.saturating_sub(t0) as f64 / 1e6);
+    }
+    worker.shutdown().await;
+    Ok(out)
+}
+
+/// `n` cooperative cancels of a "wait" job: cancel -> `Cancelled` at the caller, in ms.
+async fn cooperative(n: usize) -> Result<Vec<f64>, BoxError> {
+    let worker = Worker::spawn(&warden_cmd("sdk"), sdk_config()).await?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (report, t0, t2) = cancel_when_ready(&worker, b"wait").await?;
+        if report.outcome != Outcome::Cancelled {
+            return Err(format!("wait job: {:?}", report.outcome).into());
+        }
+        out.push(t2.saturating_sub(t0) as f64 / 1e6);
+    }
+    worker.shutdown().await;
+    Ok(out)
+}
+
+async fn cancel_flip(n: usize) -> Result<Row, BoxError> {
+    let (mut floor, _) = tokio::task::spawn_blocking(move || raw_ipc(n * 5)).await??;
+    let mut flip = flips(n).await?;
+    Ok(ratio_row(
+        "3 cancel() -> token flips",
+        &mut flip,
+        "socketpair one-way write to a reader process",
+        &mut floor,
+        2.0,
+    ))
+}
+
+async fn cancel_outcome(n: usize) -> Result<Row, BoxError> {
+    let (_, mut floor) = tokio::task::spawn_blocking(move || raw_ipc(n * 5)).await??;
+    let mut outcome = cooperative(n).await?;
+    Ok(ratio_row(
+        "4 cancel() -> cooperative outcome",
+        &mut outcome,
+        "socketpair round trip with an ack",
+        &mut floor,
+        2.0,
+    ))
+}
+
+// Row 5 -------------------------------------------------------------------------------------
+
+const KILL_AFTER: Duration = Duration::from_millis(20);
+
+async fn stage3(n: usize) -> Vec<Row> {
+    match stage3_measure(n).await {
+        Ok(rows) => rows,
+        Err(e) => vec![Row::skipped(
+            "5 stage-3 deadline -> SIGKILL",
+            "p50 <= 0.5 ms, p99 <= 2 ms late",
+            format!("failed: {e}"),
+        )],
+    }
+}
+
+async fn stage3_measure(n: usize) -> Result<Vec<Row>, BoxError> {
+    eprint!("5 stage-3 deadline ... ");
+    // Floors: how late a tokio sleep of KILL_AFTER fires; raw SIGKILL of a child -> waitid.
+    let mut timer = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        tokio::time::sleep(KILL_AFTER).await;
+        timer.push(ms(start.elapsed().saturating_sub(KILL_AFTER)));
+    }
+    let mut raw_reap = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, BoxError> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (ours, theirs) = UnixStream::pair()?;
+            let mut child = raw_child("raw-hello", &theirs)?;
+            drop(theirs);
+            let mut ours = ours;
+            let mut b = [0u8; 4];
+            ours.read_exact(&mut b)?; // it is up
+            let start = Instant::now();
+            child.kill()?;
+            child.wait()?;
+            out.push(ms(start.elapsed()));
+        }
+        Ok(out)
+    })
+    .await??;
+    let (mut late, mut reaped) = (Vec::new(), Vec::new());
+    let config = sdk_config().deadlines(Deadlines {
+        grace: Duration::ZERO,
+        kill_after: KILL_AFTER,
+        reap_timeout: WAIT,
+    });
+    for _ in 0..n {
+        // A worker whose handler spins and whose SDK turns SIGTERM into a token nobody reads:
+        // only SIGKILL ends it.
+        let worker = Worker::spawn(&warden_cmd("sdk"), config.clone()).await?;
+        let (report, _, _) = cancel_when_ready(&worker, b"spin").await?;
+        let _ = worker.shutdown().await;
+        let t = &report.trace;
+        let (Some(signal), Some(kill), Some(reap)) = (t.signal_sent, t.kill_sent, t.reaped) else {
+            return Err(format!("stage 3 not reached: {:?}", report.outcome).into());
+        };
+        let due = signal + KILL_AFTER;
+        late.push(ms(kill.saturating_sub(due)));
+        reaped.push(ms(reap.saturating_sub(due)));
+    }
+    eprintln!("done");
+    let (lp50, lp99) = stats(&mut late);
+    let (rp50, rp99) = stats(&mut reaped);
+    let (tp50, _) = stats(&mut timer);
+    let (kp50, _) = stats(&mut raw_reap);
+    Ok(vec![
+        Row {
+            name: "5a stage-3 deadline -> SIGKILL sent (late)".into(),
+            unit: "ms",
+            median: lp50,
+            p99: lp99,
+            floor_name: format!("tokio sleep({} ms) lateness", KILL_AFTER.as_millis()),
+            floor_median: Some(tp50),
+            target: "p50 <= 0.5 ms, p99 <= 2 ms".into(),
+            met: Some(lp50 <= 0.5 && lp99 <= 2.0),
+            skipped: None,
+        },
+        Row {
+            name: "5b stage-3 deadline -> reaped".into(),
+            unit: "ms",
+            median: rp50,
+            p99: rp99,
+            floor_name: "raw SIGKILL -> waitid".into(),
+            floor_median: Some(kp50),
+            target: "informative".into(),
+            met: None,
+            skipped: None,
+        },
+    ])
+}
+
+// Row 6 -------------------------------------------------------------------------------------
+
+const TREE_SCRIPT: &str = "for i in $(seq 100); do sleep 1000 & done; echo up; wait";
+
+/// Waits until `pid` has `n` children (bounded).
+fn wait_children(pid: u32, n: usize) -> Result<Vec<u32>, BoxError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let path = format!("/proc/{pid}/task/{pid}/children");
+        let children: Vec<u32> = std::fs::read_to_string(&path)?
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if children.len() >= n {
+            return Ok(children);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{pid} has {} of {n} children", children.len()).into());
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn pidfd(pid: u32) -> Result<OwnedFd, BoxError> {
+    // SAFETY: pidfd_open takes a pid and flags; the returned descriptor is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: fd is a fresh descriptor returned to us by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Polls every pidfd until all are readable (the processes exited), bounded.
+fn wait_all_gone(fds: &[OwnedFd]) -> Result<(), BoxError> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while !polls.is_empty() {
+        // SAFETY: polls is a live array of pollfd of the length given.
+        let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 1000) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        polls.retain(|p| p.revents == 0);
+        if Instant::now() > deadline {
+            return Err(format!("{} processes still alive", polls.len()).into());
+        }
+    }
+    Ok(())
+}
+
+async fn tree_kill(n: usize) -> Result<Row, BoxError> {
+    let mut floor = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, BoxError> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut leader = std::process::Command::new("/bin/sh")
+                .args(["-c", TREE_SCRIPT])
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()?;
+            let children = wait_children(leader.id(), 100)?;
+            let fds = children
+                .iter()
+                .map(|&c| pidfd(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let start = Instant::now();
+            // SAFETY: killpg of the group our unreaped child leads.
+            unsafe { libc::killpg(leader.id() as libc::pid_t, libc::SIGKILL) };
+            leader.wait()?;
+            wait_all_gone(&fds)?;
+            out.push(ms(start.elapsed()));
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let mut cmd = warden::Command::new("/bin/sh");
+        cmd.args(["-c", TREE_SCRIPT]);
+        let mut tree = Tree::spawn(&cmd, TreeOptions::new()).await?;
+        let pid = tree.pid();
+        tokio::task::spawn_blocking(move || wait_children(pid, 100)).await??;
+        let start = Instant::now();
+        tree.kill_tree()?;
+        let _ = tree.finish(WAIT).await;
+        samples.push(ms(start.elapsed()));
+    }
+    Ok(ratio_row(
+        "6 tree of 100 killed -> all reaped",
+        &mut samples,
+        "raw killpg of 100 + reap (pidfds)",
+        &mut floor,
+        1.5,
+    ))
+}
+
+// Row 8 and 9 -------------------------------------------------------------------------------
+
+async fn many_workers(n: usize) -> Result<Row, BoxError> {
+    // Floor: std spawn of n raw sleepers (each its own group), killpg each, reap all.
+    let mut floor = tokio::task::spawn_blocking(move || -> Result<Vec<f64>, BoxError> {
+        let start = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..n {
+            children.push(
+                std::process::Command::new(exe())
+                    .env(ROLE, "sleeper")
+                    .stdin(Stdio::null())
+                    .process_group(0)
+                    .spawn()?,
+            );
+        }
+        for c in &children {
+            // SAFETY: killpg of a group our unreaped child leads.
+            unsafe { libc::killpg(c.id() as libc::pid_t, libc::SIGKILL) };
+        }
+        for mut c in children {
+            c.wait()?;
+        }
+        Ok(vec![ms(start.elapsed())])
+    })
+    .await??;
+    let start = Instant::now();
+    let spawns = (0..n).map(|_| async { Worker::spawn(&warden_cmd("sdk"), sdk_config()).await });
+    let workers = join_bounded(spawns, 64).await?;
+    let token = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let jobs = workers.iter().map(|w| {
+        let tx = tx.clone();
+        let options = JobOptions::new()
+            .token(token.clone())
+            .on_progress(move |_| {
+                let _ = tx.send(());
+            });
+        async move { w.run(b"wait".to_vec(), options).await }
+    });
+    let canceller = async {
+        // Every job is running in its worker: then cancel them all at once.
+        for _ in 0..n {
+            if tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                break;
+            }
+        }
+        token.cancel();
+    };
+    let (reports, ()) = tokio::join!(futures_join_all(jobs), canceller);
+    for r in reports {
+        if r?.outcome != Outcome::Cancelled {
+            return Err("a job of the N-worker row was not cancelled cooperatively".into());
+        }
+    }
+    let shutdowns = workers
+        .into_iter()
+        .map(|w| async move { w.shutdown().await });
+    futures_join_all(shutdowns).await;
+    let mut samples = vec![ms(start.elapsed())];
+    Ok(ratio_row(
+        &format!("8 {n} workers: spawn, cancel all, reaped"),
+        &mut samples,
+        &format!("raw spawn + killpg of {n} sleepers"),
+        &mut floor,
+        1.5,
+    ))
+}
+
+/// Runs the futures with at most `limit` at once, in order, failing on the first error.
+async fn join_bounded<T, F>(futs: impl Iterator<Item = F>, limit: usize) -> Result<Vec<T>, BoxError>
+where
+    F: std::future::Future<Output = Result<T, warden::SpawnError>>,
+{
+    let mut out = Vec::new();
+    let mut futs = futs.peekable();
+    while futs.peek().is_some() {
+        let batch: Vec<F> = futs.by_ref().take(limit).collect();
+        for r in futures_join_all(batch).await {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+/// A minimal join_all (no futures crate): polls every future to completion.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> =
+        handles.into_iter().enumerate().collect();
+    let mut done: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                done[*i] = Some(v);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
+fn status_kib(pid: &str, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn rss_per_worker(n: usize) -> Result<Row, BoxError> {
+    let before = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
+    let spawns = (0..n).map(|_| async { Worker::spawn(&warden_cmd("sdk"), sdk_config()).await });
+    let workers = join_bounded(spawns, 64).await?;
+    // One job each, so every actor has run its job path once.
+    let jobs = workers.iter().map(|w| w.run(Vec::new(), JobOptions::new()));
+    for r in futures_join_all(jobs).await {
+        r?;
+    }
+    let after = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
+    let fds_per = std::fs::read_dir("/proc/self/fd")?.count() as f64 / n as f64;
+    futures_join_all(workers.into_iter().map(|w| w.shutdown())).await;
+    let per = (after - before) / n as f64;
+    Ok(Row {
+        name: format!("9 supervisor RSS per idle worker ({n} workers, {fds_per:.1} fds each)"),
+        unit: "KiB",
+        median: per,
+        p99: per,
+        floor_name: "-".into(),
+        floor_median: None,
+        target: "<= 16 KiB".into(),
+        met: Some(per <= 16.0),
+        skipped: None,
+    })
+}
+
+// Row 10 ------------------------------------------------------------------------------------
+
+fn pss_kib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn worker_pss() -> Result<Row, BoxError> {
+    let floor = tokio::task::spawn_blocking(|| -> Result<f64, BoxError> {
+        let mut child = std::process::Command::new(exe())
+            .env(ROLE, "tokio-idle")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = [0u8; 3];
+        child
+            .stdout
+            .as_mut()
+            .ok_or("no stdout")?
+            .read_exact(&mut line)?;
+        let pss = pss_kib(child.id()).ok_or("no smaps_rollup");
+        child.kill()?;
+        child.wait()?;
+        Ok(pss?)
+    })
+    .await??;
+    let worker = Worker::spawn(&warden_cmd("sdk"), sdk_config()).await?;
+    worker.run(Vec::new(), JobOptions::new()).await?;
+    let pss = pss_kib(worker.pid()).ok_or("no smaps_rollup for the worker")?;
+    worker.shutdown().await;
+    Ok(Row {
+        name: "10 idle SDK worker PSS".into(),
+        unit: "KiB",
+        median: pss,
+        p99: pss,
+        floor_name: "idle current-thread tokio runtime (same binary)".into(),
+        floor_median: Some(floor),
+        target: "<= 1.5x".into(),
+        met: Some(pss / floor <= 1.5),
+        skipped: None,
+    })
+}
+
+// Row 11 ------------------------------------------------------------------------------------
+
+fn wall(program: &str, args: &[&str]) -> Result<f64, BoxError> {
+    let start = Instant::now();
+    let status = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()?;
+    let took = ms(start.elapsed());
+    if status.code().is_none() {
+        return Err(format!("{program} {args:?}: {status}").into());
+    }
+    Ok(took)
+}
+
+fn gnu_timeout() -> Option<&'static str> {
+    ["/usr/bin/timeout", "/bin/timeout"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+async fn timeout_true(n: usize) -> Result<Row, BoxError> {
+    let Some(gnu) = gnu_timeout() else {
+        return Ok(Row::skipped(
+            "11a warden timeout 10 true",
+            "<= 1.5x",
+            "no GNU timeout",
+        ));
+    };
+    tokio::task::spawn_blocking(move || -> Result<Row, BoxError> {
+        let warden = env!("CARGO_BIN_EXE_warden");
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            floor.push(wall(gnu, &["10", "true"])?);
+            ours.push(wall(warden, &["timeout", "10", "true"])?);
+        }
+        Ok(ratio_row(
+            "11a warden timeout 10 true",
+            &mut ours,
+            "GNU timeout 10 true",
+            &mut floor,
+            1.5,
+        ))
+    })
+    .await?
+}
+
+async fn timeout_sleep(n: usize) -> Result<Row, BoxError> {
+    let Some(gnu) = gnu_timeout() else {
+        return Ok(Row::skipped(
+            "11b warden timeout 0.1 sleep 10",
+            "<= GNU + 2 ms",
+            "no GNU timeout",
+        ));
+    };
+    tokio::task::spawn_blocking(move || -> Result<Row, BoxError> {
+        let warden = env!("CARGO_BIN_EXE_warden");
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            floor.push(wall(gnu, &["0.1", "sleep", "10"])?);
+            ours.push(wall(warden, &["timeout", "0.1", "sleep", "10"])?);
+        }
+        let (median, p99) = stats(&mut ours);
+        let (floor_median, _) = stats(&mut floor);
+        Ok(Row {
+            name: "11b warden timeout 0.1 sleep 10".into(),
+            unit: "ms",
+            median,
+            p99,
+            floor_name: "GNU timeout 0.1 sleep 10".into(),
+            floor_median: Some(floor_median),
+            target: "<= GNU + 2 ms".into(),
+            met: Some(median <= floor_median + 2.0),
+            skipped: None,
+        })
+    })
+    .await?
+}
+
+// Row 12 ------------------------------------------------------------------------------------
+
+async fn hot_loop() -> Result<Row, BoxError> {
+    tokio::task::spawn_blocking(|| {
+        const ITERS: u64 = 200_000_000;
+        let source = warden_worker::CancelSource::new();
+        let token = source.token();
+        let flag = AtomicBool::new(false);
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let start = Instant::now();
+            let mut n = 0u64;
+            for _ in 0..ITERS {
+                n += u64::from(std::hint::black_box(&flag).load(Ordering::Acquire));
+            }
+            std::hint::black_box(n);
+            floor.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
+            let start = Instant::now();
+            let mut n = 0u64;
+            for _ in 0..ITERS {
+                n += u64::from(std::hint::black_box(&token).is_cancelled());
+            }
+            std::hint::black_box(n);
+            ours.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
+        }
+        let mut row = ratio_row(
+            "12 is_cancelled() hot loop",
+            &mut ours,
+            "bare AtomicBool load (Acquire)",
+            &mut floor,
+            1.1,
+        );
+        row.unit = "ns/iter";
+        row.target = "indistinguishable (<= 1.1x)".into();
+        Ok(row)
+    })
+    .await?
+}
+
+// Output ------------------------------------------------------------------------------------
+
+fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<52} {:>9} {:>9} {:>8} {:>7}  {:<28} {:<5} floor",
+        "measure", "median", "p99", "floor", "ratio", "target", "met"
+    );
+    for r in rows {
+        if let Some(why) = &r.skipped {
+            println!("{:<52} {why}", r.name);
+            continue;
+        }
+        println!(
+            "{:<52} {:>9} {:>9} {:>8} {:>7}  {:<28} {:<5} {} ({})",
+            r.name,
+            fmt_num(r.median),
+            fmt_num(r.p99),
+            r.floor_median.map_or("-".into(), fmt_num),
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}x")),
+            r.target,
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            },
+            r.floor_name,
+            r.unit,
+        );
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
+}
+
+fn to_json(rows: &[Row]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"name\": {}, \"unit\": {}, \"median\": {}, \"p99\": {}, \"floor_name\": {}, \
+                 \"floor_median\": {}, \"ratio\": {}, \"target\": {}, \"met\": {}, \"skipped\": {}}}",
+                json_str(&r.name),
+                json_str(r.unit),
+                if r.skipped.is_some() { "null".into() } else { json_num(r.median) },
+                if r.skipped.is_some() { "null".into() } else { json_num(r.p99) },
+                json_str(&r.floor_name),
+                r.floor_median.map_or("null".into(), json_num),
+                r.ratio().map_or("null".into(), json_num),
+                json_str(&r.target),
+                r.met.map_or("null".into(), |m| m.to_string()),
+                r.skipped.as_deref().map_or("null".into(), json_str),
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", items.join(",\n"))
+}
+
+/// `target/warden-bench.json`: the target directory is three levels above the bench binary
+/// (`target/<profile>/deps/warden-<hash>`), unless `CARGO_TARGET_DIR` says otherwise.
+fn json_path() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return std::path::PathBuf::from(dir).join("warden-bench.json");
+    }
+    let exe = exe();
+    exe.ancestors().nth(3).map_or_else(
+        || "warden-bench.json".into(),
+        |t| t.join("warden-bench.json"),
+    )
+}
+
+// The roles this executable plays ------------------------------------------------------------
+
+mod roles {
+    use super::*;
+
+    pub(super) fn run(role: &str) -> i32 {
+        match role {
+            "sdk" => sdk(),
+            "raw-hello" => raw(|mut s| {
+                let hello = warden_protocol::WorkerMessage::Hello {
+                    protocol_version: warden_protocol::PROTOCOL_VERSION,
+                    pid: std::process::id(),
+                    sdk_version: "bench".into(),
+                };
+                let frame = warden_protocol::encode_frame(&hello, u32::MAX).expect("encode");
+                s.write_all(&frame)?;
+                // Until the bench closes its end.
+                let mut b = [0u8; 1];
+                let _ = s.read(&mut b);
+                Ok(())
+            }),
+            "raw-echo" => raw(|mut s| {
+                let mut b = [0u8; 1];
+                while s.read(&mut b)? == 1 {
+                    let t1 = mono_ns();
+                    s.write_all(&t1.to_le_bytes())?;
+                }
+                Ok(())
+            }),
+            "sleeper" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            "tokio-idle" => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let _ = std::io::stdout().write_all(b"up\n");
+                    let _ = std::io::stdout().flush();
+                    std::future::pending::<()>().await;
+                });
+                0
+            }
+            other => {
+                eprintln!("unknown bench role {other:?}");
+                2
+            }
+        }
+    }
+
+    fn raw(body: impl FnOnce(UnixStream) -> std::io::Result<()>) -> i32 {
+        // SAFETY: fd 3 was put there for us by the bench (dup2 before exec); we take it once.
+        let stream = unsafe { UnixStream::from_raw_fd(3) };
+        match body(stream) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bench role: {e}");
+                1
+            }
+        }
+    }
+
+    fn sdk() -> i32 {
+        use warden_worker::{Job, JobError};
+        fn handle(job: Job) -> Result<Vec<u8>, JobError> {
+            match job.payload() {
+                b"flip" => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let _guard = job.on_cancel(move || {
+                        let _ = tx.send(mono_ns());
+                    });
+                    job.progress().report(None, Some("ready"));
+                    let flipped = rx.recv_timeout(WAIT).map_err(JobError::msg)?;
+                    Ok(flipped.to_le_bytes().to_vec())
+                }
+                b"wait" => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let _guard = job.on_cancel(move || {
+                        let _ = tx.send(());
+                    });
+                    job.progress().report(None, Some("ready"));
+                    let _ = rx.recv();
+                    job.check()?;
+                    Ok(Vec::new())
+                }
+                b"spin" => {
+                    job.progress().report(None, Some("ready"));
+                    let mut x: u64 = 1;
+                    loop {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                        );
+                    }
+                }
+                _ => Ok(Vec::new()),
+            }
+        }
+        match warden_worker::serve_blocking(handle) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bench worker: {e}");
+                1
+            }
+        }
+    }
+}
