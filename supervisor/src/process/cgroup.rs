@@ -496,6 +496,20 @@ impl Cgroup {
         populated(&self.dir)
     }
 
+    /// Opens a watch on the leaf's `cgroup.events`, which the kernel flags (POLLPRI) whenever
+    /// it changes, so emptiness is awaited rather than polled. `None` where the file cannot be
+    /// registered with the reactor (the caller then polls).
+    pub(crate) fn watch_events(&self) -> Option<EventsWatch> {
+        let file = std::fs::File::open(self.dir.join("cgroup.events")).ok()?;
+        // SAFETY: a `File` owns an open descriptor and always returns the same number from
+        // `as_raw_fd`; the AsyncFd takes ownership, so it stays open for the AsyncFd's lifetime.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY)
+        }
+        .ok()
+        .map(|fd| EventsWatch { fd })
+    }
+
     /// Freezes (`true`) or thaws the leaf; see [`set_frozen`].
     pub(crate) fn set_frozen(&self, frozen: bool) -> io::Result<()> {
         set_frozen(&self.dir, frozen)
@@ -604,6 +618,45 @@ fn remove_base_if_idle(counted: bool) {
     {
         // Fails harmlessly while another leaf is still being removed.
         let _ = std::fs::remove_dir(base);
+    }
+}
+
+/// A leaf's `cgroup.events`, registered with tokio's reactor for POLLPRI (see
+/// [`Cgroup::watch_events`]).
+pub(crate) struct EventsWatch {
+    fd: tokio::io::unix::AsyncFd<std::fs::File>,
+}
+
+impl EventsWatch {
+    /// Whether the file, read through this watch's own descriptor (which re-arms the kernel's
+    /// notification for it), says `populated 1`. A read error (the leaf is gone) is empty.
+    fn populated(&self) -> bool {
+        use std::io::{Read, Seek};
+        let mut file = self.fd.get_ref();
+        let mut text = String::new();
+        file.rewind()
+            .and_then(|_| file.read_to_string(&mut text))
+            .is_ok_and(|_| text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Waits until the leaf is empty, or until `until`, whichever is first; returns whether
+    /// it is empty. Woken by the kernel's notification, not by a timer.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it holds nothing but the watch.
+    pub(crate) async fn wait_empty(&self, until: tokio::time::Instant) -> bool {
+        loop {
+            // Read after every wake-up (and before the first wait): an edge that fired before
+            // the registration is not lost.
+            if !self.populated() {
+                return true;
+            }
+            match tokio::time::timeout_at(until, self.fd.ready(tokio::io::Interest::PRIORITY)).await
+            {
+                Ok(Ok(mut guard)) => guard.clear_ready(),
+                Ok(Err(_)) | Err(_) => return !self.populated(),
+            }
+        }
     }
 }
 

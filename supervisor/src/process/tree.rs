@@ -688,11 +688,31 @@ impl Tree {
     }
 
     async fn settle_tree(&mut self, reap_timeout: Duration) -> Option<ExitStatus> {
+        /// While awaiting a killed cgroup's emptiness, how often the kill is repeated.
+        const RE_KILL_EVERY: Duration = Duration::from_millis(50);
         let _ = self.kill_tree();
         let deadline = Instant::now().checked_add(reap_timeout);
         let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
             Ok(Ok(_)) => {
                 // Members die while the exited, unreaped leader still pins the group id.
+                if let Some(watch) = self.cgroup.as_ref().and_then(|cg| cg.watch_events()) {
+                    // A cgroup says when it empties: wait for that, not for a timer. The kill
+                    // is repeated now and then for a kernel without `cgroup.kill`, where a
+                    // member forked during the first kill survives it.
+                    loop {
+                        let now = tokio::time::Instant::now();
+                        let mut until = now + RE_KILL_EVERY;
+                        if let Some(d) = deadline {
+                            until = until.min(tokio::time::Instant::from_std(d));
+                        }
+                        if watch.wait_empty(until).await
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            break;
+                        }
+                        let _ = self.kill_tree();
+                    }
+                }
                 let mut pause = Duration::from_millis(1);
                 // The tree was SIGKILLed above: usually nothing is left to find.
                 while self.has_members() && deadline.is_none_or(|d| Instant::now() < d) {
