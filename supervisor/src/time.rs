@@ -6,6 +6,12 @@
 //! which sleeps at most [`STEP`] at a time and goes back to sleep until the deadline is really
 //! due. A deadline too far away to represent is `None`: never.
 //!
+//! Deadlines are kept to the microsecond: tokio's timer wheel has millisecond slots (a stage-3
+//! SIGKILL landed ~1.4 ms after its deadline at p50), so a [`Wakeup`] is woken by one
+//! process-wide `warden-timer` thread that sleeps on a condition variable until the earliest
+//! armed deadline (a futex wait: tens of microseconds late) and wakes that task. If the thread
+//! cannot be started, tokio's timer is used instead.
+//!
 //! Public only for the `warden` binary (the same package, another crate); not part of the API.
 
 use std::future::pending;
@@ -33,8 +39,12 @@ pub fn next_wake(now: Instant, at: Instant) -> Instant {
 /// resolves once the deadline has passed, never before.
 #[derive(Debug)]
 pub struct Wakeup {
+    /// The fallback, where the timer thread could not be started.
     sleep: Pin<Box<Sleep>>,
     at: Option<Instant>,
+    /// This timer's key with the timer thread, while it is registered there.
+    id: u64,
+    registered: Option<Instant>,
 }
 
 impl Wakeup {
@@ -46,6 +56,8 @@ impl Wakeup {
         Wakeup {
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             at: None,
+            id: precise::next_id(),
+            registered: None,
         }
     }
 
@@ -55,9 +67,16 @@ impl Wakeup {
             return;
         }
         self.at = at;
+        self.unregister();
         if let Some(at) = at {
             let wake = next_wake(Instant::now(), at);
             self.sleep.as_mut().reset(wake.into());
+        }
+    }
+
+    fn unregister(&mut self) {
+        if let Some(at) = self.registered.take() {
+            precise::remove(at, self.id);
         }
     }
 
@@ -69,6 +88,20 @@ impl Wakeup {
         let Some(at) = self.at else {
             return pending().await;
         };
+        if precise::available() {
+            std::future::poll_fn(|cx| {
+                if Instant::now() >= at {
+                    self.unregister();
+                    return std::task::Poll::Ready(());
+                }
+                // (Re-)registered on every poll: the task's waker may have changed.
+                self.registered = Some(at);
+                precise::insert(at, self.id, cx.waker());
+                std::task::Poll::Pending
+            })
+            .await;
+            return;
+        }
         loop {
             self.sleep.as_mut().await;
             let now = Instant::now();
@@ -76,6 +109,122 @@ impl Wakeup {
                 return;
             }
             self.sleep.as_mut().reset(next_wake(now, at).into());
+        }
+    }
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+/// The `warden-timer` thread: armed deadlines in order, each with the waker of the task that
+/// awaits it.
+mod precise {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+    use std::task::Waker;
+    use std::time::Instant;
+
+    use super::STEP;
+
+    struct Shared {
+        timers: Mutex<BTreeMap<(Instant, u64), Waker>>,
+        changed: Condvar,
+    }
+
+    /// `None` once starting the thread failed.
+    static SHARED: OnceLock<Option<&'static Shared>> = OnceLock::new();
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn next_id() -> u64 {
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shared() -> Option<&'static Shared> {
+        *SHARED.get_or_init(|| {
+            let shared: &'static Shared = Box::leak(Box::new(Shared {
+                timers: Mutex::new(BTreeMap::new()),
+                changed: Condvar::new(),
+            }));
+            match std::thread::Builder::new()
+                .name("warden-timer".into())
+                .spawn(move || run(shared))
+            {
+                Ok(_) => Some(shared),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no warden-timer thread: deadlines use tokio's millisecond timer");
+                    None
+                }
+            }
+        })
+    }
+
+    pub(super) fn available() -> bool {
+        shared().is_some()
+    }
+
+    fn lock(shared: &Shared) -> MutexGuard<'_, BTreeMap<(Instant, u64), Waker>> {
+        // A waker that panicked in `wake` cannot leave the map inconsistent.
+        shared.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn insert(at: Instant, id: u64, waker: &Waker) {
+        let Some(shared) = shared() else { return };
+        let mut timers = lock(shared);
+        let earliest = timers.keys().next().is_none_or(|&(first, _)| at < first);
+        match timers.get_mut(&(at, id)) {
+            Some(w) if w.will_wake(waker) => return,
+            Some(w) => w.clone_from(waker),
+            None => {
+                timers.insert((at, id), waker.clone());
+            }
+        }
+        if earliest {
+            shared.changed.notify_one();
+        }
+    }
+
+    pub(super) fn remove(at: Instant, id: u64) {
+        if let Some(shared) = shared() {
+            lock(shared).remove(&(at, id));
+        }
+    }
+
+    fn run(shared: &'static Shared) {
+        let mut due = Vec::new();
+        let mut timers = lock(shared);
+        loop {
+            let now = Instant::now();
+            while let Some(entry) = timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            if !due.is_empty() {
+                // Woken without the lock: a wake may take other locks of the runtime.
+                drop(timers);
+                due.drain(..).for_each(Waker::wake);
+                timers = lock(shared);
+                continue;
+            }
+            timers = match timers.keys().next() {
+                None => shared
+                    .changed
+                    .wait(timers)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(&(at, _)) => {
+                    let wait = at.saturating_duration_since(now).min(STEP);
+                    shared
+                        .changed
+                        .wait_timeout(timers, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
@@ -99,6 +248,62 @@ pub async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_wakeup_never_fires_early_and_rearming_moves_it() {
+        runtime().block_on(async {
+            let mut wakeup = Wakeup::new();
+            for ms in [0u64, 1, 3, 7] {
+                let at = Instant::now() + Duration::from_millis(ms);
+                wakeup.set(Some(at));
+                wakeup.fired().await;
+                assert!(Instant::now() >= at, "fired before its deadline");
+            }
+            // Armed far away, then brought forward while another task awaits an earlier one.
+            wakeup.set(Some(Instant::now() + STEP));
+            let soon = Instant::now() + Duration::from_millis(2);
+            let other = tokio::spawn(async move {
+                let mut w = Wakeup::new();
+                w.set(Some(soon));
+                w.fired().await;
+                Instant::now()
+            });
+            let at = Instant::now() + Duration::from_millis(4);
+            wakeup.set(Some(at));
+            wakeup.fired().await;
+            assert!(Instant::now() >= at);
+            assert!(other.await.expect("task") >= soon);
+        });
+    }
+
+    #[test]
+    fn many_wakeups_each_fire_once_their_deadline_passed() {
+        runtime().block_on(async {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..200u64)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        let at = start + Duration::from_micros(i * 37 % 5_000);
+                        let mut w = Wakeup::new();
+                        w.set(Some(at));
+                        w.fired().await;
+                        Instant::now() >= at
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert!(t.await.expect("task"), "a wakeup fired before its deadline");
+            }
+        });
+    }
 
     #[test]
     fn long_sleeps_go_a_step_at_a_time() {
