@@ -17,7 +17,9 @@
 //! - stdout to `/dev/null` (this example does not capture output), a 300 ms frame timeout,
 //!   and a 20 s job timeout as a backstop, so that an attack nothing stopped still ends.
 //!
-//! Usage: `plugin-host [--env K=V]... [ATTACK]...` (no attack: all of them). Exit status 0
+//! Usage: `plugin-host [--env K=V]... [--unconfined] [ATTACK]...` (no attack: all of them;
+//! `--unconfined` drops the limits and the sandbox, to see what the attacks do without them:
+//! every one that got through is then not contained). Exit status 0
 //! when every attack was contained, or not enforceable on this host (said in its row); 1
 //! naming the attacks that were not contained, or if a worker's process group or a cgroup leaf
 //! outlived its worker; 2 for bad arguments.
@@ -90,6 +92,8 @@ struct Setup {
     /// `--env` variables, passed to every plugin; the only environment it gets.
     env: Vec<(String, String)>,
     root: bool,
+    /// `--unconfined`: no limits, no sandbox.
+    unconfined: bool,
 }
 
 impl Drop for Setup {
@@ -99,7 +103,7 @@ impl Drop for Setup {
 }
 
 impl Setup {
-    fn new(env: Vec<(String, String)>) -> Result<Setup, BoxError> {
+    fn new(env: Vec<(String, String)>, unconfined: bool) -> Result<Setup, BoxError> {
         let scratch =
             std::env::temp_dir().join(format!("warden-plugin-host-{}", std::process::id()));
         std::fs::create_dir(&scratch)?;
@@ -116,6 +120,7 @@ impl Setup {
             abstract_socket: None,
             env,
             root: warden_examples::running_as_root(),
+            unconfined,
         };
         std::fs::create_dir(&setup.writable)?;
         setup.abstract_socket = abstract_listener()?;
@@ -210,7 +215,8 @@ struct Seen {
 enum Verdict {
     /// Stopped, refused or absorbed as expected.
     Contained,
-    /// What would stop it is not available on this host (best effort): said, never silent.
+    /// What would stop it (named) is not available on this host (best effort): said, never
+    /// silent.
     NotEnforced(String),
     /// It got through, or ended in an unexpected way.
     NotContained(String),
@@ -220,7 +226,9 @@ impl Verdict {
     fn text(&self) -> String {
         match self {
             Verdict::Contained => "contained".into(),
-            Verdict::NotEnforced(why) => format!("not enforced here ({why})"),
+            Verdict::NotEnforced(what) => {
+                format!("not enforced here ({what} unavailable; best effort)")
+            }
             Verdict::NotContained(why) => format!("NOT CONTAINED: {why}"),
         }
     }
@@ -257,9 +265,15 @@ async fn run_attack(attack: Attack, setup: &Setup) -> Row {
     }
     cmd.current_dir(&setup.writable).stdout(Stdio::Null);
 
-    let tree = TreeOptions::new()
-        .limits(limits_for(attack, setup.root))
-        .sandbox(sandbox(setup));
+    // Unconfined: no limits and no sandbox (the environment is still cleared), to show what
+    // the attacks do without them.
+    let tree = if setup.unconfined {
+        TreeOptions::new()
+    } else {
+        TreeOptions::new()
+            .limits(limits_for(attack, setup.root))
+            .sandbox(sandbox(setup))
+    };
     let mut config = WorkerConfig::protocol().deadlines(DEADLINES).tree(tree);
     config.frame_timeout = FRAME_TIMEOUT;
     let worker = match within(WAIT, "the plugin's spawn", Worker::spawn(&cmd, config)).await {
@@ -306,7 +320,11 @@ async fn run_attack(attack: Attack, setup: &Setup) -> Row {
         progress,
         rss_growth_kib,
     };
-    let (blocked, verdict) = judge(attack, &seen, setup);
+    let (blocked, mut verdict) = judge(attack, &seen, setup);
+    if let (true, Verdict::NotEnforced(what)) = (setup.unconfined, &verdict) {
+        // Not the host's lack: this run chose to enforce nothing.
+        verdict = Verdict::NotContained(format!("unconfined run, no {what}"));
+    }
     Row {
         attack,
         outcome: outcome_text(&seen.report),
@@ -433,7 +451,7 @@ fn judge(attack: Attack, seen: &Seen, setup: &Setup) -> (String, Verdict) {
         if ok {
             Verdict::Contained
         } else if !enforced {
-            Verdict::NotEnforced(format!("{what} unavailable, best effort"))
+            Verdict::NotEnforced(what.to_owned())
         } else {
             Verdict::NotContained(why.to_owned())
         }
@@ -652,12 +670,14 @@ fn group_is_empty(pgid: u32) -> bool {
 
 struct Args {
     env: Vec<(String, String)>,
+    unconfined: bool,
     attacks: Vec<Attack>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut env = Vec::new();
     let mut attacks = Vec::new();
+    let mut unconfined = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--env" {
@@ -666,45 +686,57 @@ fn parse_args() -> Result<Args, String> {
                 .split_once('=')
                 .ok_or_else(|| format!("--env {kv:?}: expected K=V"))?;
             env.push((k.to_owned(), v.to_owned()));
+        } else if arg == "--unconfined" {
+            unconfined = true;
         } else if let Some(attack) = Attack::from_name(&arg) {
             attacks.push(attack);
         } else {
             let names: Vec<&str> = Attack::ALL.iter().map(|a| a.name()).collect();
             return Err(format!(
-                "unknown argument {arg:?}; expected --env K=V or attacks of {names:?}"
+                "unknown argument {arg:?}; expected --env K=V, --unconfined or attacks of {names:?}"
             ));
         }
     }
     if attacks.is_empty() {
         attacks = Attack::ALL.to_vec();
     }
-    Ok(Args { env, attacks })
+    Ok(Args {
+        env,
+        unconfined,
+        attacks,
+    })
 }
 
 async fn run(args: Args) -> Result<bool, BoxError> {
-    let setup = Setup::new(args.env)?;
-    out(&format!(
-        "plugin-host: {} attacks, each in its own worker under: memory {} MiB, CPU time {} s, {} open files, {} ({}), best effort;\n",
-        args.attacks.len(),
-        MEMORY >> 20,
-        CPU_TIME.as_secs(),
-        OPEN_FILES,
-        format_args!("{PROCESSES} processes"),
-        if setup.root {
-            "every attack"
-        } else {
-            "the fork attack only: RLIMIT_NPROC counts all of the user's processes"
-        },
-    ));
-    out(&format!(
-        "sandbox: writable {} only, no TCP, scoped, seccomp, fds 0-3, environment {:?}\n\n",
-        setup.writable.display(),
-        setup
-            .env
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>(),
-    ));
+    let setup = Setup::new(args.env, args.unconfined)?;
+    if setup.unconfined {
+        out(
+            "plugin-host: UNCONFINED run: no limits, no sandbox (the environment is still cleared)\n\n",
+        );
+    } else {
+        out(&format!(
+            "plugin-host: {} attacks, each in its own worker under: memory {} MiB, CPU time {} s, {} open files, {} ({}), best effort;\n",
+            args.attacks.len(),
+            MEMORY >> 20,
+            CPU_TIME.as_secs(),
+            OPEN_FILES,
+            format_args!("{PROCESSES} processes"),
+            if setup.root {
+                "every attack"
+            } else {
+                "the fork attack only: RLIMIT_NPROC counts all of the user's processes"
+            },
+        ));
+        out(&format!(
+            "sandbox: writable {} only, no TCP, scoped, seccomp, fds 0-3, environment {:?}\n\n",
+            setup.writable.display(),
+            setup
+                .env
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+        ));
+    }
 
     let mut rows = Vec::new();
     for &attack in &args.attacks {
