@@ -1,7 +1,7 @@
 //! Scenario: a plugin host that does not trust its plugins. It runs every attack of
 //! `hostile-worker` (`warden_examples::hostile::Attack`), each in a worker of its own, under
-//! warden's limits and sandbox, and prints one row per attack: what the plugin tried, how the
-//! job ended, what blocked it and how (the limit and the mechanism that enforced it, the
+//! warden's limits and sandbox, and prints one row per attack (`Attack::describe` says what
+//! each tries): how the job ended, what blocked it and how (the limit and the mechanism that enforced it, the
 //! sandbox feature, or the protocol violation, all from warden's `JobReport`), the plugin's
 //! own view of its attempt, and the verdict.
 //!
@@ -743,18 +743,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         rows.push(run_attack(attack, &setup).await);
     }
 
-    let mut table = Table::new([
-        "attack",
-        "tries",
-        "outcome",
-        "blocked by",
-        "plugin says",
-        "verdict",
-    ]);
+    let mut table = Table::new(["attack", "outcome", "blocked by", "plugin says", "verdict"]);
     for row in &rows {
         table.row([
             row.attack.name().to_owned(),
-            row.attack.describe().to_owned(),
             row.outcome.clone(),
             row.blocked.clone(),
             row.says.clone(),
