@@ -18,6 +18,7 @@
 //!   and a 20 s job timeout as a backstop, so that an attack nothing stopped still ends.
 //!
 //! Usage: `plugin-host [--env K=V]... [--unconfined] [ATTACK]...` (no attack: all of them;
+//! `--list` names them and what each tries;
 //! `--unconfined` drops the limits and the sandbox, to see what the attacks do without them:
 //! every one that got through is then not contained). Exit status 0
 //! when every attack was contained, or not enforceable on this host (said in its row); 1
@@ -686,6 +687,11 @@ fn parse_args() -> Result<Args, String> {
                 .split_once('=')
                 .ok_or_else(|| format!("--env {kv:?}: expected K=V"))?;
             env.push((k.to_owned(), v.to_owned()));
+        } else if arg == "--list" {
+            for attack in Attack::ALL {
+                out(&format!("{:<16} {}\n", attack.name(), attack.describe()));
+            }
+            std::process::exit(0);
         } else if arg == "--unconfined" {
             unconfined = true;
         } else if let Some(attack) = Attack::from_name(&arg) {
@@ -693,7 +699,7 @@ fn parse_args() -> Result<Args, String> {
         } else {
             let names: Vec<&str> = Attack::ALL.iter().map(|a| a.name()).collect();
             return Err(format!(
-                "unknown argument {arg:?}; expected --env K=V, --unconfined or attacks of {names:?}"
+                "unknown argument {arg:?}; expected --env K=V, --unconfined, --list or attacks of {names:?}"
             ));
         }
     }
