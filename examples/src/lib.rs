@@ -11,9 +11,12 @@
 //! | `ignore-term`        | plain program (no SDK) that ignores SIGTERM and blocks forever    |
 //! | `demo`               | runs the workers under warden, cancels each, prints who stopped it |
 //! | `ladder-bench`       | times cancels and kills against raw IPC and spawn baselines       |
+//! | `hostile-worker`     | untrusted plugin: one attack per run on memory, CPU, files, forks, the filesystem, the network, the host, syscalls, output and the channel ([`hostile`]) |
+//! | `plugin-host`        | runs every attack under limits and the sandbox, prints what blocked each and how, checks nothing is left |
 //!
-//! The worker scenarios live in [`workers`], so that the standalone worker binaries and the
-//! hosts run the same code: `demo` and `ladder-bench` start *themselves* as workers
+//! The worker scenarios live in [`workers`] (and [`hostile`]), so that the standalone worker
+//! binaries and the hosts run the same code: `demo`, `ladder-bench` and `plugin-host` start
+//! *themselves* as workers
 //! ([`workers::command`]), because `cargo run --bin demo` builds only the `demo` binary and a
 //! sibling worker binary may be missing or stale.
 //!
@@ -35,6 +38,8 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cgroups;
+pub mod hostile;
 mod sys;
 pub mod workers;
 
@@ -164,6 +169,18 @@ pub async fn within<T>(
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| format!("timed out after {limit:?} waiting for {what}").into())
+}
+
+/// Whether this process's effective uid is 0 (from `/proc/self/status`; `false` where it cannot
+/// be read).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+            .unwrap_or(false)
+    })
 }
 
 /// Milliseconds with three decimals (microsecond resolution).

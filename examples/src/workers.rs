@@ -19,7 +19,12 @@ use crate::{WorkSpec, spin_for};
 pub const WORKER_FLAG: &str = "--warden-example-worker";
 
 /// Names accepted by [`command`] and [`run_if_worker`] (the same as the standalone binaries).
-pub const NAMES: [&str; 3] = ["cooperative-worker", "stubborn-worker", "ignore-term"];
+pub const NAMES: [&str; 4] = [
+    "cooperative-worker",
+    "stubborn-worker",
+    "ignore-term",
+    "hostile-worker",
+];
 
 /// The running executable could not be located to start it as a worker.
 #[derive(Debug, Error)]
@@ -48,6 +53,13 @@ pub fn run_if_worker() -> Option<ExitCode> {
         Some("cooperative-worker") => cooperative(),
         Some("stubborn-worker") => stubborn(rest.iter().any(|a| a == "--default-sigterm")),
         Some("ignore-term") => ignore_term(rest.first().map(Path::new)),
+        Some("hostile-worker") => {
+            let args: Vec<String> = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            crate::hostile::main_with(&[WORKER_FLAG, "hostile-worker"], &args)
+        }
         _ => {
             eprintln!("unknown worker {name:?}; expected one of {NAMES:?}");
             ExitCode::from(2)
