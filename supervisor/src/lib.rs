@@ -89,16 +89,24 @@ mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
+mod pool;
 mod process;
 #[doc(hidden)]
 pub mod time;
 mod worker;
 
-pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};
+pub use error::{
+    JobControlError, JobError, ParseNameError, PoolConfigError, PoolFailure, RunError, SetupStep,
+    SpawnError, SubmitError, WorkerLoss,
+};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 #[cfg(feature = "serde")]
 pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
+pub use pool::{
+    JobHandle, Pool, PoolConfig, PoolJobId, PoolReport, PoolSnapshot, RecycleReason, RestartPolicy,
+    ShutdownMode, ShutdownReport, WorkerSnapshot, WorkerState,
+};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,
