@@ -262,7 +262,14 @@ impl Dispatcher {
             Cmd::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
-            Cmd::WhenReady(reply) => self.ready_waiters.push(reply),
+            Cmd::WhenReady(reply) => match &self.failure {
+                Some(failure) => {
+                    let _ = reply.send(Err(failure.clone()));
+                }
+                // Dropped unanswered: the pool was shut down first.
+                None if self.closed => {}
+                None => self.ready_waiters.push(reply),
+            },
             Cmd::Shutdown {
                 mode,
                 deadline,
@@ -406,6 +413,10 @@ impl Dispatcher {
     }
 
     fn on_driver_end(&mut self, key: u64, reaped: bool) {
+        // What the task said before it ended comes first (`select!` may pick its end first).
+        while let Ok(event) = self.events.try_recv() {
+            self.on_event(event);
+        }
         if !reaped {
             self.not_reaped += 1;
         }
@@ -539,6 +550,10 @@ impl Dispatcher {
         self.dispatch(now);
         if self.closed && self.queue.is_empty() {
             self.retire_unneeded();
+        }
+        if self.closed && self.failure.is_none() {
+            // Never ready now: their callers learn it from the dropped answer.
+            self.ready_waiters.clear();
         }
         if self.failure.is_none() && !self.ready_waiters.is_empty() {
             let ready = self
