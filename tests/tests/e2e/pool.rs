@@ -533,3 +533,71 @@ fn emfile_is_backpressure_under_ulimit_n_256() {
         eprintln!("ulimit -n 256: {text}");
     });
 }
+
+#[test]
+fn a_thousand_workers_run_and_are_all_cancelled_and_reaped() {
+    // Sized for CI: 1,000 workers of the fixture (about 3 s here to spawn them all, and well
+    // under a second to cancel them all; the bench, `pool-bench`, measures).
+    e2e("pool_a_thousand_workers_cancel_all", |t| async move {
+        const N: usize = 1000;
+        let config = PoolConfig::new(N).queue_capacity(N);
+        let pool = start(&t, WorkerConfig::protocol().deadlines(patient()), config);
+        let started = std::time::Instant::now();
+        within(
+            Duration::from_secs(60),
+            "1,000 workers ready",
+            pool.wait_ready(),
+        )
+        .await
+        .expect("every worker started");
+        let spawned = started.elapsed();
+        // One channel for every job's readiness.
+        let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+        let mut handles = Vec::with_capacity(N);
+        for _ in 0..N {
+            let tx = tx.clone();
+            let options = JobOptions::new().on_progress(move |p| {
+                let _ = tx.send(p.job);
+            });
+            handles.push(submit(&pool, WAIT, options).await);
+        }
+        within(Duration::from_secs(60), "1,000 jobs running", async {
+            for _ in 0..N {
+                ready.recv().await.expect("a progress report");
+            }
+        })
+        .await;
+        let s = snapshot(&pool).await;
+        assert_eq!(s.in_flight, N, "no worker idles while jobs wait");
+        let pids: Vec<u32> = s.workers.iter().filter_map(|w| w.pid).collect();
+        assert_eq!(pids.len(), N);
+        let cancelling = std::time::Instant::now();
+        for h in &handles {
+            h.cancel();
+        }
+        let reports = within(Duration::from_secs(60), "1,000 cancelled reports", async {
+            let mut out = Vec::with_capacity(N);
+            for h in handles {
+                out.push(h.await.expect("a report"));
+            }
+            out
+        })
+        .await;
+        let cancelled = cancelling.elapsed();
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.report.outcome == Outcome::Cancelled && r.report.started)
+        );
+        let stopping = std::time::Instant::now();
+        stop(&pool, ShutdownMode::Drain).await;
+        let stopped = stopping.elapsed();
+        for pid in pids {
+            t.wait_reaped(pid, "a pool worker").await;
+        }
+        eprintln!(
+            "1,000 workers: ready in {spawned:?}, 1,000 cooperative cancels in {cancelled:?}, \
+             shut down and reaped in {stopped:?}"
+        );
+    });
+}
