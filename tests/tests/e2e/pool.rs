@@ -541,6 +541,7 @@ fn a_thousand_workers_run_and_are_all_cancelled_and_reaped() {
     e2e("pool_a_thousand_workers_cancel_all", |t| async move {
         const N: usize = 1000;
         let config = PoolConfig::new(N).queue_capacity(N);
+        let before = own_usage();
         let pool = start(&t, WorkerConfig::protocol().deadlines(patient()), config);
         let started = std::time::Instant::now();
         within(
@@ -551,6 +552,7 @@ fn a_thousand_workers_run_and_are_all_cancelled_and_reaped() {
         .await
         .expect("every worker started");
         let spawned = started.elapsed();
+        let after = own_usage();
         // One channel for every job's readiness.
         let (tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
         let mut handles = Vec::with_capacity(N);
@@ -595,9 +597,30 @@ fn a_thousand_workers_run_and_are_all_cancelled_and_reaped() {
         for pid in pids {
             t.wait_reaped(pid, "a pool worker").await;
         }
+        // A reading, not an assertion (other tests may run beside this one): per worker, the
+        // supervisor's resident set, descriptors and threads.
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / N as f64;
         eprintln!(
             "1,000 workers: ready in {spawned:?}, 1,000 cooperative cancels in {cancelled:?}, \
-             shut down and reaped in {stopped:?}"
+             shut down and reaped in {stopped:?}; per worker: {:.1} KiB RSS, {:.2} fds, \
+             {:.3} threads",
+            per(after.0, before.0),
+            per(after.1, before.1),
+            per(after.2, before.2),
         );
     });
+}
+
+/// This process's resident set (KiB), open descriptors and threads.
+fn own_usage() -> (u64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    (field("VmRSS:"), fds, field("Threads:"))
 }
