@@ -130,10 +130,6 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the pool's parts, handed over once"
-    )]
     pub(crate) fn new(
         config: PoolConfig,
         shared: Arc<Shared>,
@@ -314,13 +310,16 @@ impl Dispatcher {
                     self.on_loss(WorkerLoss::Spawn(Arc::new(error)), now);
                 }
             }
-            Event::Finished {
-                key,
-                job,
-                attempt,
-                result,
-                fate,
-            } => self.on_finished(key, job, attempt, result, fate, now),
+            Event::Finished(finished) => {
+                let driver::Finished {
+                    key,
+                    job,
+                    attempt,
+                    result,
+                    fate,
+                } = *finished;
+                self.on_finished(key, job, attempt, result, fate, now);
+            }
         }
     }
 

@@ -50,13 +50,16 @@ pub(crate) enum Event {
     /// Could not be started (the task ends).
     SpawnFailed { key: u64, error: SpawnError },
     /// An attempt ended; unless the fate is `Reuse` the task now shuts the worker down.
-    Finished {
-        key: u64,
-        job: PoolJobId,
-        attempt: u32,
-        result: Result<JobReport, RunError>,
-        fate: Fate,
-    },
+    Finished(Box<Finished>),
+}
+
+/// How an attempt ended, and what becomes of its worker.
+pub(crate) struct Finished {
+    pub(crate) key: u64,
+    pub(crate) job: PoolJobId,
+    pub(crate) attempt: u32,
+    pub(crate) result: Result<JobReport, RunError>,
+    pub(crate) fate: Fate,
 }
 
 /// What every worker's task shares.
@@ -149,13 +152,13 @@ pub(crate) async fn drive(
                 },
             };
             let reuse = matches!(fate, Fate::Reuse);
-            let _ = shared.events.send(Event::Finished {
+            let _ = shared.events.send(Event::Finished(Box::new(Finished {
                 key,
                 job,
                 attempt,
                 result,
                 fate,
-            });
+            })));
             if !reuse {
                 break;
             }
