@@ -116,6 +116,8 @@ pub(crate) struct Dispatcher {
     /// Spawns wait for file descriptors: until a worker ends, or this instant.
     fd_wait: Option<Instant>,
     fd_backoff: Duration,
+    /// Since the last deferral: start one worker at a time until the pool is full again.
+    fd_probe: bool,
     counts: Counts,
     containment: ContainmentMode,
     failure: Option<PoolFailure>,
@@ -158,6 +160,7 @@ impl Dispatcher {
             delayed: Vec::new(),
             fd_wait: None,
             fd_backoff: FD_BACKOFF_FIRST,
+            fd_probe: false,
             counts: Counts::default(),
             containment: ContainmentMode::ProcessGroup,
             failure: None,
@@ -302,6 +305,7 @@ impl Dispatcher {
                     // Backpressure: retry once a worker ends (its descriptors are free then),
                     // or after a while in case someone else held them.
                     self.counts.spawn_deferrals += 1;
+                    self.fd_probe = true;
                     self.fd_wait = Some(now + self.fd_backoff);
                     self.fd_backoff = (self.fd_backoff * 2).min(FD_BACKOFF_MAX);
                     tracing::debug!(parent: &self.span, error = %error, "spawn deferred: out of file descriptors");
@@ -419,11 +423,14 @@ impl Dispatcher {
         if !reaped {
             self.not_reaped += 1;
         }
-        // Its descriptors are free: spawns waiting for some may go.
-        self.fd_wait = None;
+        // A failed spawn's task has no slot left (and freed nothing worth a retry).
         let Some(slot) = self.workers.remove(&key) else {
             return;
         };
+        if slot.pid.is_some() {
+            // A worker is gone and its descriptors with it: spawns waiting for some may go.
+            self.fd_wait = None;
+        }
         self.idle.retain(|&k| k != key);
         if let WorkerState::Busy { job, .. } = slot.state
             && let Some((_, job)) = self.running.remove(&job)
@@ -603,11 +610,25 @@ impl Dispatcher {
             .values()
             .filter(|s| s.state != WorkerState::Stopping)
             .count();
-        let owed = self
+        let mut owed = self
             .config
             .workers
             .saturating_sub(active)
             .saturating_sub(self.delayed.len());
+        if owed == 0 && self.delayed.is_empty() {
+            // Full again: starts may go in bursts.
+            self.fd_probe = false;
+        }
+        if self.fd_probe {
+            // Out of descriptors since the pool was last full: one start at a time tells
+            // whether some are free, without a burst of spawns that would all fail.
+            let starting = self
+                .workers
+                .values()
+                .filter(|s| s.state == WorkerState::Starting)
+                .count();
+            owed = owed.min(1usize.saturating_sub(starting));
+        }
         for _ in 0..owed {
             self.spawn_worker();
         }
