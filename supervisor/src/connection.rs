@@ -49,9 +49,7 @@ use warden_protocol::{
 
 use crate::error::RunError;
 use crate::escalation::{self, Deadlines, Escalation};
-use crate::outcome::{
-    Facts, JobReport, Outcome, Trace, Violation, WorkerResult, classify, deciding_limit,
-};
+use crate::outcome::{Facts, JobReport, Trace, Violation, WorkerResult, classify, deciding_limit};
 use crate::process::{ContainmentMode, ExitStatus, LimitReport};
 use crate::worker::Progress;
 pub(crate) use timer::{Timer, TimerTable};
@@ -328,30 +326,13 @@ impl Connection {
                 .then_some(CancelReason::Timeout)
         });
         if protocol && let Some(reason) = early {
-            let report = JobReport {
-                job: id,
-                outcome: Outcome::Cancelled,
-                reason: Some(reason),
-                stage: None,
-                exit: None,
-                violation: None,
-                started: false,
-                containment: self.settings.containment,
-                escaped: Vec::new(),
-                limits: self.limits.clone(),
-                limit: None,
-                trace: Trace {
-                    started: now,
-                    cancel_requested: Some(Duration::ZERO),
-                    signal_sent: None,
-                    kill_sent: None,
-                    kill_pending: None,
-                    result_received: None,
-                    exited: None,
-                    reaped: None,
-                    ended: Duration::ZERO,
-                },
-            };
+            let report = JobReport::not_started(
+                id,
+                reason,
+                self.settings.containment,
+                self.limits.clone(),
+                now,
+            );
             return self.reply(Ok(report));
         }
         if protocol {

@@ -254,3 +254,96 @@ impl ParseNameError {
         }
     }
 }
+
+/// A [`Pool`](crate::Pool) could not be started with this configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PoolConfigError {
+    /// A pool needs at least one worker.
+    #[error("a pool needs at least one worker")]
+    NoWorkers,
+    /// A queue of capacity 0 would refuse every job.
+    #[error("a pool's queue needs room for at least one job")]
+    NoQueue,
+    /// A pool runs protocol workers: a plain program runs one job in its whole life, so there
+    /// is nothing to keep warm (run it with [`Worker`](crate::Worker) or [`Tree`](crate::Tree)).
+    #[error("a pool runs protocol workers, not plain programs")]
+    PlainProgram,
+}
+
+/// What ended a pool worker that the restart policy counts: it could not be started, or it
+/// died, broke the protocol or went silent on its own (a worker ended by a cancel's ladder is
+/// replaced without counting).
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum WorkerLoss {
+    /// Starting the worker failed.
+    #[error("a worker could not be started")]
+    Spawn(#[source] std::sync::Arc<SpawnError>),
+    /// The worker ended without being asked to.
+    #[error("worker {pid} ended on its own ({})", describe_end(*status, violation.as_ref()))]
+    Died {
+        /// Its pid (reaped).
+        pid: u32,
+        /// How it ended, when known.
+        status: Option<ExitStatus>,
+        /// The protocol violation it was killed for, if any (liveness included).
+        violation: Option<Violation>,
+    },
+}
+
+fn describe_end(status: Option<ExitStatus>, violation: Option<&Violation>) -> String {
+    match (violation, status) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(status)) => status.to_string(),
+        (None, None) => "status unknown".to_owned(),
+    }
+}
+
+/// The pool gave up: more worker restarts than its
+/// [`RestartPolicy`](crate::RestartPolicy) allows within its period. Every job still queued
+/// then resolves with this error; jobs already running are cancelled through their ladders and
+/// report how they ended.
+#[derive(Debug, Clone, Error)]
+#[error("the pool failed: more than {max_restarts} worker restarts within {period:?}")]
+#[non_exhaustive]
+pub struct PoolFailure {
+    /// The restarts the policy allows within `period`.
+    pub max_restarts: u32,
+    /// The policy's period.
+    pub period: Duration,
+    /// The last loss, the one past the limit.
+    #[source]
+    pub cause: WorkerLoss,
+}
+
+/// A job could not be submitted to a pool.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The queue is full ([`Pool::try_submit`](crate::Pool::try_submit) only;
+    /// [`Pool::submit`](crate::Pool::submit) waits for room).
+    #[error("the pool's queue is full")]
+    QueueFull,
+    /// The pool is shutting down or was shut down: it takes no more jobs.
+    #[error("the pool is shut down")]
+    ShutDown,
+    /// The pool failed on its restart limit.
+    #[error("the pool has failed")]
+    Failed(#[source] PoolFailure),
+}
+
+/// A pool job ended without a report.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The pool failed on its restart limit before the job could run (or run again).
+    #[error("the pool failed before the job ran")]
+    PoolFailed(#[source] PoolFailure),
+    /// The worker refused the job (its payload does not fit in a frame).
+    #[error("the job was refused")]
+    Run(#[source] RunError),
+    /// The pool's task ended before the job was decided (its runtime shut down).
+    #[error("the pool is gone")]
+    PoolGone,
+}

@@ -27,6 +27,13 @@
 //! even a heartbeat) for that long has its job cancelled with reason `unresponsive`, and the
 //! ladder runs from there; an idle one is killed.
 //!
+//! **Pools.** A [`Pool`] keeps N workers of one command warm: a bounded queue, one dispatcher
+//! task that hands each job to one idle worker over that worker's own channel and knows what
+//! each holds, replacement of workers that died (restart policy: backoff with jitter under an
+//! intensity limit, past which the pool fails with [`PoolFailure`]) or that a job's ladder
+//! signalled, recycling after K jobs or on current memory, opt-in retries, and a drain or
+//! cancel shutdown under a deadline. Every [`JobHandle`] resolves.
+//!
 //! **Outcomes.** [`Outcome`] says who stopped the work and is never blurred: `Completed` (even
 //! if a cancel came too late: `CompletedDespiteCancel`), `Cancelled` (the worker acknowledged),
 //! `Failed` (its own error, or exit 0 without a result), `Terminated` (the polite signal),
@@ -89,16 +96,24 @@ mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
+mod pool;
 mod process;
 #[doc(hidden)]
 pub mod time;
 mod worker;
 
-pub use error::{JobControlError, ParseNameError, RunError, SetupStep, SpawnError};
+pub use error::{
+    JobControlError, JobError, ParseNameError, PoolConfigError, PoolFailure, RunError, SetupStep,
+    SpawnError, SubmitError, WorkerLoss,
+};
 pub use escalation::{Action, Deadlines, Escalation, Stage};
 #[cfg(feature = "serde")]
 pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
+pub use pool::{
+    JobHandle, Pool, PoolConfig, PoolJobId, PoolReport, PoolSnapshot, RecycleReason, RestartPolicy,
+    ShutdownMode, ShutdownReport, WorkerSnapshot, WorkerState,
+};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,

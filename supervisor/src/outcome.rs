@@ -260,6 +260,63 @@ pub struct JobReport {
     pub trace: Trace,
 }
 
+impl JobReport {
+    /// The report of a job cancelled before it was handed to a worker (`started: false`):
+    /// what `Worker::run` gives for a job whose caller cancelled it while it waited, and what a
+    /// pool gives for a job cancelled in its queue.
+    pub(crate) fn not_started(
+        job: JobId,
+        reason: CancelReason,
+        containment: ContainmentMode,
+        limits: LimitReport,
+        now: Instant,
+    ) -> JobReport {
+        JobReport {
+            job,
+            outcome: Outcome::Cancelled,
+            reason: Some(reason),
+            stage: None,
+            exit: None,
+            violation: None,
+            started: false,
+            containment,
+            escaped: Vec::new(),
+            limits,
+            limit: None,
+            trace: Trace {
+                started: now,
+                cancel_requested: Some(Duration::ZERO),
+                signal_sent: None,
+                kill_sent: None,
+                kill_pending: None,
+                result_received: None,
+                exited: None,
+                reaped: None,
+                ended: Duration::ZERO,
+            },
+        }
+    }
+
+    /// The worker that ran the job takes the next one: the job was never started, or its
+    /// result came before any signal and the process neither exited nor broke the protocol
+    /// (the connection reuses a worker exactly then; every other report comes after the exit
+    /// and the reap, or with the kill pending).
+    pub(crate) fn worker_survived(&self) -> bool {
+        if !self.started {
+            return true;
+        }
+        let t = &self.trace;
+        self.exit.is_none()
+            && self.violation.is_none()
+            && t.signal_sent.is_none()
+            && t.kill_sent.is_none()
+            && t.kill_pending.is_none()
+            && t.exited.is_none()
+            && t.reaped.is_none()
+            && t.result_received.is_some()
+    }
+}
+
 /// What the worker said about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WorkerResult {

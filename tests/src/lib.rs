@@ -59,6 +59,18 @@ pub const FLOOD_TEXT_LEN: usize = 4096;
 /// Text of the last report a `progress-flood` worker sends, just before its result.
 pub const FLOOD_LAST: &str = "flood done";
 
+/// Payload that makes a [`mode::POOL`] worker die of SIGSEGV.
+pub const POOL_CRASH: &[u8] = b"crash";
+
+/// Payload prefix that makes a [`mode::POOL`] worker grow by the MiB that follow and keep them.
+pub const POOL_GROW: &[u8] = b"grow:";
+
+/// Payload that makes a [`mode::POOL`] worker stop itself (SIGSTOP).
+pub const POOL_STOP: &[u8] = b"stop";
+
+/// Payload that makes a [`mode::POOL`] worker report ready and ignore its token forever.
+pub const POOL_IGNORE: &[u8] = b"ignore";
+
 /// The protocol version a `bad-version` worker announces.
 pub const BAD_VERSION: u16 = 999;
 
@@ -180,6 +192,21 @@ pub mod mode {
     /// SDK worker whose handler allocates and touches the MiB given as the next argument (in
     /// 8 MiB steps), then returns `allocated`.
     pub const ALLOC: &str = "alloc";
+    // Pools (issue 9).
+
+    /// SDK worker for pool tests (SIGTERM at its default). Payloads as [`COOPERATIVE`]
+    /// (`echo:`, `fail:`, anything else waits for its token), plus [`POOL_CRASH`](crate::POOL_CRASH)
+    /// (dies of SIGSEGV), `grow:<MiB>` ([`POOL_GROW`](crate::POOL_GROW): allocates and touches
+    /// that much, keeps it for the rest of its life, returns), [`POOL_STOP`](crate::POOL_STOP)
+    /// (stops its whole process with SIGSTOP, then blocks forever once continued) and
+    /// [`POOL_IGNORE`](crate::POOL_IGNORE) (reports ready, never looks at its token, blocks).
+    pub const POOL: &str = "pool";
+    /// A supervisor: `pool-host NOFILE WORKERS JOBS` lowers its own `RLIMIT_NOFILE` to NOFILE,
+    /// runs a pool of WORKERS [`POOL`] workers of itself, submits JOBS `echo:` jobs, waits for
+    /// them all, shuts the pool down, prints `completed C deferrals D workers W` (W: the most
+    /// workers seen ready at once) and exits 0.
+    pub const POOL_HOST: &str = "pool-host";
+
     /// No protocol: starts up to N (next argument) [`PLAIN_WAIT`] children, stopping at the
     /// first refused fork, and exits with the number it started (they are left to the tree's
     /// end).

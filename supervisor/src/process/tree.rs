@@ -504,6 +504,41 @@ impl Tree {
         let _ = (entry, status);
     }
 
+    /// The tree's memory in use now, in bytes: its cgroup's `memory.current` (v2) or
+    /// `memory.usage_in_bytes` (its v1 memory cgroup) when it has one, else the program's
+    /// resident set (`/proc/PID/statm`). Not a peak: what a pool recycles on. `None` once the
+    /// program has exited (its pid is not read after that) or where nothing tells.
+    pub(crate) fn memory_current(&self) -> Option<u64> {
+        if self.child.is_reaped() || self.child.exit_status().is_some() {
+            return None;
+        }
+        let number = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+        #[cfg(target_os = "linux")]
+        {
+            if let Some(bytes) = self
+                .cgroup
+                .as_ref()
+                .and_then(|cg| number(cg.read("memory.current")))
+            {
+                return Some(bytes);
+            }
+            if let Some(bytes) = self
+                .enforcement
+                .v1
+                .iter()
+                .find(|g| g.controller() == Controller::Memory)
+                .and_then(|g| number(g.read("memory.usage_in_bytes")))
+            {
+                return Some(bytes);
+            }
+        }
+        // The pid is unreaped (checked above, and only this tree's owner reaps it), so it is
+        // still the program's.
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid())).ok()?;
+        let pages = number(statm.split_whitespace().nth(1).map(str::to_owned))?;
+        Some(pages.saturating_mul(super::unix::page_size()))
+    }
+
     /// The program's pid (also its process group id unless started without a new group).
     pub fn pid(&self) -> u32 {
         self.child.pid()

@@ -236,6 +236,13 @@ fn add_closefrom(_fa: *mut libc::posix_spawn_file_actions_t, _from: RawFd) -> io
     Ok(())
 }
 
+/// The size of a memory page in bytes (4096 where sysconf cannot tell).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
 /// A connected socket pair, both ends close-on-exec. The second (child) end is moved above fd 9
 /// so that dup2 onto fd 3 in the child always copies it (dup2 onto itself would keep
 /// close-on-exec and the worker would find fd 3 closed).

@@ -49,6 +49,8 @@ pub(crate) enum Control {
     },
     /// Continue the tree and the timers.
     Resume { reply: ControlReply },
+    /// The tree's memory in use now (see `Tree::memory_current`).
+    Memory { reply: oneshot::Sender<Option<u64>> },
 }
 
 /// The caller's side of the running job.
@@ -316,6 +318,9 @@ impl Actor {
             Some(Control::Resume { reply }) => {
                 let result = self.resume_tree();
                 let _ = reply.send(result);
+            }
+            Some(Control::Memory { reply }) => {
+                let _ = reply.send(self.tree.memory_current());
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct WorkerInfo {
     pub protocol_version: Option<u16>,
     /// The SDK (or other implementation) the worker announced; `None` for a plain program.
     pub sdk_version: Option<String>,
+    /// How the worker's process tree is contained.
+    pub containment: crate::ContainmentMode,
 }
 
 /// A running worker process.
@@ -65,6 +67,7 @@ impl Worker {
             pid,
             protocol_version: None,
             sdk_version: None,
+            containment: tree.containment(),
         };
         let channel = match ours {
             Some(fd) => {
@@ -182,6 +185,20 @@ impl Worker {
             .send(Control::Resume { reply })
             .map_err(|_| JobControlError::WorkerGone)?;
         rx.await.map_err(|_| JobControlError::WorkerGone)?
+    }
+
+    /// The memory the worker's tree uses now, in bytes: its cgroup's current usage where it
+    /// has a cgroup with the memory controller (v2 `memory.current`, or the v1 memory cgroup
+    /// of a memory limit), else the worker process's resident set (`/proc/PID/statm`). A
+    /// reading of the moment, never a peak. `None` once the worker has exited, or where the
+    /// platform tells nothing. Answered in every state of the worker, a job included.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future only drops the answer.
+    pub async fn memory(&self) -> Option<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.control.send(Control::Memory { reply }).ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Asks the worker to exit (a `Shutdown` message; for a plain program the polite signal),

@@ -25,7 +25,8 @@ use warden_protocol::{
 };
 use warden_tests::{
     BAD_VERSION, ECHO, ECHO_PROGRESS, FAIL, FLOOD_LAST, FLOOD_TEXT_LEN, GARBAGE_FRAME, LATE_OUTPUT,
-    PARTIAL_FRAME, READY, RESULT_OUTPUT, TRICKLE_FRAME_LEN, cancelled_text, mode, ready_text, sys,
+    PARTIAL_FRAME, POOL_CRASH, POOL_GROW, POOL_IGNORE, POOL_STOP, READY, RESULT_OUTPUT,
+    TRICKLE_FRAME_LEN, cancelled_text, mode, ready_text, sys,
 };
 use warden_worker::{CancelCause, FD_ENV_VAR, Job, JobError, Worker};
 
@@ -292,6 +293,10 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             block_forever()
         })?,
 
+        // Pools.
+        mode::POOL => Worker::new().handle_sigterm(false).serve(pool_job)?,
+        mode::POOL_HOST => pool_host(&std::env::args().skip(2).collect::<Vec<_>>())?,
+
         // Plain programs.
         mode::PLAIN_EXIT => std::process::exit(number(arg)?),
         mode::PLAIN_WAIT => block_forever(),
@@ -401,6 +406,89 @@ async fn cooperative(job: Job) -> Result<Vec<u8>, JobError> {
     job.progress().set_text(&cancelled_text(cause));
     job.check()?;
     Err(JobError::msg("the token tripped but check() passed"))
+}
+
+/// Memory a [`mode::POOL`] worker grew by, kept until it exits.
+static GROWN: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+async fn pool_job(job: Job) -> Result<Vec<u8>, JobError> {
+    let payload = job.payload();
+    if payload == POOL_CRASH {
+        crash("segv");
+    }
+    if payload == POOL_STOP {
+        let _ = kill(getpid(), Signal::SIGSTOP);
+        block_forever();
+    }
+    if payload == POOL_IGNORE {
+        ready_then_block(&job);
+    }
+    if let Some(mib) = payload.strip_prefix(POOL_GROW) {
+        let mib: usize = String::from_utf8_lossy(mib)
+            .parse()
+            .map_err(JobError::msg)?;
+        // Non-zero, so every page is written (and resident).
+        let block = vec![1u8; mib << 20];
+        GROWN
+            .lock()
+            .map_err(|_| JobError::msg("poisoned"))?
+            .push(block);
+        return Ok(format!("grew {mib}").into_bytes());
+    }
+    cooperative(job).await
+}
+
+/// See [`mode::POOL_HOST`].
+fn pool_host(args: &[String]) -> Result<()> {
+    use warden::{JobOptions, Outcome, Pool, PoolConfig, ShutdownMode, WorkerConfig};
+    let [nofile, workers, jobs] = args else {
+        return Err("pool-host NOFILE WORKERS JOBS".into());
+    };
+    let nofile: u64 = nofile.parse()?;
+    let workers: usize = workers.parse()?;
+    let jobs: usize = jobs.parse()?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut cmd = warden::Command::new(std::env::current_exe()?);
+        cmd.arg(mode::POOL);
+        let pool = Pool::start(
+            &cmd,
+            WorkerConfig::protocol(),
+            PoolConfig::new(workers).queue_capacity(jobs),
+        )?;
+        let mut handles = Vec::with_capacity(jobs);
+        for i in 0..jobs {
+            let payload = [ECHO, i.to_string().as_bytes()].concat();
+            handles.push(pool.submit(payload, JobOptions::new()).await?);
+        }
+        let mut completed = 0;
+        let mut most = 0;
+        for (i, handle) in handles.into_iter().enumerate() {
+            let report = handle.await?;
+            if report.report.outcome == Outcome::Completed(i.to_string().into_bytes()) {
+                completed += 1;
+            }
+            if i % 50 == 0
+                && let Some(snapshot) = pool.snapshot().await
+            {
+                most = most.max(snapshot.workers.iter().filter(|w| w.pid.is_some()).count());
+            }
+        }
+        let deferrals = pool.snapshot().await.map_or(0, |s| s.spawn_deferrals);
+        pool.shutdown(ShutdownMode::Drain, std::time::Duration::from_secs(30))
+            .await;
+        let mut out = std::io::stdout();
+        writeln!(
+            out,
+            "completed {completed} deferrals {deferrals} workers {most}"
+        )?;
+        out.flush()?;
+        Ok::<(), Box<dyn Error>>(())
+    })
 }
 
 /// A supervisor of `n` cooperative workers that reports their pids and then never exits.

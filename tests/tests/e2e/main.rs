@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod liveness;
 mod plain;
+mod pool;
 mod protocol;
 mod results;
 mod shim;
