@@ -460,6 +460,20 @@ fn pool_host(args: &[String]) -> Result<()> {
             WorkerConfig::protocol(),
             PoolConfig::new(workers).queue_capacity(jobs),
         )?;
+        // The pool goes on spawning towards its size whatever the jobs do; wait (bounded) until
+        // that has hit the descriptor limit, so that the jobs below run under it even when
+        // they are quick enough for the first few workers to do them all.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while pool
+            .snapshot()
+            .await
+            .is_some_and(|s| s.spawn_deferrals == 0)
+        {
+            if std::time::Instant::now() > deadline {
+                return Err("the pool never hit EMFILE".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let mut handles = Vec::with_capacity(jobs);
         for i in 0..jobs {
             let payload = [ECHO, i.to_string().as_bytes()].concat();
