@@ -340,6 +340,7 @@ impl Connection {
                 escaped: Vec::new(),
                 limits: self.limits.clone(),
                 limit: None,
+                output_tail: None,
                 trace: Trace {
                     started: now,
                     cancel_requested: Some(Duration::ZERO),
@@ -876,6 +877,7 @@ impl Connection {
             escaped: Vec::new(),
             limits: self.limits.clone(),
             limit,
+            output_tail: None,
             trace: Trace {
                 started: job.started,
                 cancel_requested: since(ladder.cancel_requested),

@@ -89,6 +89,7 @@ mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
+pub mod output;
 mod process;
 #[doc(hidden)]
 pub mod time;
@@ -99,6 +100,7 @@ pub use escalation::{Action, Deadlines, Escalation, Stage};
 #[cfg(feature = "serde")]
 pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
+pub use output::{OutputCapture, OutputSink, OutputTail, StreamTail};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,
