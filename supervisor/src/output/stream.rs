@@ -71,6 +71,8 @@ pub(crate) struct Stream {
     ended: bool,
     /// Closed by warden before EOF.
     cut: bool,
+    /// Bytes the cap dropped, fixed when the stream was closed (the held tail is gone then).
+    dropped: Option<u64>,
 }
 
 impl Stream {
@@ -94,6 +96,7 @@ impl Stream {
             job_bytes: 0,
             ended: false,
             cut: false,
+            dropped: None,
         }
     }
 
@@ -126,6 +129,9 @@ impl Stream {
 
     /// Bytes the cap has dropped so far (past the head, and no longer in the held tail).
     fn truncated(&self) -> u64 {
+        if let Some(dropped) = self.dropped {
+            return dropped;
+        }
         match self.head {
             Some(head) => self
                 .total
@@ -151,6 +157,7 @@ impl Stream {
         self.cut = cut;
         let mut out = Vec::new();
         let truncated = self.truncated();
+        self.dropped = Some(truncated);
         if truncated > 0 {
             self.line(
                 &mut out,

@@ -176,8 +176,9 @@ impl Actor {
     }
 
     async fn start(&mut self, payload: Vec<u8>, options: JobOptions, reply: Reply) {
-        // What the worker wrote before this job is not this job's.
-        if self.output.is_capturing() {
+        // What a reused worker wrote before this job is not this job's. A plain program's one
+        // job is its whole life: what it wrote before `run` was called is its.
+        if self.config.protocol && self.output.is_capturing() {
             self.output.start_job(self.config.drain_timeout).await;
         }
         // A caller that went away while its job waited behind another: the job never starts.
