@@ -829,7 +829,10 @@ mod tests {
     fn output_options_imply_capture() {
         assert!(parse(&["--", "p"]).unwrap().capture().unwrap().is_none());
         let args = parse(&["--output-cap", "1M", "--", "p"]).unwrap();
-        let capture = args.capture().unwrap().expect("--output-cap implies capture");
+        let capture = args
+            .capture()
+            .unwrap()
+            .expect("--output-cap implies capture");
         assert_eq!(capture.cap, Some(1 << 20));
         assert!(matches!(capture.stdout, OutputSink::Forward));
         let args = parse(&["--stderr", "/dev/null", "--", "p"]).unwrap();

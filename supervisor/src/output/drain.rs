@@ -14,9 +14,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use super::stream::Stream;
-use crate::time::{deadline_after, sleep_until};
 use super::{OutputCapture, OutputSink, OutputTail, StreamTail};
 use crate::process::{child_pipe, register_readable, without_sigpipe};
+use crate::time::{deadline_after, sleep_until};
 
 /// The read buffer of each stream: the most the supervisor holds of unforwarded output
 /// (besides the cap's tail).
@@ -306,7 +306,7 @@ impl Drain {
     }
 
     /// Reads to EOF for at most `wait`; whether EOF came.
-    async fn to_end(&mut self, wait: Duration) -> bool {
+    async fn read_to_end(&mut self, wait: Duration) -> bool {
         let deadline = deadline_after(Instant::now(), wait);
         loop {
             let read = tokio::select! {
@@ -360,14 +360,14 @@ async fn drain(
                     }
                 }
                 Some(Ctl::Finish { wait, reply }) => {
-                    let eof = d.to_end(wait).await;
+                    let eof = d.read_to_end(wait).await;
                     d.close(eof).await;
                     let _ = reply.send(());
                     return;
                 }
                 None => {
                     // The worker's actor is gone (its tree killed with it).
-                    let eof = d.to_end(drain_timeout).await;
+                    let eof = d.read_to_end(drain_timeout).await;
                     d.close(eof).await;
                     return;
                 }

@@ -130,7 +130,10 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
     }
     if let Some(fds) = args.captured {
         for (fd, target) in fds.into_iter().zip([1, 2]) {
-            debug_assert!(fd > REPORT_FD, "capture fd must not collide with the fixed ones");
+            debug_assert!(
+                fd > REPORT_FD,
+                "capture fd must not collide with the fixed ones"
+            );
             // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of
             // the call. dup2 onto another number clears FD_CLOEXEC on the child's copy only.
             check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, target) })?;

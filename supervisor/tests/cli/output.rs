@@ -75,11 +75,7 @@ fn a_capped_gib_to_wardens_stdout_keeps_head_and_tail_exactly() {
     let floor = floor_kib();
     let (done, report) = run(
         &["--output-cap", "64K"],
-        &[
-            "sh",
-            "-c",
-            &format!("yes abcdefghijklmno | head -c {GIB}"),
-        ],
+        &["sh", "-c", &format!("yes abcdefghijklmno | head -c {GIB}")],
     );
     assert_eq!(done.ended, Ended::Code(0), "{}", done.stderr);
     let half = "abcdefghijklmno\n".repeat(2048);
@@ -116,7 +112,11 @@ fn a_closed_stdout_of_wardens_is_drained_and_discarded() {
     let done = Proc::start(script, cmd, &mark).finish();
     assert_eq!(done.stdout, "status 0\n", "{}", done.stderr);
     assert!(!done.stderr.contains("panicked"), "{}", done.stderr);
-    assert!(done.stderr.contains("done"), "stderr still forwarded: {}", done.stderr);
+    assert!(
+        done.stderr.contains("done"),
+        "stderr still forwarded: {}",
+        done.stderr
+    );
     let text = std::fs::read_to_string(&report_path).expect("a report");
     let report: Value = serde_json::from_str(&text).expect("report is JSON");
     assert_eq!(report["outcome"], "completed");

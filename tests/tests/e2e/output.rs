@@ -37,68 +37,80 @@ impl Drop for Sink {
 
 #[test]
 fn a_cap_forwards_head_marker_and_tail_exactly() {
-    e2e("a_cap_forwards_head_marker_and_tail_exactly", |t| async move {
-        let (out, out_sink) = Sink::new(&t, "stdout");
-        let (err, err_sink) = Sink::new(&t, "stderr");
-        let capture = OutputCapture::new()
-            .stdout(out_sink)
-            .stderr(err_sink)
-            .cap(10);
-        let config = WorkerConfig::plain()
-            .deadlines(patient())
-            .capture_output(capture);
-        // stdout: 36 bytes, 5 of head and 5 of tail kept; stderr: under the cap.
-        let worker = t
-            .spawn(
-                &[
-                    mode::PLAIN_PRINT,
-                    "0123456789abcdefghijklmnopqrstuvwxyz",
-                    "short\\n",
-                ],
-                config,
-            )
-            .await;
-        let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
-        assert_eq!(report.outcome, Outcome::Completed(Vec::new()), "{report:?}");
-        assert_eq!(
-            out.bytes(),
-            b"01234\n[warden: 26 bytes of stdout truncated]\nvwxyz"
-        );
-        assert_eq!(err.bytes(), b"short\n");
-        let tail = report.output_tail.expect("an output tail");
-        assert_eq!(tail.stdout.lines, ["0123456789abcdefghijklmnopqrstuvwxyz"]);
-        assert_eq!((tail.stdout.bytes, tail.stdout.truncated), (36, 26));
-        assert_eq!(tail.stderr.lines, ["short"]);
-        assert_eq!((tail.stderr.bytes, tail.stderr.truncated), (6, 0));
-        assert!(!tail.stdout.cut && !tail.stderr.cut);
-        shutdown(worker).await;
-    });
+    e2e(
+        "a_cap_forwards_head_marker_and_tail_exactly",
+        |t| async move {
+            let (out, out_sink) = Sink::new(&t, "stdout");
+            let (err, err_sink) = Sink::new(&t, "stderr");
+            let capture = OutputCapture::new()
+                .stdout(out_sink)
+                .stderr(err_sink)
+                .cap(10);
+            let config = WorkerConfig::plain()
+                .deadlines(patient())
+                .capture_output(capture);
+            // stdout: 36 bytes, 5 of head and 5 of tail kept; stderr: under the cap.
+            let worker = t
+                .spawn(
+                    &[
+                        mode::PLAIN_PRINT,
+                        "0123456789abcdefghijklmnopqrstuvwxyz",
+                        "short\\n",
+                    ],
+                    config,
+                )
+                .await;
+            let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
+            assert_eq!(report.outcome, Outcome::Completed(Vec::new()), "{report:?}");
+            assert_eq!(
+                out.bytes(),
+                b"01234\n[warden: 26 bytes of stdout truncated]\nvwxyz"
+            );
+            assert_eq!(err.bytes(), b"short\n");
+            let tail = report.output_tail.expect("an output tail");
+            assert_eq!(tail.stdout.lines, ["0123456789abcdefghijklmnopqrstuvwxyz"]);
+            assert_eq!((tail.stdout.bytes, tail.stdout.truncated), (36, 26));
+            assert_eq!(tail.stderr.lines, ["short"]);
+            assert_eq!((tail.stderr.bytes, tail.stderr.truncated), (6, 0));
+            assert!(!tail.stdout.cut && !tail.stderr.cut);
+            shutdown(worker).await;
+        },
+    );
 }
 
 #[test]
 fn tail_lines_are_valid_utf8_with_replacement() {
-    e2e("tail_lines_are_valid_utf8_with_replacement", |t| async move {
-        let (out, sink) = Sink::new(&t, "stdout");
-        let config = WorkerConfig::plain()
-            .deadlines(patient())
-            .capture_output(OutputCapture::new().stdout(sink).stderr(OutputSink::Discard));
-        let worker = t
-            .spawn(
-                &[mode::PLAIN_PRINT, "ok\\nbad \\xff\\xfe bytes\\n\\xc3\\xa9t\\xc3\\xa9\\n", ""],
-                config,
-            )
-            .await;
-        let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
-        // Forwarded as written; only the tail is made valid.
-        assert_eq!(out.bytes(), b"ok\nbad \xff\xfe bytes\n\xc3\xa9t\xc3\xa9\n");
-        let tail = report.output_tail.expect("an output tail");
-        assert_eq!(
-            tail.stdout.lines,
-            ["ok", "bad \u{fffd}\u{fffd} bytes", "été"]
-        );
-        assert_eq!(tail.stderr.lines, Vec::<String>::new());
-        shutdown(worker).await;
-    });
+    e2e(
+        "tail_lines_are_valid_utf8_with_replacement",
+        |t| async move {
+            let (out, sink) = Sink::new(&t, "stdout");
+            let config = WorkerConfig::plain().deadlines(patient()).capture_output(
+                OutputCapture::new()
+                    .stdout(sink)
+                    .stderr(OutputSink::Discard),
+            );
+            let worker = t
+                .spawn(
+                    &[
+                        mode::PLAIN_PRINT,
+                        "ok\\nbad \\xff\\xfe bytes\\n\\xc3\\xa9t\\xc3\\xa9\\n",
+                        "",
+                    ],
+                    config,
+                )
+                .await;
+            let report = run_job(&worker, Vec::new(), JobOptions::new()).await;
+            // Forwarded as written; only the tail is made valid.
+            assert_eq!(out.bytes(), b"ok\nbad \xff\xfe bytes\n\xc3\xa9t\xc3\xa9\n");
+            let tail = report.output_tail.expect("an output tail");
+            assert_eq!(
+                tail.stdout.lines,
+                ["ok", "bad \u{fffd}\u{fffd} bytes", "été"]
+            );
+            assert_eq!(tail.stderr.lines, Vec::<String>::new());
+            shutdown(worker).await;
+        },
+    );
 }
 
 #[test]
@@ -118,10 +130,7 @@ fn a_killed_plugin_leaves_its_last_words() {
                     .stderr(OutputSink::Discard),
             );
         let worker = t
-            .spawn(
-                &[mode::PLAIN_PRINT, &lines, "dying\\n", fifo.arg()],
-                config,
-            )
+            .spawn(&[mode::PLAIN_PRINT, &lines, "dying\\n", fifo.arg()], config)
             .await;
         // Written before the job starts: a plain program's job is its whole life.
         fifo.line("the plugin's words").await;
@@ -130,12 +139,12 @@ fn a_killed_plugin_leaves_its_last_words() {
         let tail = report.output_tail.expect("an output tail");
         assert_eq!(tail.stdout.lines.len(), warden::output::TAIL_LINES);
         assert_eq!(tail.stdout.lines[0], "line 11");
-        assert_eq!(tail.stdout.lines.last().map(String::as_str), Some("last words"));
-        assert_eq!(tail.stderr.lines, ["dying"]);
         assert_eq!(
-            shutdown(worker).await,
-            Some(by_signal(Signal::SIGTERM))
+            tail.stdout.lines.last().map(String::as_str),
+            Some("last words")
         );
+        assert_eq!(tail.stderr.lines, ["dying"]);
+        assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGTERM)));
     });
 }
 
@@ -144,11 +153,13 @@ fn a_reused_workers_job_tail_is_what_it_wrote_during_that_job() {
     e2e(
         "a_reused_workers_job_tail_is_what_it_wrote_during_that_job",
         |t| async move {
-            let config = WorkerConfig::protocol().deadlines(patient()).capture_output(
-                OutputCapture::new()
-                    .stdout(OutputSink::Discard)
-                    .stderr(OutputSink::Discard),
-            );
+            let config = WorkerConfig::protocol()
+                .deadlines(patient())
+                .capture_output(
+                    OutputCapture::new()
+                        .stdout(OutputSink::Discard)
+                        .stderr(OutputSink::Discard),
+                );
             let worker = t.spawn(&[mode::SAY], config).await;
             for payload in ["first", "second"] {
                 let report = run_job(&worker, payload, JobOptions::new()).await;
