@@ -113,15 +113,14 @@ impl Output {
     async fn ask(&self, bound: Duration, make: impl Fn(oneshot::Sender<()>) -> Ctl) {
         let mut waits = Vec::new();
         for s in &self.streams {
-            if lock(&s.state).ended() {
-                continue;
-            }
+            // Asked even once its stream has ended: the task may still be forwarding the
+            // held tail. A task that is gone has forwarded everything (it drops the request,
+            // queued or not, only once it returns).
             let (tx, rx) = oneshot::channel();
             if s.ctl.send(make(tx)).is_ok() {
                 waits.push(rx);
             }
         }
-        // A task that is gone has closed its stream (its answer is dropped).
         let all = async {
             for rx in waits {
                 let _ = rx.await;

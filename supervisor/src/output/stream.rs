@@ -141,11 +141,6 @@ impl Stream {
         }
     }
 
-    /// Whether the stream is closed.
-    pub(crate) fn ended(&self) -> bool {
-        self.ended
-    }
-
     /// Closes the stream (`cut`: before EOF). Returns the rest to forward: the marker line if
     /// the cap dropped bytes, the held tail, and a line saying so if the stream was cut.
     /// Empty once closed.
