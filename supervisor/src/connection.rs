@@ -857,6 +857,7 @@ impl Connection {
             escaped: Vec::new(),
             limits: self.limits.clone(),
             limit,
+            output_tail: None,
             trace: Trace {
                 started: job.started,
                 cancel_requested: since(ladder.cancel_requested),

@@ -102,6 +102,9 @@ pub enum SpawnError {
     /// The socketpair for the worker's channel could not be created.
     #[error("could not create the worker's channel")]
     Channel(#[source] io::Error),
+    /// The pipes for the worker's captured output could not be created or watched.
+    #[error("could not capture the worker's output")]
+    Output(#[source] io::Error),
     /// The worker did not send its hello in time; it has been killed.
     #[error("worker {pid} did not complete the handshake within {timeout:?}")]
     HandshakeTimeout {

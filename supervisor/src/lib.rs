@@ -97,6 +97,7 @@ pub mod escalation;
 mod ipc;
 mod outcome;
 mod pool;
+pub mod output;
 mod process;
 #[doc(hidden)]
 pub mod time;
@@ -114,6 +115,7 @@ pub use pool::{
     JobHandle, Pool, PoolConfig, PoolJobId, PoolReport, PoolSnapshot, RecycleReason, RestartPolicy,
     ShutdownMode, ShutdownReport, WorkerSnapshot, WorkerState,
 };
+pub use output::{OutputCapture, OutputSink, OutputTail, StreamTail};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,

@@ -9,7 +9,7 @@ use warden_protocol::{CancelReason, DecodeError, JobId};
 
 use crate::error::ParseNameError;
 use crate::escalation::Stage;
-use crate::{ContainmentMode, ExitStatus, LimitKind, LimitReport};
+use crate::{ContainmentMode, ExitStatus, LimitKind, LimitReport, OutputTail};
 
 #[cfg(feature = "serde")]
 mod serde_impl;
@@ -256,6 +256,10 @@ pub struct JobReport {
     /// `SIGXCPU` under a CPU-time limit (the outcome is then [`Outcome::Killed`]), or a limit a
     /// plain program reached before it exited 0 ([`Failure::LimitReached`]).
     pub limit: Option<LimitKind>,
+    /// The job's last words on stdout and stderr, when the worker's output is captured
+    /// ([`WorkerConfig::capture_output`](crate::WorkerConfig::capture_output)): what it wrote
+    /// during this job (see [`OutputTail`]).
+    pub output_tail: Option<OutputTail>,
     /// Timings.
     pub trace: Trace,
 }
@@ -283,6 +287,7 @@ impl JobReport {
             escaped: Vec::new(),
             limits,
             limit: None,
+            output_tail: None,
             trace: Trace {
                 started: now,
                 cancel_requested: Some(Duration::ZERO),

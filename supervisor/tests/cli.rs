@@ -14,6 +14,9 @@
 //!   busy loop under one CPU-second, 200 files under 32, a fork bomb under 8 processes, a
 //!   write outside `--allow-write`, a TCP connect under `--no-network`, signals and ptrace);
 //!   no process and no cgroup (v1 included) is left;
+//! - `output`: `--capture-output` with a 1 GiB flood (to /dev/null, and capped to warden's own
+//!   stdout: head, marker and tail byte for byte), warden's peak RSS measured and bounded
+//!   (generously), and a closed stdout of warden's own while it forwards;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
 //!   sends heartbeats;
@@ -43,6 +46,8 @@ mod ladder;
 mod limits;
 #[path = "cli/liveness.rs"]
 mod liveness;
+#[path = "cli/output.rs"]
+mod output;
 #[path = "cli/report.rs"]
 mod report;
 #[path = "cli/support.rs"]

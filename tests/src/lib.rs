@@ -211,6 +211,19 @@ pub mod mode {
     /// first refused fork, and exits with the number it started (they are left to the tree's
     /// end).
     pub const PLAIN_PROCS: &str = "plain-procs";
+
+    // Captured output (issue 8's untrusted plugins).
+
+    /// No protocol: `plain-print OUT ERR [FIFO]` writes OUT to stdout and ERR to stderr (each
+    /// with `\n` and `\xHH` escapes decoded, so any bytes can be written), then exits 0; with
+    /// FIFO, it then writes `ready` to it and blocks forever (SIGTERM at its default).
+    pub const PLAIN_PRINT: &str = "plain-print";
+    /// No protocol: starts an [`ESCAPEE`] (a setsid child that keeps this program's stderr),
+    /// waits until it is ready, writes `escaped PID` to stdout and exits 0.
+    pub const PLAIN_ESCAPE_STDERR: &str = "plain-escape-stderr";
+    /// SDK worker: each job writes `out:PAYLOAD` as a line to stdout and `err:PAYLOAD` to
+    /// stderr, then returns the payload.
+    pub const SAY: &str = "say";
 }
 
 /// The readiness text with children's pids: `ready` or `ready:1,2,3`.

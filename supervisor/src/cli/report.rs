@@ -30,7 +30,10 @@
 //! `value` (bytes, milliseconds, descriptors, processes), `mechanism` (`cgroup_v2`,
 //! `cgroup_v1`, `rlimit`, `none`), `hit` (from the kernel's counters; `null` where none tells),
 //! `peak` and `oom_kills`; `sandbox`, by feature name, `true` where it was applied; and
-//! `limit`, the limit that ended the run. Timings are whole milliseconds since warden started.
+//! `limit`, the limit that ended the run; `output_tail` (with `--capture-output`, else `null`):
+//! `stdout` and `stderr`, each with the job's last `lines`, its `bytes`, the bytes the
+//! `--output-cap` left out (`truncated`) and `cut` (the stream was still held open, by a process
+//! outside the tree, once the tree was gone). Timings are whole milliseconds since warden started.
 //!
 //! Every name in it (outcome, reason, stage, containment) is the library's own `as_str`, which
 //! its `FromStr` parses back; only `spawn_failed` is the CLI's, as a spawn error is no outcome.
@@ -234,6 +237,7 @@ pub(crate) fn to_json(facts: &RunFacts) -> Value {
             "violation": null,
             "limits": {"sandbox": {}},
             "limit": facts.limit.map(LimitKind::as_str),
+            "output_tail": null,
         })
     });
     let Value::Object(map) = &mut report else {
@@ -571,6 +575,7 @@ mod tests {
                 "violation": null,
                 "limits": {"sandbox": {}},
                 "limit": null,
+                "output_tail": null,
             })
         );
     }

@@ -22,7 +22,8 @@ use clap::Parser;
 use libc::c_int;
 use warden::{
     CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Limits, Outcome,
-    RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
+    OutputCapture, OutputSink, RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker,
+    WorkerConfig,
 };
 
 use super::c_locale::quote;
@@ -78,6 +79,13 @@ strongest mechanism the host has (a cgroup v2 or v1 controller, else an rlimit) 
 sockets and signals scoped to the tree) and a seccomp deny-list, and closes every fd but 0-2 and
 the channel; --allow-write DIR and --no-network imply it. --clear-env starts PROGRAM with only
 the --env variables (and what warden needs: WARDEN_FD, WARDEN_TREE).
+
+Output (--capture-output; --stdout FILE, --stderr FILE and --output-cap SIZE imply it):
+PROGRAM's stdout and stderr go through pipes warden drains, so it never blocks on a full pipe,
+and are forwarded to warden's own (or the files). --output-cap keeps the head and the tail of
+each stream with a line '[warden: N bytes of stdout truncated]' between; warden's memory stays
+bounded either way. Once the tree is gone, output still held open by an escaped process is
+read for at most 1 s, then cut. The report's output_tail has each stream's last 20 lines.
 
 Examples:
   warden run --timeout 30s -- make test
@@ -159,6 +167,20 @@ struct Args {
     /// Set the variable K to V in PROGRAM's environment (repeatable).
     #[arg(long, value_name = "K=V", value_parser = env_arg)]
     env: Vec<(OsString, OsString)>,
+    /// Capture PROGRAM's stdout and stderr through pipes warden drains and forwards (to its
+    /// own, or --stdout/--stderr); the report's output_tail has their last lines.
+    #[arg(long)]
+    capture_output: bool,
+    /// Forward the captured stdout to FILE (created or truncated; implies --capture-output).
+    #[arg(long, value_name = "FILE")]
+    stdout: Option<PathBuf>,
+    /// Forward the captured stderr to FILE (created or truncated; implies --capture-output).
+    #[arg(long, value_name = "FILE")]
+    stderr: Option<PathBuf>,
+    /// Forward at most SIZE bytes of each captured stream: its head and its tail, with a
+    /// marker line between (K, M, G or T suffixes; implies --capture-output).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    output_cap: Option<u64>,
     /// The program to run and its arguments.
     #[arg(
         value_name = "PROGRAM",
@@ -260,6 +282,38 @@ impl Args {
             }
             sandbox
         })
+    }
+}
+
+impl Args {
+    /// The capture the options ask for; `Err` names a file that cannot be opened.
+    fn capture(&self) -> Result<Option<OutputCapture>, String> {
+        let wanted = self.capture_output
+            || self.stdout.is_some()
+            || self.stderr.is_some()
+            || self.output_cap.is_some();
+        if !wanted {
+            return Ok(None);
+        }
+        let sink = |path: &Option<PathBuf>| -> Result<OutputSink, String> {
+            match path {
+                None => Ok(OutputSink::Forward),
+                Some(path) => std::fs::File::create(path)
+                    .map(OutputSink::file)
+                    .map_err(|e| {
+                        format!(
+                            "cannot open {}: {}",
+                            quote(path.as_os_str().as_bytes()),
+                            errno_text(e.raw_os_error().unwrap_or(0))
+                        )
+                    }),
+            }
+        };
+        let mut capture = OutputCapture::new()
+            .stdout(sink(&self.stdout)?)
+            .stderr(sink(&self.stderr)?);
+        capture.cap = self.output_cap;
+        Ok(Some(capture))
     }
 }
 
@@ -503,6 +557,16 @@ async fn supervise(
     } else {
         WorkerConfig::plain()
     };
+    match args.capture() {
+        Ok(Some(capture)) => config = config.capture_output(capture),
+        Ok(None) => {}
+        Err(error) => {
+            say!("{PROGRAM}: {error}");
+            facts.error = Some(error);
+            facts.ended = t0.elapsed();
+            return (facts, None);
+        }
+    }
     if let Some(Interval::After(after)) = args.unresponsive_after {
         config = config.unresponsive_after(after);
     }
@@ -759,6 +823,30 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert!(parse(&["--", "p"]).unwrap().sandbox().is_none());
+    }
+
+    #[test]
+    fn output_options_imply_capture() {
+        assert!(parse(&["--", "p"]).unwrap().capture().unwrap().is_none());
+        let args = parse(&["--output-cap", "1M", "--", "p"]).unwrap();
+        let capture = args
+            .capture()
+            .unwrap()
+            .expect("--output-cap implies capture");
+        assert_eq!(capture.cap, Some(1 << 20));
+        assert!(matches!(capture.stdout, OutputSink::Forward));
+        let args = parse(&["--stderr", "/dev/null", "--", "p"]).unwrap();
+        let capture = args.capture().unwrap().expect("--stderr implies capture");
+        assert!(matches!(capture.stderr, OutputSink::File(_)));
+        let args = parse(&["--stdout", "/nonexistent-dir/x", "--", "p"]).unwrap();
+        let error = args.capture().unwrap_err();
+        assert!(error.contains("/nonexistent-dir/x"), "{error}");
+        for bad in [
+            &["--output-cap", "0", "--", "p"][..],
+            &["--output-cap", "lots", "--", "p"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! [`JobReport::since`] (the CLI uses its own start). `limits` has one object per requested
 //! limit, by name (`value`, `mechanism`, `hit`, `peak`, `oom_kills`), and `sandbox`, by
 //! feature name, `true` where it was applied; `limit` names the limit that ended the job.
+//! `output_tail` (`null` without capture): `stdout` and `stderr`, each with `lines` (the
+//! job's last lines, lossy UTF-8), `bytes` (written during the job), `truncated` (left out by
+//! the cap) and `cut` (closed by warden before EOF).
 
 use std::time::{Duration, Instant};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{Failure, JobReport, Outcome, Trace};
+use crate::output::{OutputTail, StreamTail};
 use crate::process::LimitReport;
 
 /// A [`JobReport`] serialised with its timings measured from an epoch (see
@@ -106,6 +110,32 @@ impl Serialize for Sandbox<'_> {
     }
 }
 
+/// The `output_tail` object: `stdout` and `stderr`.
+struct Tail<'a>(&'a OutputTail);
+
+impl Serialize for Tail<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("stdout", &Stream(&self.0.stdout))?;
+        map.serialize_entry("stderr", &Stream(&self.0.stderr))?;
+        map.end()
+    }
+}
+
+struct Stream<'a>(&'a StreamTail);
+
+impl Serialize for Stream<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("lines", &t.lines)?;
+        map.serialize_entry("bytes", &t.bytes)?;
+        map.serialize_entry("truncated", &t.truncated)?;
+        map.serialize_entry("cut", &t.cut)?;
+        map.end()
+    }
+}
+
 fn whole_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -150,6 +180,7 @@ impl Serialize for ReportSince<'_> {
         map.serialize_entry("escaped", &r.escaped)?;
         map.serialize_entry("limits", &Limits(&r.limits))?;
         map.serialize_entry("limit", &r.limit.map(|x| x.as_str()))?;
+        map.serialize_entry("output_tail", &r.output_tail.as_ref().map(Tail))?;
         let timings = |unit| Timings {
             trace: &r.trace,
             base,
@@ -202,6 +233,7 @@ mod tests {
                 }],
             },
             limit: Some(LimitKind::Memory),
+            output_tail: None,
             trace: Trace {
                 started: t0,
                 cancel_requested: Some(Duration::from_micros(1_500)),
@@ -235,6 +267,7 @@ mod tests {
                    "sandbox": {"seccomp": true}})
         );
         assert_eq!(v["limit"], "memory");
+        assert_eq!(v["output_tail"], Value::Null);
         assert_eq!(
             v["violation"],
             Violation::UnrequestedCancel { job: JobId(3) }.to_string()
@@ -252,6 +285,24 @@ mod tests {
         assert_eq!(v["timings_ms"]["started"], 100);
         assert_eq!(v["timings_ms"]["ended"], 123);
         assert_eq!(v["timings_us"]["cancel_requested"], 101_500);
+    }
+
+    #[test]
+    fn the_output_tail_has_both_streams() {
+        let mut r = report(Outcome::Killed);
+        let mut tail = OutputTail::default();
+        tail.stdout.lines = vec!["last \u{fffd} words".into()];
+        tail.stdout.bytes = 1 << 30;
+        tail.stdout.truncated = 1000;
+        tail.stderr.cut = true;
+        r.output_tail = Some(tail);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["output_tail"],
+            json!({"stdout": {"lines": ["last \u{fffd} words"], "bytes": 1u64 << 30,
+                              "truncated": 1000, "cut": false},
+                   "stderr": {"lines": [], "bytes": 0, "truncated": 0, "cut": true}})
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub(crate) struct SpawnOptions {
     /// Signals left out of posix_spawn's reset to default (without a shim: the child then
     /// inherits the supervisor's disposition of them).
     pub keep_inherited: Vec<libc::c_int>,
+    /// The write ends of capture pipes, placed at fds 1 and 2 (instead of the command's
+    /// stdout and stderr); closed here once the child has its copies.
+    pub captured: Option<[OwnedFd; 2]>,
 }
 
 struct Prepared {
@@ -49,6 +52,7 @@ struct Prepared {
     cwd: Option<CString>,
     channel: Option<OwnedFd>,
     stdio: [Stdio; 3],
+    captured: Option<[OwnedFd; 2]>,
     /// The exec shim runs first: give it a report pipe.
     shim: bool,
     keep_inherited: Vec<libc::c_int>,
@@ -104,7 +108,8 @@ fn spawner() -> Option<&'static mpsc::Sender<Request>> {
                 }
                 for req in rx {
                     let reply = spawn_now(&req.prepared);
-                    // The channel's child end is closed here, after the child has its copy.
+                    // The channel's child end (and the capture pipes' write ends) are closed
+                    // here, after the child has its copies.
                     drop(req.prepared);
                     // If the caller is gone the reply is dropped, and `Spawned` cleans up.
                     let _ = req.reply.send(reply);
@@ -154,6 +159,10 @@ fn spawn_now(p: &Prepared) -> Reply {
         stdin: p.stdio[0],
         stdout: p.stdio[1],
         stderr: p.stdio[2],
+        captured: p
+            .captured
+            .as_ref()
+            .map(|[out, err]| [out.as_raw_fd(), err.as_raw_fd()]),
         new_group: p.new_group,
         report: pipe.as_ref().map(|(_, write)| write.as_raw_fd()),
         keep_inherited: &p.keep_inherited,
@@ -254,6 +263,7 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         shim,
         extra_env,
         keep_inherited,
+        captured,
     } = opts;
     let mut env = cmd.resolved_env();
     env.retain(|(k, _)| k != CHANNEL_FD_ENV && !extra_env.iter().any(|(e, _)| e == k));
@@ -305,6 +315,7 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         cwd,
         channel,
         stdio: [cmd.stdin, cmd.stdout, cmd.stderr],
+        captured,
         shim: use_shim,
         keep_inherited,
     })

@@ -323,13 +323,14 @@ impl Tree {
     /// # Cancel safety
     /// Dropping the future kills and reaps whatever was started.
     pub async fn spawn(cmd: &Command, options: TreeOptions) -> Result<Tree, SpawnError> {
-        Self::spawn_with(cmd, &options, None).await
+        Self::spawn_with(cmd, &options, None, None).await
     }
 
     pub(crate) async fn spawn_with(
         cmd: &Command,
         options: &TreeOptions,
         channel: Option<OwnedFd>,
+        captured: Option<[OwnedFd; 2]>,
     ) -> Result<Tree, SpawnError> {
         if let Some(&signal) = options
             .ignored_signals
@@ -388,6 +389,7 @@ impl Tree {
             } else {
                 options.ignored_signals.clone()
             },
+            captured,
         };
         let child = spawn(cmd, opts).await?;
         if !use_shim

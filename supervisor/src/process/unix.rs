@@ -35,6 +35,9 @@ pub(crate) struct SpawnArgs<'a> {
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
+    /// Write ends of capture pipes (above fd 9) placed at fds 1 and 2 instead of `stdout` /
+    /// `stderr`.
+    pub captured: Option<[RawFd; 2]>,
     /// Put the child in a new process group of its own (GNU timeout's `--foreground` does not).
     pub new_group: bool,
     /// The write end of the shim's report pipe (above fd 9), placed at [`REPORT_FD`].
@@ -125,12 +128,23 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
         // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
         check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, REPORT_FD) })?;
     }
+    if let Some(fds) = args.captured {
+        for (fd, target) in fds.into_iter().zip([1, 2]) {
+            debug_assert!(
+                fd > REPORT_FD,
+                "capture fd must not collide with the fixed ones"
+            );
+            // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of
+            // the call. dup2 onto another number clears FD_CLOEXEC on the child's copy only.
+            check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, target) })?;
+        }
+    }
     for (target, stdio, flags) in [
         (0, args.stdin, libc::O_RDONLY),
         (1, args.stdout, libc::O_WRONLY),
         (2, args.stderr, libc::O_WRONLY),
     ] {
-        if stdio == Stdio::Null {
+        if stdio == Stdio::Null && (target == 0 || args.captured.is_none()) {
             // SAFETY: `fa` is initialised; the path is a valid C string that outlives the call.
             check(unsafe {
                 libc::posix_spawn_file_actions_addopen(fa, target, c"/dev/null".as_ptr(), flags, 0)
@@ -266,10 +280,16 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((ours, theirs))
 }
 
-/// The exec shim's report pipe: `(read, write)`, both close-on-exec, the write end moved above
-/// fd 9 for the same reason as the channel's child end (see [`socketpair`]). The read end is
-/// non-blocking (it is read from the async runtime).
+/// The exec shim's report pipe: see [`child_pipe`].
 pub(crate) fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    child_pipe()
+}
+
+/// A pipe whose write end is for a child (the shim's report, a captured stdout or stderr):
+/// `(read, write)`, both close-on-exec, the write end moved above fd 9 for the same reason as
+/// the channel's child end (see [`socketpair`]). The read end is non-blocking (it is read from
+/// the async runtime).
+pub(crate) fn child_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -325,6 +345,55 @@ pub(crate) fn write_raw(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+/// Runs `write` with SIGPIPE blocked in this thread, and takes back the SIGPIPE the kernel
+/// raised at this thread if the write met a closed pipe: whatever the host's disposition of
+/// SIGPIPE, a captured stream forwarded to a closed stdout gives EPIPE, never a signal. A
+/// SIGPIPE sent to the process meanwhile stays pending for another thread.
+pub(crate) fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: the sets are initialised by sigemptyset before use and outlive the calls;
+    // pthread_sigmask only changes this thread's mask, restored below on every path.
+    let (set, old) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        (set, old)
+    };
+    let result = write();
+    if matches!(&result, Err(e) if e.kind() == io::ErrorKind::BrokenPipe) {
+        consume_pending_sigpipe(&set);
+    }
+    // SAFETY: `old` is the mask read above; restoring it is always valid.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn consume_pending_sigpipe(set: &libc::sigset_t) {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is a valid, initialised set; a null siginfo is allowed; a zero timeout
+    // polls, so this never blocks. It dequeues a SIGPIPE pending on this thread (blocked here).
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn consume_pending_sigpipe(set: &libc::sigset_t) {
+    // SAFETY: a zeroed sigset_t is a valid value for sigpending to fill; valid pointers to
+    // initialised sets; sigwait returns at once, as SIGPIPE is pending (checked first) and
+    // blocked in this thread.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+            let mut sig = 0;
+            libc::sigwait(set, &mut sig);
+        }
+    }
 }
 
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {

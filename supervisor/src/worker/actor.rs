@@ -22,6 +22,7 @@ use crate::connection::{Action, Connection, JobStart, Settings};
 use crate::error::{JobControlError, RunError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::JobReport;
+use crate::output::Output;
 use crate::process::{ExitStatus, Tree};
 use crate::time::Wakeup;
 
@@ -84,6 +85,8 @@ async fn reply_closed(current: &mut Option<Current>) {
 pub(crate) struct Actor {
     tree: Tree,
     channel: Option<Channel>,
+    /// The captured stdout and stderr (none unless `config.output`).
+    output: Output,
     control: mpsc::UnboundedReceiver<Control>,
     /// False once every handle is gone (the control channel is closed).
     control_open: bool,
@@ -99,6 +102,7 @@ impl Actor {
     pub(crate) fn new(
         tree: Tree,
         channel: Option<Channel>,
+        output: Output,
         control: mpsc::UnboundedReceiver<Control>,
         config: WorkerConfig,
         span: Span,
@@ -115,6 +119,7 @@ impl Actor {
             conn: Connection::new(Instant::now(), settings),
             tree,
             channel,
+            output,
             control,
             control_open: true,
             suspended: false,
@@ -140,7 +145,7 @@ impl Actor {
             let token = self.current.as_ref().map(|c| c.token.clone());
             tokio::select! {
                 request = rx.recv(), if takes_requests => match request {
-                    Some(Request::Run { payload, options, reply }) => self.start(payload, options, reply),
+                    Some(Request::Run { payload, options, reply }) => self.start(payload, options, reply).await,
                     Some(Request::Shutdown { reply }) => {
                         self.shutdown_reply = Some(reply);
                         self.conn.handle_shutdown(Instant::now());
@@ -172,7 +177,12 @@ impl Actor {
         }
     }
 
-    fn start(&mut self, payload: Vec<u8>, options: JobOptions, reply: Reply) {
+    async fn start(&mut self, payload: Vec<u8>, options: JobOptions, reply: Reply) {
+        // What a reused worker wrote before this job is not this job's. A plain program's one
+        // job is its whole life: what it wrote before `run` was called is its.
+        if self.config.protocol && self.output.is_capturing() {
+            self.output.start_job(self.config.drain_timeout).await;
+        }
         // A caller that went away while its job waited behind another: the job never starts.
         let cancelled = if reply.is_closed() || options.token.is_cancelled() {
             Some(CancelReason::Requested)
@@ -255,6 +265,11 @@ impl Actor {
             Action::Reap => {
                 let status = self.tree.settle(self.config.deadlines.reap_timeout).await;
                 tracing::debug!(parent: span, ?status, "worker reaped");
+                // The tree is gone: what it wrote is read to EOF, bounded (a descendant that
+                // escaped it may hold the pipes open).
+                if self.output.is_capturing() {
+                    self.output.finish(self.config.drain_timeout).await;
+                }
                 // Read after the reap: the final counters (OOM kills, pids reached).
                 let limits = self.tree.limits();
                 self.conn.handle_reaped(Instant::now(), status, limits);
@@ -272,6 +287,8 @@ impl Actor {
                         // Fresh counters for a job that ended without a reap; after one, the
                         // same final report the connection decided with.
                         report.limits = self.tree.limits();
+                        // Read after what the worker wrote before its result.
+                        report.output_tail = self.output.tail(self.config.drain_timeout).await;
                         tracing::info!(parent: span, job = %report.job, outcome = report.outcome.name(), stage = ?report.stage, reason = ?report.reason, violation = ?report.violation, "job ended");
                     }
                     Err(e) => tracing::info!(parent: span, error = %e, "job refused"),

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use warden_protocol::JobId;
 
 use crate::escalation::Deadlines;
+use crate::output::OutputCapture;
 use crate::process::TreeOptions;
 
 /// How a worker is run and stopped.
@@ -52,6 +53,10 @@ pub struct WorkerConfig {
     pub kill: CancellationToken,
     /// How the worker's process tree is contained (default: the strongest available).
     pub tree: TreeOptions,
+    /// Capture the worker's stdout and stderr through pipes warden drains (default `None`:
+    /// they are the [`Command`](crate::Command)'s). See [`crate::output`]; every
+    /// [`JobReport`](crate::JobReport) then has an `output_tail`.
+    pub output: Option<OutputCapture>,
 }
 
 impl WorkerConfig {
@@ -70,6 +75,7 @@ impl WorkerConfig {
             shutdown: CancellationToken::new(),
             kill: CancellationToken::new(),
             tree: TreeOptions::default(),
+            output: None,
         }
     }
 
@@ -114,6 +120,13 @@ impl WorkerConfig {
     /// Sets how the worker's process tree is contained.
     pub fn tree(mut self, tree: TreeOptions) -> Self {
         self.tree = tree;
+        self
+    }
+
+    /// Captures the worker's stdout and stderr (see [`WorkerConfig::output`] and
+    /// [`crate::output`]).
+    pub fn capture_output(mut self, capture: OutputCapture) -> Self {
+        self.output = Some(capture);
         self
     }
 

@@ -11,6 +11,7 @@ use super::config::{JobOptions, WorkerConfig};
 use crate::error::{JobControlError, RunError, SpawnError};
 use crate::ipc::{Channel, Event};
 use crate::outcome::{JobReport, Violation};
+use crate::output::{self, Output};
 use crate::process::{self, Child, Command, ExitStatus, Tree};
 use crate::time::{Wakeup, deadline_after};
 
@@ -58,9 +59,29 @@ impl Worker {
         } else {
             (None, None)
         };
-        let mut tree = Tree::spawn_with(cmd, &config.tree, theirs)
+        let (readers, writers) = match &config.output {
+            Some(_) => {
+                let (readers, writers) = output::pipes().map_err(SpawnError::Output)?;
+                (Some(readers), Some(writers))
+            }
+            None => (None, None),
+        };
+        let mut tree = Tree::spawn_with(cmd, &config.tree, theirs, writers)
             .instrument(span.clone())
             .await?;
+        // Drained from now on: a worker that writes before its hello must not block on it.
+        let output = match (&config.output, readers) {
+            (Some(capture), Some(readers)) => {
+                match Output::start(capture, readers, config.drain_timeout) {
+                    Ok(output) => output,
+                    Err(e) => {
+                        tree.settle(config.deadlines.reap_timeout).await;
+                        return Err(SpawnError::Output(e));
+                    }
+                }
+            }
+            _ => Output::default(),
+        };
         let pid = tree.pid();
         span.record("pid", pid);
         let mut info = WorkerInfo {
@@ -95,7 +116,7 @@ impl Worker {
         tracing::debug!(parent: &span, containment = tree.containment().as_str(), "worker ready");
         let (tx, rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
-        let actor = Actor::new(tree, channel, control_rx, config, span.clone());
+        let actor = Actor::new(tree, channel, output, control_rx, config, span.clone());
         tokio::spawn(actor.run(rx).instrument(span));
         Ok(Worker { tx, control, info })
     }

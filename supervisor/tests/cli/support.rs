@@ -67,6 +67,9 @@ pub struct Finished {
     pub stderr: String,
     /// How long it ran, from spawn to exit.
     pub elapsed: Duration,
+    /// Its peak resident set size in KiB (`ru_maxrss` of `wait4`: the process itself and the
+    /// children it reaped, whichever was largest).
+    pub max_rss_kib: u64,
 }
 
 /// A started process whose stdout is read line by line.
@@ -244,15 +247,14 @@ impl Proc {
     ) -> (Finished, Vec<Survivor>) {
         self.wait_exited();
         let elapsed = self.started.elapsed();
-        let status = self.child.wait().expect("reap");
+        let (status, max_rss_kib) = reap_with_rusage(self.pid());
         self.reaped = true;
-        let ended = match (
-            status.code(),
-            std::os::unix::process::ExitStatusExt::signal(&status),
-        ) {
-            (Some(code), _) => Ended::Code(code),
-            (None, Some(sig)) => Ended::Signal(sig),
-            _ => panic!("{}: odd status {status:?}", self.what),
+        let ended = if libc::WIFEXITED(status) {
+            Ended::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Ended::Signal(libc::WTERMSIG(status))
+        } else {
+            panic!("{}: odd status {status:#x}", self.what)
         };
         let survivors = settle_survivors(&self.mark);
         let (allowed, unexpected): (Vec<Survivor>, Vec<Survivor>) =
@@ -277,9 +279,31 @@ impl Proc {
                 stdout,
                 stderr,
                 elapsed,
+                max_rss_kib,
             },
             allowed,
         )
+    }
+}
+
+/// Reaps our exited child `pid` with `wait4`: its raw status and its `ru_maxrss` (KiB).
+fn reap_with_rusage(pid: i32) -> (i32, u64) {
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to `status` and `usage` for the call; `pid` is our child,
+        // exited (waited for with WNOWAIT) and not reaped by anyone else.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            return (status, u64::try_from(usage.ru_maxrss).unwrap_or(0));
+        }
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::Interrupted,
+            "wait4({pid}): {err}"
+        );
     }
 }
 

@@ -342,6 +342,44 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
             std::process::exit(started)
         }
 
+        // Captured output.
+        mode::PLAIN_PRINT => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let text = |i: usize| unescape(args.get(i).map_or("", String::as_str));
+            std::io::stdout().write_all(&text(0)?)?;
+            std::io::stdout().flush()?;
+            std::io::stderr().write_all(&text(1)?)?;
+            if let Some(fifo) = args.get(2) {
+                let mut fifo = OpenOptions::new().write(true).open(fifo)?;
+                fifo.write_all(format!("{READY}\n").as_bytes())?;
+                drop(fifo);
+                block_forever()
+            }
+        }
+        mode::PLAIN_ESCAPE_STDERR => {
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg(mode::ESCAPEE)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+            if line.trim_end() != READY {
+                return Err(format!("the escapee said {line:?}").into());
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "escaped {}", child.id())?;
+            out.flush()?;
+        }
+        mode::SAY => Worker::new().serve_blocking(|job| {
+            let payload = String::from_utf8_lossy(job.payload()).into_owned();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "out:{payload}").map_err(JobError::msg)?;
+            out.flush().map_err(JobError::msg)?;
+            writeln!(std::io::stderr(), "err:{payload}").map_err(JobError::msg)?;
+            Ok(job.payload().to_vec())
+        })?,
+
         other => return Err(format!("unknown mode {other:?}").into()),
     }
     Ok(())
@@ -362,6 +400,28 @@ fn open_fds() -> Result<String> {
     fds.sort_unstable();
     let fds: Vec<String> = fds.iter().map(u32::to_string).collect();
     Ok(fds.join(","))
+}
+
+/// `text` with `\n` and `\xHH` decoded.
+fn unescape(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex)?, 16)?);
+            }
+            Some(b'\\') => out.push(b'\\'),
+            other => return Err(format!("bad escape {other:?} in {text:?}").into()),
+        }
+    }
+    Ok(out)
 }
 
 fn number(arg: Option<&str>) -> Result<i32> {

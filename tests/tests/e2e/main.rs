@@ -9,6 +9,9 @@
 //! `limits`: limits and the sandbox (OOM kill named, fresh counters per tree, a fork bomb's
 //! peak, fd hygiene).
 //!
+//! `output`: captured stdout and stderr (the cap's head, marker and tail, lossy tails, last
+//! words of a killed plugin, per-job tails, a grandchild holding a pipe).
+//!
 //! `shim`: what the exec shim does between spawn and exec (typed exec-time errors, signals
 //! that start ignored) and what the cgroup guard does when the supervisor is SIGKILLed
 //! (death signal, orphan ladders).
@@ -21,6 +24,7 @@ mod ladder;
 mod lifecycle;
 mod limits;
 mod liveness;
+mod output;
 mod plain;
 mod pool;
 mod protocol;
