@@ -96,8 +96,8 @@ mod error;
 pub mod escalation;
 mod ipc;
 mod outcome;
-mod pool;
 pub mod output;
+mod pool;
 mod process;
 #[doc(hidden)]
 pub mod time;
@@ -111,11 +111,11 @@ pub use escalation::{Action, Deadlines, Escalation, Stage};
 #[cfg(feature = "serde")]
 pub use outcome::ReportSince;
 pub use outcome::{Failure, JobReport, Outcome, OutcomeKind, Trace, Violation};
+pub use output::{OutputCapture, OutputSink, OutputTail, StreamTail};
 pub use pool::{
     JobHandle, Pool, PoolConfig, PoolJobId, PoolReport, PoolSnapshot, RecycleReason, RestartPolicy,
     ShutdownMode, ShutdownReport, WorkerSnapshot, WorkerState,
 };
-pub use output::{OutputCapture, OutputSink, OutputTail, StreamTail};
 pub use process::shim;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,
