@@ -922,7 +922,11 @@ fn limit_mechanism(
         LimitKind::CpuTime => {
             // Whole seconds, rounded up: SIGXCPU at the limit, SIGKILL a second later.
             let secs = value.div_ceil(1000).max(1);
-            rlimit(out, libc::RLIMIT_CPU as libc::c_int, secs, secs + 1)
+            let mechanism = rlimit(out, libc::RLIMIT_CPU as libc::c_int, secs, secs + 1)?;
+            // SIGXCPU dumps core by default: a plugin stopped by its CPU limit must not leave
+            // a core file of its memory in its working directory (as nsjail's default).
+            rlimit(out, libc::RLIMIT_CORE as libc::c_int, 0, 0)?;
+            Ok(mechanism)
         }
         LimitKind::OpenFiles => rlimit(out, libc::RLIMIT_NOFILE as libc::c_int, value, value),
         LimitKind::Memory | LimitKind::Processes => {
@@ -1107,7 +1111,11 @@ mod tests {
             );
             assert_eq!(
                 plan(&rl, None, true).expect("rlimits").setup.rlimits,
-                [(libc::RLIMIT_CPU, 2, 3), (libc::RLIMIT_NOFILE, 32, 32)]
+                [
+                    (libc::RLIMIT_CPU, 2, 3),
+                    (libc::RLIMIT_CORE, 0, 0),
+                    (libc::RLIMIT_NOFILE, 32, 32)
+                ]
             );
         }
     }
