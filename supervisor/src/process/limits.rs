@@ -29,7 +29,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Resource limits for a tree (see the [module docs](self) for the mechanisms). Every limit
+/// Resource limits for a tree (see [`TreeOptions::limits`](crate::TreeOptions::limits) and the README for the mechanisms). Every limit
 /// is off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

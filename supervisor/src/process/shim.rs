@@ -10,7 +10,7 @@
 //! signals 32 and 33 (its posix_spawn child leaves them ignored), sets the signals the tree
 //! asks for to SIG_IGN, applies the tree's limits and sandbox (its cgroup v1 limit cgroups
 //! joined with its leaf; then rlimits, closing stray descriptors, `no_new_privs`, Landlock,
-//! seccomp last: see [`super::limits`]), and execs the real program (with execvp's `/bin/sh` fallback for a
+//! seccomp last: see [`Limits`](crate::Limits) and [`Sandbox`](crate::Sandbox)), and execs the real program (with execvp's `/bin/sh` fallback for a
 //! file without `#!`). Binaries that never call [`run_if_shim`] are spawned directly: the
 //! cgroup is then joined from the supervisor right after spawn, and PDEATHSIG is not available.
 //!
