@@ -11,7 +11,8 @@
 //!   points its stdout and stderr at /dev/null so that no pipe of the test is held, and sleeps
 //!   (bounded: a leak heals itself eventually, though the tests kill survivors at once).
 //! - SDK workers: `worker:echo` (returns the payload reversed), `worker:fail`,
-//!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:ignore-all` (ignores the
+//!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:announce-wait-cancel`
+//!   (the same, after printing `started PAYLOAD` on stdout), `worker:ignore-all` (ignores the
 //!   cancel and blocks past the polite signal), `worker:sigstop-self` (stops its whole process
 //!   with SIGSTOP once a job started; SIGTERM at its default), `hang-handshake` (prints `ready`
 //!   and never speaks the protocol).
@@ -95,6 +96,18 @@ fn run(role: &str) -> Result<i32> {
         "worker:fail" => serve(|_| Err(warden_worker::JobError::msg("boom"))),
         "worker:wait-cancel" => {
             warden_worker::Worker::new().serve(|job| async move {
+                job.cancelled().await;
+                Err(warden_worker::JobError::Cancelled)
+            })?;
+            Ok(0)
+        }
+        "worker:announce-wait-cancel" => {
+            warden_worker::Worker::new().serve(|job| async move {
+                announce(&format!(
+                    "started {}",
+                    String::from_utf8_lossy(job.payload())
+                ))
+                .map_err(|e| warden_worker::JobError::msg(e.to_string()))?;
                 job.cancelled().await;
                 Err(warden_worker::JobError::Cancelled)
             })?;
