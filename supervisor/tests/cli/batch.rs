@@ -395,3 +395,33 @@ fn the_second_stop_signal_kills_every_tree() {
         assert_eq!(line["stage"], "kill");
     }
 }
+
+#[test]
+fn a_protocol_worker_that_dies_mid_job_is_replaced_and_the_job_retried() {
+    let dir = TempDir::new();
+    let flag = dir.0.join("crashed").to_string_lossy().into_owned();
+    let input = format!("{flag}\n");
+    let (done, lines) = batch(
+        &["-j", "1", "--protocol", "--retries", "1"],
+        &["fixture:worker:crash-first"],
+        input.as_bytes(),
+    );
+    assert_eq!(done.ended, Ended::Code(0), "{}", done.stderr);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["outcome"], "completed");
+    assert_eq!(lines[0]["attempt"], 2);
+    assert_eq!(lines[0]["output"], "second");
+
+    // Without retries: the crash is the job's outcome, and the next job gets a new worker.
+    std::fs::remove_file(&flag).expect("remove the flag");
+    let (done, lines) = batch(
+        &["-j", "1", "--protocol"],
+        &["fixture:worker:crash-first"],
+        format!("{flag}\n{flag}\n").as_bytes(),
+    );
+    assert_eq!(done.ended, Ended::Code(1), "{}", done.stderr);
+    assert_eq!(lines[0]["outcome"], "crashed", "{lines:#?}");
+    assert_eq!(lines[0]["signal"], libc::SIGKILL);
+    assert_eq!(lines[1]["outcome"], "completed");
+    assert_ne!(lines[0]["worker_pid"], lines[1]["worker_pid"]);
+}
