@@ -29,25 +29,41 @@ pub enum CancelReason {
     Shutdown,
     /// The worker stopped answering (missed heartbeats). Wire tag 3.
     Unresponsive,
+    /// The job reported no progress for its no-progress bound. Wire tag 4, which a version 1
+    /// supervisor does not send (a version 1 worker may not know it): on the wire the job's
+    /// `Cancel` says [`Timeout`](Self::Timeout), and only the supervisor's report says this.
+    NoProgress,
 }
 
 impl CancelReason {
     /// Every reason, in wire-tag order.
-    pub const ALL: [CancelReason; 4] = [
+    pub const ALL: [CancelReason; 5] = [
         CancelReason::Requested,
         CancelReason::Timeout,
         CancelReason::Shutdown,
         CancelReason::Unresponsive,
+        CancelReason::NoProgress,
     ];
 
     /// Lower-case name used in reports and logs: `requested`, `timeout`, `shutdown`,
-    /// `unresponsive`. [`FromStr`] takes it back.
+    /// `unresponsive`, `no_progress`. [`FromStr`] takes it back.
     pub fn as_str(self) -> &'static str {
         match self {
             CancelReason::Requested => "requested",
             CancelReason::Timeout => "timeout",
             CancelReason::Shutdown => "shutdown",
             CancelReason::Unresponsive => "unresponsive",
+            CancelReason::NoProgress => "no_progress",
+        }
+    }
+
+    /// The reason a version 1 `Cancel` carries for this one: itself, except
+    /// [`NoProgress`](Self::NoProgress), which goes as [`Timeout`](Self::Timeout) (a deadline
+    /// of the job's passed; a version 1 worker may not know tag 4).
+    pub fn on_wire_v1(self) -> CancelReason {
+        match self {
+            CancelReason::NoProgress => CancelReason::Timeout,
+            other => other,
         }
     }
 }
@@ -220,6 +236,7 @@ mod tests {
             CancelReason::Timeout => 1,
             CancelReason::Shutdown => 2,
             CancelReason::Unresponsive => 3,
+            CancelReason::NoProgress => 4,
         };
         for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
             assert_eq!(tag(reason), i);

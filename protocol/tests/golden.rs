@@ -237,6 +237,7 @@ fn supervisor_cancel_every_reason() {
         (CancelReason::Timeout, 0x01),
         (CancelReason::Shutdown, 0x02),
         (CancelReason::Unresponsive, 0x03),
+        (CancelReason::NoProgress, 0x04),
     ];
     for (reason, tag) in reasons {
         assert_supervisor(
@@ -480,7 +481,7 @@ fn first_unused_tags_are_unknown() {
     );
 
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    decoder.push(&[0x03, 0x00, 0x00, 0x00, 0x02, 0x07, 0x04]);
+    decoder.push(&[0x03, 0x00, 0x00, 0x00, 0x02, 0x07, 0x05]);
     assert_eq!(
         decoder.next::<SupervisorMessage>(),
         Err(DecodeError::UnknownTag)
@@ -896,7 +897,7 @@ fn shared_frames() -> Vec<Shared> {
             "unknown_cancel_reason",
             "supervisor",
             max,
-            "03000000 02 07 04",
+            "03000000 02 07 05",
             "unknown_tag",
         ),
         Invalid("empty_frame", "supervisor", max, "00000000", "empty"),

@@ -327,7 +327,7 @@ fn unknown_message_tags_are_rejected() {
 
 #[test]
 fn unknown_cancel_reason_tag_is_rejected() {
-    for tag in [0x04, 0x05, 0x7f] {
+    for tag in [0x05, 0x06, 0x7f] {
         assert_eq!(
             decode_error::<SupervisorMessage>(&frame(&[0x02, 0x07, tag])),
             DecodeError::UnknownTag

@@ -50,6 +50,7 @@ fn cancel_reason() -> impl Strategy<Value = CancelReason> {
         Just(CancelReason::Timeout),
         Just(CancelReason::Shutdown),
         Just(CancelReason::Unresponsive),
+        Just(CancelReason::NoProgress),
     ]
 }
 

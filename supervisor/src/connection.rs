@@ -51,7 +51,7 @@ use crate::error::RunError;
 use crate::escalation::{self, Deadlines, Escalation};
 use crate::outcome::{Facts, JobReport, Trace, Violation, WorkerResult, classify, deciding_limit};
 use crate::process::{ContainmentMode, ExitStatus, LimitReport};
-use crate::worker::Progress;
+use crate::worker::{Progress, TimeoutExtension};
 pub(crate) use timer::{Timer, TimerTable};
 
 /// The settings a connection decides with (from the worker's configuration).
@@ -77,6 +77,10 @@ pub(crate) struct JobStart {
     pub(crate) payload: Vec<u8>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) deadlines: Option<Deadlines>,
+    /// Cancel with reason `no_progress` after this long without a `Progress`.
+    pub(crate) no_progress: Option<Duration>,
+    /// Progress extends the timeout.
+    pub(crate) extension: Option<TimeoutExtension>,
     /// Why the job is cancelled already (its token, the shutdown token, a caller that went
     /// away while it waited), if it is: a protocol job is then never sent.
     pub(crate) cancelled: Option<CancelReason>,
@@ -134,6 +138,13 @@ struct Job {
     /// The report went out (kill pending): the job still waits for the reap.
     replied: bool,
     wants_progress: bool,
+    /// The no-progress bound, re-armed by each `Progress`.
+    no_progress: Option<Duration>,
+    /// How far each `Progress` extends the timeout, and the instant it never passes (moved
+    /// by a pause like the timers).
+    extension: Option<(Duration, Instant)>,
+    /// The job timeout's instant as last armed or extended (moved by a pause like the timers).
+    deadline: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -296,6 +307,9 @@ impl Connection {
             reaped_at: None,
             replied: false,
             wants_progress: start.wants_progress,
+            no_progress: start.no_progress.filter(|_| protocol),
+            extension: None,
+            deadline: None,
         };
         if !protocol && !self.plain_run_taken && self.gone.is_some() {
             // A plain program's run is its job: one that ended before the caller asked for
@@ -326,13 +340,14 @@ impl Connection {
                 .then_some(CancelReason::Timeout)
         });
         if protocol && let Some(reason) = early {
-            let report = JobReport::not_started(
+            let mut report = JobReport::not_started(
                 id,
                 reason,
                 self.settings.containment,
                 self.limits.clone(),
                 now,
             );
+            report.trace.deadline = start.timeout;
             return self.reply(Ok(report));
         }
         if protocol {
@@ -349,6 +364,17 @@ impl Connection {
         }
         if let Some(timeout) = start.timeout {
             self.timers.arm(Timer::JobTimeout, now, timeout);
+            job.deadline = self.timers.deadline(Timer::JobTimeout);
+            if let Some(ext) = start.extension {
+                job.extension = self
+                    .timers
+                    .base(now)
+                    .checked_add(ext.cap)
+                    .map(|cap| (ext.by, cap));
+            }
+        }
+        if let Some(after) = job.no_progress {
+            self.timers.arm(Timer::NoProgress, now, after);
         }
         if self.kill_seen {
             job.esc.handle_kill(now);
@@ -367,6 +393,7 @@ impl Connection {
         if matches!(self.phase, Phase::Job(_)) {
             self.phase = Phase::Idle;
             self.timers.stop(Timer::JobTimeout);
+            self.timers.stop(Timer::NoProgress);
             self.actions.clear();
             self.reply(Err(RunError::PayloadTooLarge { len, max }));
         }
@@ -374,6 +401,8 @@ impl Connection {
 
     /// A whole message arrived (any frame is a sign of life).
     pub(crate) fn handle_message(&mut self, now: Instant, msg: WorkerMessage) {
+        // Progress moves the job's own deadlines only while a cancel can still come of them.
+        let accepting = self.accepts_cancel();
         // A frame completed: bytes after it belong to a new frame (`handle_partial`).
         self.timers.stop(Timer::Frame);
         if let Some(after) = self.settings.unresponsive_after
@@ -397,6 +426,21 @@ impl Connection {
                         fraction,
                         text,
                     } if ours => {
+                        if let Some(after) = job.no_progress
+                            && accepting
+                        {
+                            self.timers.arm(Timer::NoProgress, now, after);
+                        }
+                        if let Some((by, cap)) = job.extension
+                            && accepting
+                            && let Some(current) = self.timers.deadline(Timer::JobTimeout)
+                        {
+                            // At least `by` from now, never past the cap, never earlier.
+                            let wanted = self.timers.base(now).checked_add(by).unwrap_or(cap);
+                            let at = current.max(wanted.min(cap));
+                            self.timers.arm_at(Timer::JobTimeout, at);
+                            job.deadline = Some(at);
+                        }
                         if job.wants_progress {
                             let fraction = fraction
                                 .filter(|f| f.is_finite())
@@ -530,6 +574,7 @@ impl Connection {
         match std::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Job(mut job) => {
                 self.timers.stop(Timer::JobTimeout);
+                self.timers.stop(Timer::NoProgress);
                 job.reaped_at = Some(now);
                 if !job.replied {
                     let report = self.report(&job, now);
@@ -619,12 +664,20 @@ impl Connection {
     /// The tree was continued at `now`: every deadline moves by the time suspended, and the
     /// SIGCONT a polite signal owes goes out.
     pub(crate) fn handle_resume(&mut self, now: Instant) {
-        if self.paused_at.take().is_none() {
+        let Some(since) = self.paused_at.take() else {
             return;
-        }
+        };
         self.timers.resume(now);
+        let stopped = now.saturating_duration_since(since);
         match &mut self.phase {
-            Phase::Job(job) => job.esc.resume(now),
+            Phase::Job(job) => {
+                job.esc.resume(now);
+                // The cap and the reported deadline move as the timers did.
+                if let Some((_, cap)) = &mut job.extension {
+                    *cap = cap.checked_add(stopped).unwrap_or(*cap);
+                }
+                job.deadline = job.deadline.and_then(|d| d.checked_add(stopped));
+            }
             Phase::Stopping(esc) => esc.resume(now),
             Phase::Idle | Phase::Stopped => {}
         }
@@ -643,6 +696,13 @@ impl Connection {
                         && let Phase::Job(job) = &mut self.phase
                     {
                         job.esc.handle_cancel(now, CancelReason::Timeout);
+                    }
+                }
+                Timer::NoProgress => {
+                    if self.accepts_cancel()
+                        && let Phase::Job(job) = &mut self.phase
+                    {
+                        job.esc.handle_cancel(now, CancelReason::NoProgress);
                     }
                 }
                 Timer::Frame => {
@@ -768,7 +828,10 @@ impl Connection {
                     cancel_sent = true;
                     if self.channel {
                         let msg = match &job {
-                            Some((id, _)) => SupervisorMessage::Cancel { job: *id, reason },
+                            Some((id, _)) => SupervisorMessage::Cancel {
+                                job: *id,
+                                reason: reason.on_wire_v1(),
+                            },
                             None => SupervisorMessage::Shutdown,
                         };
                         self.actions.push_back(Action::Send(msg));
@@ -809,6 +872,7 @@ impl Connection {
             }
             Phase::Job(job) if job.result.is_some() && job.esc.worker_reusable() => {
                 self.timers.stop(Timer::JobTimeout);
+                self.timers.stop(Timer::NoProgress);
                 let report = self.report(&job, now);
                 self.reply(Ok(report));
                 if let Some(after) = self.settings.unresponsive_after
@@ -868,6 +932,7 @@ impl Connection {
                 exited: since(ladder.exited),
                 reaped: since(job.reaped_at),
                 ended: now.saturating_duration_since(job.started),
+                deadline: since(job.deadline),
             },
         }
     }

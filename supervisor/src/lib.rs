@@ -124,4 +124,4 @@ pub use process::{
 };
 pub use tokio_util::sync::CancellationToken;
 pub use warden_protocol::{CancelReason, JobId, ParseCancelReasonError};
-pub use worker::{JobOptions, Progress, Worker, WorkerConfig, WorkerInfo};
+pub use worker::{JobOptions, Progress, TimeoutExtension, Worker, WorkerConfig, WorkerInfo};

@@ -1,5 +1,6 @@
 //! The `warden` command line: `warden timeout` (a GNU `timeout` drop-in that contains the whole
-//! process tree) and `warden run` (one program or SDK worker job under warden's full ladder).
+//! process tree), `warden run` (one program or SDK worker job under warden's full ladder) and
+//! `warden batch` (one job per line of stdin, N at a time).
 
 mod cli;
 
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 const HELP: &str = "\
 Usage: warden timeout [OPTION]... DURATION COMMAND [ARG]...
   or:  warden run [OPTIONS] -- PROGRAM [ARG]...
+  or:  warden batch -j N [OPTIONS] -- PROGRAM [ARG]...
   or:  warden --help | --version
 
 Run work that cannot be trusted to stop when asked, and stop all of it when it must: the
@@ -19,6 +21,8 @@ Commands:
             the whole process tree ('warden timeout --help')
   run       run PROGRAM (or one job of an SDK worker) under the escalation ladder:
             cooperative cancel, polite signal, SIGKILL; JSON report ('warden run --help')
+  batch     one job per line of stdin, N at a time, each under the ladder; JSON Lines
+            report, exit status the count of jobs that did not complete ('warden batch --help')
 
 Signals to warden itself (SIGINT, SIGTERM):
   1st  stop the work: the ladder with its deadlines ('timeout': forwarded as GNU does)
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let status = match args.split_first() {
         Some((command, rest)) if command == "timeout" => cli::timeout_main::main(rest),
         Some((command, rest)) if command == "run" => cli::run::main(rest),
+        Some((command, rest)) if command == "batch" => cli::batch::main(rest),
         Some((flag, _)) if flag == "--help" || flag == "-h" || flag == "help" => {
             cli::timeout_main::print_stdout(HELP)
         }
@@ -64,7 +69,7 @@ fn main() -> ExitCode {
             cli::exit_status::EXIT_CANCELED
         }
         None => {
-            cli::out::say!("warden: missing command: timeout or run (try 'warden --help')");
+            cli::out::say!("warden: missing command: timeout, run or batch (try 'warden --help')");
             cli::exit_status::EXIT_CANCELED
         }
     };

@@ -218,6 +218,9 @@ pub struct Trace {
     pub reaped: Option<Duration>,
     /// The outcome was decided.
     pub ended: Duration,
+    /// The job's effective timeout, as last set (progress may have extended it: see
+    /// [`JobOptions::extend_timeout`](crate::JobOptions::extend_timeout)); `None` without one.
+    pub deadline: Option<Duration>,
 }
 
 impl Trace {
@@ -298,6 +301,7 @@ impl JobReport {
                 exited: None,
                 reaped: None,
                 ended: Duration::ZERO,
+                deadline: None,
             },
         }
     }

@@ -20,6 +20,9 @@
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
 //!   sends heartbeats;
+//! - `batch`: `warden batch` in both modes: its JSON Lines, exit statuses (0, a count, 101),
+//!   `{}` substitution and appending, retries, warm workers and their recycling, the ladder on
+//!   a job that ignores SIGTERM, warden's first stop signal, bad input, an unwritable report;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -30,6 +33,8 @@
 
 #[path = "cli/args.rs"]
 mod args;
+#[path = "cli/batch.rs"]
+mod batch;
 #[path = "cli/dropin.rs"]
 mod dropin;
 #[path = "cli/escape.rs"]

@@ -67,7 +67,8 @@ MAX_PROGRESS_TEXT = 256
 class CancelReason(str, enum.Enum):
     """Why a job was asked to stop.
 
-    The first four travel on the wire (``Cancel.reason``, tags 0 to 3); ``SIGNAL`` (the polite
+    The first five travel on the wire (``Cancel.reason``, tags 0 to 4; a version 1 supervisor
+    sends ``TIMEOUT`` for ``NO_PROGRESS``, tag 4 is decoded all the same); ``SIGNAL`` (the polite
     signal, SIGTERM) and ``CLOSED`` (the channel to the supervisor closed, or its bytes stopped
     making sense) are the worker's own causes.
     """
@@ -76,6 +77,7 @@ class CancelReason(str, enum.Enum):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     UNRESPONSIVE = "unresponsive"
+    NO_PROGRESS = "no_progress"
     SIGNAL = "signal"
     CLOSED = "closed"
 
@@ -85,6 +87,7 @@ _WIRE_REASONS = [
     CancelReason.TIMEOUT,
     CancelReason.SHUTDOWN,
     CancelReason.UNRESPONSIVE,
+    CancelReason.NO_PROGRESS,
 ]
 
 

@@ -5,10 +5,16 @@
 //!   and the run on a contained process tree);
 //! - `run`, `report`: `warden run`, one program or SDK worker job under the full ladder, with
 //!   its exit status rules and JSON report;
+//! - `batch`, `batch_exec`, `batch_report`: `warden batch`, one job per line of stdin, N at a
+//!   time (the loop; the plain and protocol executors; the JSON Lines and exit status), built
+//!   from `run`'s pieces;
 //! - `signals`, `duration`, `exit_status`, `c_locale`: operand rules and statuses shared by both;
 //! - `signal_set`, `containment`: warden's own signals, the containment choice;
 //! - `unix`: process-wide signal state (the CLI's only unsafe code).
 
+pub(crate) mod batch;
+pub(crate) mod batch_exec;
+pub(crate) mod batch_report;
 mod c_locale;
 pub(crate) mod containment;
 pub(crate) mod duration;

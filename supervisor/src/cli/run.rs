@@ -41,7 +41,7 @@ use super::unix;
 const PROGRAM: &str = "warden run";
 
 /// How long the program gets to be reaped after SIGKILL before it is reported as pending.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 const AFTER_HELP: &str = "\
 The ladder: on --timeout (or when warden is asked to stop) an SDK worker (--protocol) first
@@ -191,11 +191,11 @@ struct Args {
     command: Vec<OsString>,
 }
 
-fn duration_arg(text: &str) -> Result<Interval, String> {
+pub(crate) fn duration_arg(text: &str) -> Result<Interval, String> {
     parse_duration(OsStr::new(text)).map_err(|e| e.to_string())
 }
 
-fn signal_arg(text: &str) -> Result<c_int, String> {
+pub(crate) fn signal_arg(text: &str) -> Result<c_int, String> {
     match parse_signal(OsStr::new(text)) {
         Ok(0) => Err("signal 0 cannot stop anything".into()),
         Ok(sig) => Ok(sig),
@@ -245,7 +245,7 @@ fn cpu_time_arg(text: &str) -> Result<Duration, String> {
 }
 
 /// A count of at least 1.
-fn count_arg(text: &str) -> Result<u64, String> {
+pub(crate) fn count_arg(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err(format!("'{text}' must be at least 1")),
         Ok(n) => Ok(n),
@@ -318,11 +318,45 @@ impl Args {
 }
 
 /// A stage deadline: 0 is "at once", inf is "never".
-fn stage_deadline(interval: Interval) -> Duration {
+pub(crate) fn stage_deadline(interval: Interval) -> Duration {
     match interval {
         Interval::Disabled => Duration::ZERO,
         Interval::After(d) => d,
         Interval::Never => Duration::MAX,
+    }
+}
+
+/// `-v`: warden's steps on stderr (`$WARDEN_LOG` filters them, default `warden=info`).
+pub(crate) fn init_verbose_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warden=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        // Its report of a failed write is an `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The containment `--containment` chose, else `$WARDEN_CONTAINMENT`'s, else auto; `None`
+/// (after one line on stderr) when the variable names none.
+pub(crate) fn choose_containment(
+    program: &str,
+    choice: Option<ContainmentArg>,
+) -> Option<ContainmentArg> {
+    match choice {
+        Some(choice) => Some(choice),
+        None => match ContainmentArg::from_env() {
+            Ok(choice) => Some(choice.unwrap_or_default()),
+            Err(text) => {
+                say!(
+                    "{program}: invalid {CONTAINMENT_ENV} '{text}': expected auto, cgroup, subreaper or process-group"
+                );
+                None
+            }
+        },
     }
 }
 
@@ -331,31 +365,13 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
     let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
     let args = match Args::try_parse_from(argv) {
         Ok(args) => args,
-        Err(error) => return usage_error(&error),
+        Err(error) => return usage_error(PROGRAM, &error),
     };
-    let containment = match args.containment {
-        Some(choice) => choice,
-        None => match ContainmentArg::from_env() {
-            Ok(choice) => choice.unwrap_or_default(),
-            Err(text) => {
-                say!(
-                    "{PROGRAM}: invalid {CONTAINMENT_ENV} '{text}': expected auto, cgroup, subreaper or process-group"
-                );
-                return EXIT_CANCELED;
-            }
-        },
+    let Some(containment) = choose_containment(PROGRAM, args.containment) else {
+        return EXIT_CANCELED;
     };
     if args.verbose {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warden=info"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            // Its report of a failed write is an `eprintln!`, which panics on a closed stderr.
-            .log_internal_errors(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+        init_verbose_log();
     }
     let payload = match read_input(args.input.as_deref()) {
         Ok(payload) => payload,
@@ -400,7 +416,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
 }
 
 /// One line on stderr and 125 for bad arguments; help and version go to stdout with 0.
-fn usage_error(error: &clap::Error) -> u8 {
+pub(crate) fn usage_error(program: &str, error: &clap::Error) -> u8 {
     use clap::error::ErrorKind;
     match error.kind() {
         // Rendered and written by us: clap's own `print` would panic on a closed stdout.
@@ -422,7 +438,7 @@ fn usage_error(error: &clap::Error) -> u8 {
                 .collect::<Vec<_>>()
                 .join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            say!("{PROGRAM}: {message} (try '{PROGRAM} --help')");
+            say!("{program}: {message} (try '{program} --help')");
             EXIT_CANCELED
         }
     }
@@ -452,16 +468,17 @@ fn write_to(path: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()>
 }
 
 /// The tokens warden's own signals drive, and the first signal received.
-struct Stop {
-    shutdown: CancellationToken,
-    kill: CancellationToken,
+pub(crate) struct Stop {
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) kill: CancellationToken,
     first: Arc<AtomicI32>,
 }
 
 impl Stop {
     /// Listens to SIGINT, SIGTERM and SIGHUP: first → shutdown (the ladder), second → kill,
-    /// third → exit at once with 128 + the signal.
-    fn listen() -> Stop {
+    /// third → exit at once with 128 + the signal (`program` names warden in that line).
+    /// Must be called within a tokio runtime.
+    pub(crate) fn listen(program: &'static str) -> Stop {
         let stop = Stop {
             shutdown: CancellationToken::new(),
             kill: CancellationToken::new(),
@@ -489,7 +506,7 @@ impl Stop {
                         kill.cancel();
                     }
                     _ => {
-                        say!("{PROGRAM}: third stop signal, exiting now");
+                        say!("{program}: third stop signal, exiting now");
                         std::process::exit(128 + sig);
                     }
                 }
@@ -498,7 +515,8 @@ impl Stop {
         stop
     }
 
-    fn signal(&self) -> Option<c_int> {
+    /// The first stop signal received, if any.
+    pub(crate) fn signal(&self) -> Option<c_int> {
         match self.first.load(Ordering::SeqCst) {
             0 => None,
             sig => Some(sig),
@@ -513,7 +531,7 @@ async fn supervise(
     payload: Vec<u8>,
 ) -> (RunFacts, Option<Vec<u8>>) {
     let t0 = Instant::now();
-    let stop = Stop::listen();
+    let stop = Stop::listen(PROGRAM);
     // Ctrl-Z: at its default action warden would stop alone, its tree running on. A SIGTSTP
     // ignored at start stays ignored (whoever started warden wanted no job control).
     let job_control = !unix::ignored_at_start(libc::SIGTSTP);
@@ -676,7 +694,7 @@ fn unreachable_command() -> ! {
 
 /// 127 not found, 126 not runnable (the shim's exec failures arrive as those exit codes during
 /// a protocol handshake), 125 anything else.
-fn spawn_status(error: &SpawnError) -> u8 {
+pub(crate) fn spawn_status(error: &SpawnError) -> u8 {
     // Exec failures are typed by the library (the exec shim reports them); a worker that ran
     // and then exited during the handshake is warden's failure to start it, whatever its code.
     match error {
@@ -688,7 +706,7 @@ fn spawn_status(error: &SpawnError) -> u8 {
 
 /// Takes a job's report into the facts (the report is written from it); returns the output
 /// of a completed job.
-fn fill_from_report(facts: &mut RunFacts, report: JobReport) -> Option<Vec<u8>> {
+pub(crate) fn fill_from_report(facts: &mut RunFacts, report: JobReport) -> Option<Vec<u8>> {
     facts.reason = report.reason;
     facts.stage = report.stage;
     facts.exit = report.exit;

@@ -10,6 +10,7 @@ use crate::error::RunError;
 use crate::escalation::Stage;
 use crate::outcome::{JobReport, Outcome, Violation};
 use crate::process::{ExitStatus, LimitEntry, LimitKind, LimitReport, Mechanism};
+use crate::worker::TimeoutExtension;
 
 const KILLED: ExitStatus = ExitStatus::Signal {
     signal: libc::SIGKILL,
@@ -706,6 +707,188 @@ fn progress_is_sanitised_and_only_for_a_caller_who_wants_it() {
     assert!(a.is_empty());
 }
 
+fn progress(n: u64) -> WorkerMessage {
+    WorkerMessage::Progress {
+        job: job(n),
+        fraction: None,
+        text: None,
+    }
+}
+
+/// The one `Cancel` sent, with its wire reason.
+fn cancel_sent(actions: &[Action]) -> Option<CancelReason> {
+    match sent(actions).as_slice() {
+        [SupervisorMessage::Cancel { reason, .. }] => Some(*reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn no_progress_for_the_bound_cancels_the_job_through_its_ladder() {
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            no_progress: Some(ms(100)),
+            ..JobStart::default()
+        },
+    );
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(100)));
+    // Each progress report moves the bound; heartbeats do not (they are liveness).
+    assert!(r.msg(90, progress(1)).is_empty());
+    assert!(r.msg(150, WorkerMessage::Heartbeat).is_empty());
+    assert!(r.time(189).is_empty());
+    let a = r.time(190);
+    // v1 on the wire: a version 1 worker may not know tag 4.
+    assert_eq!(cancel_sent(&a), Some(CancelReason::Timeout));
+    let a = r.msg(195, WorkerMessage::Cancelled { job: job(1) });
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert_eq!(rep.reason, Some(CancelReason::NoProgress));
+    assert_eq!(rep.stage, Some(Stage::Cooperative));
+    assert_eq!(rep.trace.cancel_requested, Some(ms(190)));
+    // The worker is reused, and the next job has no bound unless it asks for one.
+    r.start(200, JobStart::default());
+    assert_eq!(r.conn.poll_timeout(), None);
+}
+
+#[test]
+fn no_progress_is_off_for_a_plain_program_and_after_the_result() {
+    let mut r = Rig::new(Settings {
+        protocol: false,
+        ..settings()
+    });
+    r.start(
+        0,
+        JobStart {
+            no_progress: Some(ms(100)),
+            ..JobStart::default()
+        },
+    );
+    assert_eq!(
+        r.conn.poll_timeout(),
+        None,
+        "a plain program sends no progress"
+    );
+
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            no_progress: Some(ms(100)),
+            ..JobStart::default()
+        },
+    );
+    let rep = report(&r.msg(50, completed(1))).clone();
+    assert_eq!(rep.outcome, Outcome::Completed(b"out".to_vec()));
+    assert_eq!(r.conn.poll_timeout(), None);
+    assert!(r.time(500).is_empty());
+}
+
+#[test]
+fn progress_extends_the_timeout_up_to_the_cap() {
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            timeout: Some(ms(100)),
+            extension: Some(TimeoutExtension {
+                by: ms(100),
+                cap: ms(250),
+            }),
+            ..JobStart::default()
+        },
+    );
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(100)));
+    // At least `by` from now...
+    r.msg(80, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(180)));
+    // ...never earlier than it was...
+    r.msg(81, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(181)));
+    r.msg(10, progress(1));
+    assert_eq!(
+        r.conn.poll_timeout(),
+        Some(r.at(181)),
+        "never moved earlier"
+    );
+    // ...and never past the cap.
+    r.msg(170, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(250)));
+    r.msg(240, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(250)));
+    assert!(r.time(249).is_empty());
+    let a = r.time(250);
+    assert_eq!(cancel_sent(&a), Some(CancelReason::Timeout));
+    let rep = report(&r.msg(260, WorkerMessage::Cancelled { job: job(1) })).clone();
+    assert_eq!(rep.reason, Some(CancelReason::Timeout));
+    assert_eq!(rep.trace.deadline, Some(ms(250)), "the effective deadline");
+}
+
+#[test]
+fn without_progress_the_timeout_is_not_extended_and_reported_as_set() {
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            timeout: Some(ms(100)),
+            extension: Some(TimeoutExtension {
+                by: ms(100),
+                cap: ms(250),
+            }),
+            ..JobStart::default()
+        },
+    );
+    let rep = report(&r.msg(50, completed(1))).clone();
+    assert_eq!(rep.trace.deadline, Some(ms(100)));
+    // No timeout: nothing to extend.
+    r.start(
+        60,
+        JobStart {
+            extension: Some(TimeoutExtension {
+                by: ms(100),
+                cap: ms(250),
+            }),
+            ..JobStart::default()
+        },
+    );
+    r.msg(70, progress(2));
+    assert_eq!(r.conn.poll_timeout(), None);
+}
+
+#[test]
+fn a_pause_moves_the_no_progress_bound_the_extension_and_its_cap() {
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            timeout: Some(ms(100)),
+            no_progress: Some(ms(80)),
+            extension: Some(TimeoutExtension {
+                by: ms(100),
+                cap: ms(250),
+            }),
+            ..JobStart::default()
+        },
+    );
+    r.msg(50, progress(1));
+    // Deadlines now: no progress at 130, timeout at 150, cap at 250.
+    r.conn.handle_pause(r.at(60));
+    assert!(r.time(5000).is_empty());
+    r.conn.handle_resume(r.at(1060));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(1130)));
+    // The cap moved by the pause too: 1250, not 250.
+    r.msg(1120, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(1200)));
+    r.msg(1190, progress(1));
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(1250)));
+    assert!(r.time(1249).is_empty());
+    assert_eq!(cancel_sent(&r.time(1250)), Some(CancelReason::Timeout));
+    let rep = report(&r.msg(1251, WorkerMessage::Cancelled { job: job(1) })).clone();
+    assert_eq!(rep.reason, Some(CancelReason::Timeout));
+    assert_eq!(rep.trace.deadline, Some(ms(1250)));
+}
+
 mod properties {
     use proptest::prelude::*;
 
@@ -713,6 +896,7 @@ mod properties {
 
     #[derive(Debug, Clone)]
     enum Input {
+        Progress,
         Cancel,
         Kill,
         Heartbeat,
@@ -727,6 +911,7 @@ mod properties {
 
     fn input() -> impl Strategy<Value = Input> {
         prop_oneof![
+            Just(Input::Progress),
             Just(Input::Cancel),
             Just(Input::Kill),
             Just(Input::Heartbeat),
@@ -740,13 +925,28 @@ mod properties {
         ]
     }
 
-    fn check(protocol: bool, live: bool, steps: &[(Input, u64)]) {
+    /// `watched`: the job has a timeout that progress extends up to a cap, and a no-progress
+    /// bound.
+    fn check(protocol: bool, live: bool, watched: bool, steps: &[(Input, u64)]) {
         let mut r = Rig::new(Settings {
             protocol,
             unresponsive_after: live.then_some(ms(250)),
             ..settings()
         });
-        r.conn.handle_start(r.t0, JobStart::default());
+        let start = if watched {
+            JobStart {
+                timeout: Some(ms(300)),
+                no_progress: Some(ms(200)),
+                extension: Some(TimeoutExtension {
+                    by: ms(150),
+                    cap: ms(600),
+                }),
+                ..JobStart::default()
+            }
+        } else {
+            JobStart::default()
+        };
+        r.conn.handle_start(r.t0, start);
         r.actions();
         let mut now = 0;
         let mut replies = 0;
@@ -763,6 +963,16 @@ mod properties {
             }
             let due = r.conn.poll_timeout();
             match input {
+                Input::Progress if protocol && r.conn.is_reading() => {
+                    r.conn.handle_message(
+                        t,
+                        WorkerMessage::Progress {
+                            job: job(1),
+                            fraction: None,
+                            text: None,
+                        },
+                    );
+                }
                 Input::Cancel => r.conn.handle_cancel(t, CancelReason::Requested),
                 Input::Kill => r.conn.handle_kill(t),
                 Input::Heartbeat if protocol && r.conn.is_reading() => {
@@ -866,9 +1076,10 @@ mod properties {
         fn one_outcome_one_kill_nothing_after_the_reap_nothing_early(
             protocol in any::<bool>(),
             live in any::<bool>(),
+            watched in any::<bool>(),
             steps in proptest::collection::vec((input(), 0u64..150), 0..40),
         ) {
-            check(protocol, live, &steps);
+            check(protocol, live, watched, &steps);
         }
     }
 }

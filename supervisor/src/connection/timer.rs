@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub(crate) enum Timer {
     /// The running job's timeout: cancel it with reason `timeout`.
     JobTimeout,
+    /// The running job sent no progress for its bound: cancel it with reason `no_progress`.
+    NoProgress,
     /// A partial frame's stall bound (`frame_timeout`): a violation.
     Frame,
     /// Nothing heard from the worker for `unresponsive_after`.
@@ -20,8 +22,9 @@ pub(crate) enum Timer {
 }
 
 impl Timer {
-    const ALL: [Timer; 5] = [
+    const ALL: [Timer; 6] = [
         Timer::JobTimeout,
+        Timer::NoProgress,
         Timer::Frame,
         Timer::Liveness,
         Timer::Hangup,
@@ -39,15 +42,14 @@ impl Timer {
 /// moment of the pause, and the resume moves every armed timer later by the time paused.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    at: [Option<Instant>; 5],
+    at: [Option<Instant>; 6],
     paused_at: Option<Instant>,
 }
 
 impl TimerTable {
     /// Arms `timer` to fire `after` from `now` (from the pause, while paused).
     pub(crate) fn arm(&mut self, timer: Timer, now: Instant, after: Duration) {
-        let base = self.paused_at.map_or(now, |at| at.min(now));
-        self.at[timer.index()] = base.checked_add(after);
+        self.at[timer.index()] = self.base(now).checked_add(after);
     }
 
     /// Arms `timer` unless it is armed already.
@@ -55,6 +57,22 @@ impl TimerTable {
         if !self.is_armed(timer) {
             self.arm(timer, now, after);
         }
+    }
+
+    /// Arms `timer` to fire at `at` (an instant on the table's clock: while paused, one
+    /// that the resume will move like the others).
+    pub(crate) fn arm_at(&mut self, timer: Timer, at: Instant) {
+        self.at[timer.index()] = Some(at);
+    }
+
+    /// When `timer` fires, if armed.
+    pub(crate) fn deadline(&self, timer: Timer) -> Option<Instant> {
+        self.at[timer.index()]
+    }
+
+    /// The instant a timer armed at `now` counts from: `now`, or the pause's start.
+    pub(crate) fn base(&self, now: Instant) -> Instant {
+        self.paused_at.map_or(now, |at| at.min(now))
     }
 
     pub(crate) fn stop(&mut self, timer: Timer) {

@@ -55,7 +55,7 @@ impl Serialize for Timings<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let t = self.trace;
         let at = |d: Option<Duration>| d.map(|d| (self.unit)(self.base.saturating_add(d)));
-        let mut map = serializer.serialize_map(Some(9))?;
+        let mut map = serializer.serialize_map(Some(10))?;
         map.serialize_entry("started", &(self.unit)(self.base))?;
         map.serialize_entry("cancel_requested", &at(t.cancel_requested))?;
         map.serialize_entry("signal_sent", &at(t.signal_sent))?;
@@ -65,6 +65,7 @@ impl Serialize for Timings<'_> {
         map.serialize_entry("exited", &at(t.exited))?;
         map.serialize_entry("reaped", &at(t.reaped))?;
         map.serialize_entry("ended", &at(Some(t.ended)))?;
+        map.serialize_entry("deadline", &at(t.deadline))?;
         map.end()
     }
 }
@@ -244,6 +245,7 @@ mod tests {
                 exited: Some(Duration::from_millis(21)),
                 reaped: Some(Duration::from_millis(22)),
                 ended: Duration::from_millis(23),
+                deadline: Some(Duration::from_millis(30)),
             },
         }
     }
@@ -276,7 +278,7 @@ mod tests {
             v["timings_ms"],
             json!({"started": 0, "cancel_requested": 1, "signal_sent": null, "kill_sent": 20,
                    "kill_pending": null, "result_received": null, "exited": 21, "reaped": 22,
-                   "ended": 23})
+                   "ended": 23, "deadline": 30})
         );
         assert_eq!(v["timings_us"]["cancel_requested"], 1_500);
         // From an earlier epoch: every timing moves by the same amount.

@@ -13,6 +13,9 @@ pub enum Stdio {
     Inherit,
     /// `/dev/null`.
     Null,
+    /// The supervisor's stderr (`>&2`): for a worker's stdout when the supervisor's own stdout
+    /// carries something else (`warden batch --report -`). As stdin it is `/dev/null`.
+    Stderr,
 }
 
 /// A program to run as a worker: path or name, arguments, environment, working directory.

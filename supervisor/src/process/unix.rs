@@ -144,11 +144,32 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
         (1, args.stdout, libc::O_WRONLY),
         (2, args.stderr, libc::O_WRONLY),
     ] {
-        if stdio == Stdio::Null && (target == 0 || args.captured.is_none()) {
-            // SAFETY: `fa` is initialised; the path is a valid C string that outlives the call.
-            check(unsafe {
-                libc::posix_spawn_file_actions_addopen(fa, target, c"/dev/null".as_ptr(), flags, 0)
-            })?;
+        if target != 0 && args.captured.is_some() {
+            // Captured: fds 1 and 2 are the capture pipes (dup2'd above).
+            continue;
+        }
+        // Stderr as stdin means nothing: /dev/null, as documented.
+        let null = stdio == Stdio::Null || (stdio == Stdio::Stderr && target == 0);
+        match stdio {
+            _ if null => {
+                // SAFETY: `fa` is initialised; the path is a valid C string that outlives the
+                // call.
+                check(unsafe {
+                    libc::posix_spawn_file_actions_addopen(
+                        fa,
+                        target,
+                        c"/dev/null".as_ptr(),
+                        flags,
+                        0,
+                    )
+                })?;
+            }
+            Stdio::Stderr if target == 1 => {
+                // SAFETY: `fa` is initialised; fd 2 is the supervisor's stderr, inherited by
+                // the child (dup2 onto 1 leaves the child's fd 2 as it is).
+                check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, 2, 1) })?;
+            }
+            Stdio::Null | Stdio::Stderr | Stdio::Inherit => {}
         }
     }
     if let Some(cwd) = args.cwd {

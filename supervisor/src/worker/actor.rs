@@ -195,6 +195,8 @@ impl Actor {
             payload,
             timeout: options.timeout,
             deadlines: options.deadlines,
+            no_progress: options.no_progress_timeout,
+            extension: options.timeout_extension,
             cancelled,
             wants_progress: options.on_progress.is_some(),
         };

@@ -172,6 +172,17 @@ pub struct Progress {
 
 pub(crate) type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// How progress extends a job's timeout, as systemd's `EXTEND_TIMEOUT_USEC`: each `Progress`
+/// from the running job moves its timeout to at least `by` from then, never past `cap` from
+/// the job's start (nor earlier than it was). See [`JobOptions::extend_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutExtension {
+    /// Each progress report moves the timeout to at least this long from then.
+    pub by: Duration,
+    /// The timeout never moves past this long from the job's start.
+    pub cap: Duration,
+}
+
 /// Per-job settings: the caller's token, a timeout, deadlines and a progress callback.
 #[derive(Clone, Default)]
 #[non_exhaustive]
@@ -182,6 +193,14 @@ pub struct JobOptions {
     pub timeout: Option<Duration>,
     /// Overrides the worker's deadlines for this job.
     pub deadlines: Option<Deadlines>,
+    /// When the running job sends no `Progress` for this long (counted from its start, then
+    /// from each report), it is cancelled with reason `no_progress` and the ladder runs from
+    /// there. Distinct from liveness (any frame, heartbeats included, counts there) and from
+    /// the timeout. A protocol worker only: a plain program sends no progress.
+    pub no_progress_timeout: Option<Duration>,
+    /// Progress extends [`timeout`](Self::timeout) (see [`TimeoutExtension`]); nothing to
+    /// extend without one.
+    pub timeout_extension: Option<TimeoutExtension>,
     pub(crate) on_progress: Option<ProgressFn>,
 }
 
@@ -191,6 +210,8 @@ impl fmt::Debug for JobOptions {
             .field("token", &self.token)
             .field("timeout", &self.timeout)
             .field("deadlines", &self.deadlines)
+            .field("no_progress_timeout", &self.no_progress_timeout)
+            .field("timeout_extension", &self.timeout_extension)
             .field("on_progress", &self.on_progress.is_some())
             .finish()
     }
@@ -218,6 +239,23 @@ impl JobOptions {
     /// Overrides the ladder's deadlines.
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = Some(deadlines);
+        self
+    }
+
+    /// Cancels the job with reason `no_progress` when it sends no progress for `after`: see
+    /// [`JobOptions::no_progress_timeout`].
+    pub fn no_progress_timeout(mut self, after: Duration) -> Self {
+        self.no_progress_timeout = Some(after);
+        self
+    }
+
+    /// Lets progress extend the timeout, as systemd's `EXTEND_TIMEOUT_USEC`: each `Progress`
+    /// moves the job's timeout to at least `by` from then, never past `cap` from the job's
+    /// start (and never earlier than it already was). The report's
+    /// [`Trace::deadline`](crate::Trace::deadline) says where it ended up. Without a
+    /// [`timeout`](Self::timeout) there is nothing to extend.
+    pub fn extend_timeout(mut self, by: Duration, cap: Duration) -> Self {
+        self.timeout_extension = Some(TimeoutExtension { by, cap });
         self
     }
 

@@ -5,5 +5,5 @@ mod config;
 mod handle;
 mod progress;
 
-pub use config::{JobOptions, Progress, WorkerConfig};
+pub use config::{JobOptions, Progress, TimeoutExtension, WorkerConfig};
 pub use handle::{Worker, WorkerInfo};

@@ -11,7 +11,9 @@
 //!   points its stdout and stderr at /dev/null so that no pipe of the test is held, and sleeps
 //!   (bounded: a leak heals itself eventually, though the tests kill survivors at once).
 //! - SDK workers: `worker:echo` (returns the payload reversed), `worker:fail`,
-//!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:ignore-all` (ignores the
+//!   `worker:wait-cancel` (answers Cancelled once cancelled), `worker:announce-wait-cancel`
+//!   (the same, after printing `started PAYLOAD` on stdout), `worker:crash-first` (its payload
+//!   is a path: SIGKILLs itself the first time, creating the file, then returns `second`), `worker:ignore-all` (ignores the
 //!   cancel and blocks past the polite signal), `worker:sigstop-self` (stops its whole process
 //!   with SIGSTOP once a job started; SIGTERM at its default), `hang-handshake` (prints `ready`
 //!   and never speaks the protocol).
@@ -33,6 +35,7 @@
 //!   arguments in `WARDEN_CLI_EXEC_ARGS` (separated by newlines).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -100,6 +103,28 @@ fn run(role: &str) -> Result<i32> {
             })?;
             Ok(0)
         }
+        "worker:announce-wait-cancel" => {
+            warden_worker::Worker::new().serve(|job| async move {
+                announce(&format!(
+                    "started {}",
+                    String::from_utf8_lossy(job.payload())
+                ))
+                .map_err(|e| warden_worker::JobError::msg(e.to_string()))?;
+                job.cancelled().await;
+                Err(warden_worker::JobError::Cancelled)
+            })?;
+            Ok(0)
+        }
+        "worker:crash-first" => serve(|payload| {
+            let flag = std::path::Path::new(std::ffi::OsStr::from_bytes(payload));
+            if flag.exists() {
+                return Ok(b"second".to_vec());
+            }
+            std::fs::write(flag, b"").map_err(|e| warden_worker::JobError::msg(e.to_string()))?;
+            // SIGKILL from itself: a crash that leaves no core file.
+            let _ = raise(Signal::SIGKILL);
+            Err(warden_worker::JobError::msg("survived SIGKILL"))
+        }),
         "worker:ignore-all" => {
             warden_worker::Worker::new().serve_blocking(|_job| {
                 std::thread::sleep(HANG);
