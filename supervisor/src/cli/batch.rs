@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use warden::{Deadlines, TreeOptions, WorkerConfig};
 
-use super::batch_exec::{Attempt, Executor, Job, Setup};
+use super::batch_exec::{Attempt, AttemptError, Executor, Job, Setup};
 use super::batch_report::{Finished, Tally, class, exit_status, finish, line, retried};
 use super::containment::ContainmentArg;
 use super::duration::Interval;
@@ -220,7 +220,13 @@ async fn run_batch(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| usize::try_from(n).unwrap_or(usize::MAX),
     );
-    let executor = Arc::new(executor(args, containment, report_to_stdout, &stop));
+    let executor = match executor(args, containment, report_to_stdout, &stop, parallel) {
+        Ok(executor) => Arc::new(executor),
+        Err(error) => {
+            say!("{PROGRAM}: {error}");
+            return (Tally::default(), None, true);
+        }
+    };
     let program = args.command[0].to_string_lossy().into_owned();
     let mut lines = read_lines(parallel);
     let mut running: JoinSet<Attempt> = JoinSet::new();
@@ -270,6 +276,17 @@ async fn run_batch(
             }
             joined = running.join_next(), if !running.is_empty() => match joined {
                 Some(Ok(attempt)) => {
+                    if let Err(AttemptError::Pool(why)) = &attempt.result
+                        && !failed
+                    {
+                        // The pool gave up (a crash loop past its restart limit): warden's
+                        // own failure (125); what runs still gets its ladder.
+                        say!("{PROGRAM}: {why}; stopping");
+                        failed = true;
+                        stopping = true;
+                        reading = false;
+                        stop.shutdown.cancel();
+                    }
                     if !stopping && attempt.job.attempt <= args.retries && retried(&attempt) {
                         retries.push_back(attempt);
                     } else {
@@ -343,7 +360,8 @@ fn executor(
     containment: ContainmentArg,
     report_to_stdout: bool,
     stop: &Stop,
-) -> Executor {
+    parallel: usize,
+) -> Result<Executor, warden::PoolConfigError> {
     let mut config = if args.protocol {
         WorkerConfig::protocol()
     } else {
@@ -387,9 +405,9 @@ fn executor(
         },
     };
     if args.protocol {
-        Executor::protocol(setup, args.max_jobs_per_worker)
+        Executor::protocol(setup, parallel, args.max_jobs_per_worker)
     } else {
-        Executor::plain(setup)
+        Ok(Executor::plain(setup))
     }
 }
 

@@ -3,22 +3,21 @@
 //!
 //! - [`Executor::Plain`]: a fresh process per job (the line substituted into the arguments),
 //!   with the same ladder and containment as `warden run`.
-//! - [`Executor::Protocol`]: the line is the payload of a job on a warm SDK worker. For now
-//!   this is a simple bounded set of plain [`Worker`]s: the batch loop never has more than `-j`
-//!   attempts in flight, each takes an idle worker (or starts one), and a worker that died, was
-//!   signalled or reached `--max-jobs-per-worker` is shut down instead of going back. It is
-//!   kept small and isolated so that the pool library can replace it.
+//! - [`Executor::Protocol`]: the line is the payload of a job on a [`warden::Pool`] of `-j`
+//!   warm SDK workers: the pool replaces a worker that died or was signalled, recycles one
+//!   after `--max-jobs-per-worker`, and restarts crashed ones with backoff under its restart
+//!   limit; past it the pool fails, and so does the batch (125). The pool's own retries are off:
+//!   `--retries` is the batch loop's, for both modes.
 //!
 //! Both report through the same [`Attempt`], and neither decides retries or writes anything:
 //! the batch loop does.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use warden::{
-    Command, ExitStatus, JobOptions, JobReport, RunError, SpawnError, Stage, Worker, WorkerConfig,
+    Command, ExitStatus, JobOptions, JobReport, RunError, SpawnError, Worker, WorkerConfig,
 };
 
 /// One job of the batch: its input line and which attempt this is (1 for the first).
@@ -37,6 +36,8 @@ pub(crate) enum AttemptError {
     Spawn(SpawnError),
     /// The worker could not run the job.
     Run(RunError),
+    /// The pool failed (its restart limit: a crash loop) or is gone: warden's own failure.
+    Pool(String),
 }
 
 /// How one attempt went.
@@ -105,20 +106,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A warm worker and how many jobs it ran.
-#[derive(Debug)]
-struct Warm {
-    worker: Worker,
-    jobs: u64,
-}
-
-/// The protocol executor's workers (see the module docs).
+/// The protocol executor: a [`warden::Pool`] of `-j` warm SDK workers (replacement,
+/// recycling after `--max-jobs-per-worker`, the restart policy: a crash loop fails the pool).
 #[derive(Debug)]
 pub(crate) struct Warmed {
     setup: Setup,
-    /// Recycle a worker after this many jobs.
-    max_jobs: Option<u64>,
-    idle: Mutex<Vec<Warm>>,
+    pool: warden::Pool,
 }
 
 /// Runs attempts; see the module docs.
@@ -136,13 +129,25 @@ impl Executor {
         Executor::Plain(setup)
     }
 
-    /// A protocol executor whose workers run at most `max_jobs` jobs each.
-    pub(crate) fn protocol(setup: Setup, max_jobs: Option<u64>) -> Executor {
-        Executor::Protocol(Warmed {
-            setup,
-            max_jobs,
-            idle: Mutex::new(Vec::new()),
-        })
+    /// A protocol executor: a pool of `workers` whose workers run at most `max_jobs` jobs
+    /// each. Must be called within the tokio runtime.
+    pub(crate) fn protocol(
+        setup: Setup,
+        workers: usize,
+        max_jobs: Option<u64>,
+    ) -> Result<Executor, warden::PoolConfigError> {
+        let mut command = Command::new(&setup.program);
+        command
+            .args(&setup.args)
+            .stdin(warden::Stdio::Null)
+            .stdout(setup.stdout);
+        // The batch loop keeps at most `workers` jobs running, so the queue never holds more.
+        let mut config = warden::PoolConfig::new(workers).queue_capacity(workers.max(1));
+        if let Some(max) = max_jobs {
+            config = config.max_jobs_per_worker(u32::try_from(max).unwrap_or(u32::MAX));
+        }
+        let pool = warden::Pool::start(&command, setup.config.clone(), config)?;
+        Ok(Executor::Protocol(Warmed { setup, pool }))
     }
 
     /// Runs one attempt of `job` to its end (the ladder included).
@@ -157,24 +162,19 @@ impl Executor {
         }
     }
 
-    /// Shuts down every idle worker (the protocol executor's), each through its ladder, and
-    /// waits until they are reaped.
+    /// Shuts the protocol executor's pool down (every job has ended by now: drain), each
+    /// worker through its ladder, and waits until they are reaped.
     pub(crate) async fn close(&self) {
         if let Executor::Protocol(warmed) = self {
-            let idle = std::mem::take(&mut *lock(&warmed.idle));
-            let mut shutdowns = tokio::task::JoinSet::new();
-            for warm in idle {
-                shutdowns.spawn(warm.worker.shutdown());
-            }
-            while shutdowns.join_next().await.is_some() {}
+            let deadline = warmed.setup.config.deadlines.grace
+                + warmed.setup.config.deadlines.kill_after
+                + warmed.setup.config.deadlines.reap_timeout;
+            warmed
+                .pool
+                .shutdown(warden::ShutdownMode::Drain, deadline)
+                .await;
         }
     }
-}
-
-fn lock(idle: &Mutex<Vec<Warm>>) -> std::sync::MutexGuard<'_, Vec<Warm>> {
-    // Nothing panics while holding it; a poisoned list is still a list of workers.
-    idle.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn run_plain(setup: &Setup, job: Job) -> Attempt {
@@ -205,83 +205,56 @@ async fn run_plain(setup: &Setup, job: Job) -> Attempt {
     }
 }
 
-/// Whether a worker that ran a job with this report can take another: it answered before any
-/// signal, is still running and broke no rule (a wrong guess only costs a `WorkerGone`, which
-/// [`Warmed::run`] answers with a fresh worker).
-fn reusable(report: &JobReport) -> bool {
-    report.exit.is_none()
-        && report.violation.is_none()
-        && matches!(report.stage, None | Some(Stage::Cooperative))
-        && (report.trace.result_received.is_some() || !report.started)
-}
-
 impl Warmed {
     async fn run(&self, job: Job) -> Attempt {
-        let shutdown = self.setup.config.shutdown.clone();
-        loop {
-            let taken = lock(&self.idle).pop();
-            let fresh = taken.is_none();
-            let mut warm = match taken {
-                Some(warm) => warm,
-                None => {
-                    let mut command = Command::new(&self.setup.program);
-                    command
-                        .args(&self.setup.args)
-                        .stdin(warden::Stdio::Null)
-                        .stdout(self.setup.stdout);
-                    match Worker::spawn(&command, self.setup.config.clone()).await {
-                        Ok(worker) => Warm { worker, jobs: 0 },
-                        Err(error) => {
-                            return Attempt {
-                                job,
-                                pid: None,
-                                result: Err(AttemptError::Spawn(error)),
-                                exit_after: None,
-                            };
-                        }
-                    }
-                }
-            };
-            let pid = Some(warm.worker.pid());
-            match warm
-                .worker
-                .run(job.input.clone(), self.setup.options())
-                .await
-            {
-                // An idle worker that died (or broke the rules) while it waited: not this
-                // job's fault, and the job never started. A fresh worker takes it.
-                Err(RunError::WorkerGone { .. }) if !fresh => {
-                    warm.worker.shutdown().await;
-                    continue;
-                }
-                Err(error) => {
-                    let exit_after = warm.worker.shutdown().await;
-                    return Attempt {
-                        job,
-                        pid,
-                        result: Err(AttemptError::Run(error)),
-                        exit_after,
-                    };
-                }
-                Ok(report) => {
-                    warm.jobs += 1;
-                    let recycle = self.max_jobs.is_some_and(|max| warm.jobs >= max);
-                    let mut exit_after = None;
-                    if reusable(&report) && !recycle && !shutdown.is_cancelled() {
-                        lock(&self.idle).push(warm);
-                    } else {
-                        exit_after = warm.worker.shutdown().await;
-                    }
-                    return Attempt {
-                        job,
-                        pid,
-                        result: Ok(report),
-                        exit_after,
-                    };
-                }
+        let handle = match self
+            .pool
+            .submit(job.input.clone(), self.setup.options())
+            .await
+        {
+            Ok(handle) => handle,
+            Err(error) => {
+                return Attempt {
+                    job,
+                    pid: None,
+                    result: Err(AttemptError::Pool(error.to_string())),
+                    exit_after: None,
+                };
             }
+        };
+        match handle.await {
+            Ok(report) => Attempt {
+                job,
+                pid: report.worker_pid,
+                result: Ok(report.report),
+                exit_after: None,
+            },
+            Err(warden::JobError::Run(error)) => Attempt {
+                job,
+                pid: None,
+                result: Err(AttemptError::Run(error)),
+                exit_after: None,
+            },
+            Err(error) => Attempt {
+                job,
+                pid: None,
+                result: Err(AttemptError::Pool(error_chain_of(&error))),
+                exit_after: None,
+            },
         }
     }
+}
+
+/// `error` and its sources, `: `-separated.
+fn error_chain_of(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 #[cfg(test)]

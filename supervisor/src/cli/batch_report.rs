@@ -80,6 +80,11 @@ pub(crate) fn finish(
             }
             facts.error = Some(error_chain(&error));
         }
+        Err(AttemptError::Pool(why)) => {
+            // Never the job's own failure: no worker could be kept up to run it.
+            facts.ending = Ending::SpawnFailed { status: 125 };
+            facts.error = Some(why);
+        }
         Err(AttemptError::Run(error)) => {
             facts.ending = Ending::Failed { exit_code: None };
             facts.error = Some(error_chain(&error));

@@ -425,3 +425,22 @@ fn a_protocol_worker_that_dies_mid_job_is_replaced_and_the_job_retried() {
     assert_eq!(lines[1]["outcome"], "completed");
     assert_ne!(lines[0]["worker_pid"], lines[1]["worker_pid"]);
 }
+
+#[test]
+fn a_protocol_worker_that_never_starts_fails_the_pool_and_the_batch_exits_125() {
+    // `false` exits before its hello: every start fails, the pool restarts it with backoff
+    // until its restart limit (10 in 10 s; about 5 s of backoff), then fails, and so does the
+    // batch: warden's own error, never a job's outcome.
+    let (done, lines) = batch(&["-j", "1", "--protocol"], &["false"], b"a\nb\n");
+    assert_eq!(done.ended, Ended::Code(125), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("more than 10 worker restarts"),
+        "{}",
+        done.stderr
+    );
+    assert!(!lines.is_empty(), "the job that waited is reported");
+    for line in &lines {
+        assert_eq!(line["outcome"], "spawn_failed", "{line}");
+        assert_eq!(line["worker_pid"], Value::Null);
+    }
+}
