@@ -1,6 +1,6 @@
 //! warden's benchmark: every figure a ratio against a raw floor measured in the same run.
 //!
-//! `cargo bench -p warden` (add `-- --quick` for a run of under a minute) prints one table and
+//! `cargo bench -p warden` (or `cargo bench -p warden --bench warden -- --quick`, under a minute) prints one table and
 //! writes the same rows as JSON to `target/warden-bench.json`:
 //! `[{name, unit, median, p99, floor_name, floor_median, ratio, target, met}]`.
 //!
