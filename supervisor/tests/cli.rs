@@ -17,6 +17,8 @@
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
 //!   sends heartbeats;
+//! - `stop_signal`: `warden run --stop-signal USR1`: SIGUSR1 starts the ladder (a cooperative
+//!   cancel) and the report names it; SIGTERM after it kills now; without it, USR1's default;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -45,6 +47,8 @@ mod limits;
 mod liveness;
 #[path = "cli/report.rs"]
 mod report;
+#[path = "cli/stop_signal.rs"]
+mod stop_signal;
 #[path = "cli/support.rs"]
 mod support;
 

@@ -6,7 +6,8 @@
 //! - `run`, `report`: `warden run`, one program or SDK worker job under the full ladder, with
 //!   its exit status rules and JSON report;
 //! - `signals`, `duration`, `exit_status`, `c_locale`: operand rules and statuses shared by both;
-//! - `signal_set`, `containment`: warden's own signals, the containment choice;
+//! - `signal_set`, `stop`, `containment`: warden's own signals (`stop`: the stop signals and
+//!   `--stop-signal`, shared by the subcommands that run a ladder), the containment choice;
 //! - `unix`: process-wide signal state (the CLI's only unsafe code).
 
 mod c_locale;
@@ -19,6 +20,7 @@ pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod signal_set;
 pub(crate) mod signals;
+pub(crate) mod stop;
 pub(crate) mod timeout;
 pub(crate) mod timeout_main;
 pub(crate) mod unix;
