@@ -14,6 +14,8 @@
 //!   busy loop under one CPU-second, 200 files under 32, a fork bomb under 8 processes, a
 //!   write outside `--allow-write`, a TCP connect under `--no-network`, signals and ptrace);
 //!   no process and no cgroup (v1 included) is left;
+//! - `pid1`: warden as PID 1 of a PID namespace, as a kubelet runs a container: SIGTERM, then
+//!   SIGKILL of the namespace at the pod's grace; the ladder and the report finish first;
 //! - `report`: `warden run`'s JSON report and exit statuses, plain and SDK workers;
 //! - `liveness`: `--unresponsive-after` with a worker that stops itself and one that never
 //!   sends heartbeats;
@@ -45,6 +47,8 @@ mod ladder;
 mod limits;
 #[path = "cli/liveness.rs"]
 mod liveness;
+#[path = "cli/pid1.rs"]
+mod pid1;
 #[path = "cli/report.rs"]
 mod report;
 #[path = "cli/stop_signal.rs"]
