@@ -779,13 +779,22 @@ fn job_array_through_warden_batch(cluster: &Cluster) -> String {
         return text.to_owned();
     }
     let inputs: Vec<String> = (0..6).map(|i| format!("input-{i}")).collect();
+    // The README's recipe: the slice in a file, so that warden (exec'd) is the batch shell.
     let body = format!(
         "first=$((SLURM_ARRAY_TASK_ID * 2 + 1))\n\
-         printf '%s\\n' {} | sed -n \"${{first}},$((first + 1))p\" | \
-         exec '{WARDEN}' batch -j 2 --report \"report-$SLURM_ARRAY_TASK_ID.jsonl\" -- echo {{}}",
-        inputs.join(" ")
+         sed -n \"${{first}},$((first + 1))p\" inputs.txt > \"slice-$SLURM_ARRAY_TASK_ID.txt\"\n\
+         exec '{WARDEN}' batch -j 2 --report \"report-$SLURM_ARRAY_TASK_ID.jsonl\" -- echo {{}} \
+         < \"slice-$SLURM_ARRAY_TASK_ID.txt\""
     );
-    let mut job = Job::submit(cluster, "array-batch", &body, &[], &[], &["--array=0-2"]);
+    let inputs_file = inputs.join("\n") + "\n";
+    let mut job = Job::submit(
+        cluster,
+        "array-batch",
+        &body,
+        &[("inputs.txt", &inputs_file)],
+        &[],
+        &["--array=0-2"],
+    );
     job.wait_done();
     let mut seen = Vec::new();
     for task in 0..3 {
