@@ -306,6 +306,11 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    // As PID 1, a stop signal with no handler yet would be discarded: keep it pending until
+    // `Stop::listen` (which unblocks them) is listening.
+    if std::process::id() == 1 {
+        unix::block_signals(&args.stop.all());
+    }
     let payload = match read_input(args.input.as_deref()) {
         Ok(payload) => payload,
         Err(e) => {

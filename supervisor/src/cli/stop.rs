@@ -82,7 +82,8 @@ pub(crate) struct Stop {
 impl Stop {
     /// Listens to `signals` (see [`StopSignalArgs::all`]): first → shutdown (the ladder),
     /// second → kill, third → exit at once with 128 + the signal. `program` names warden's
-    /// subcommand in the message of the third.
+    /// subcommand in the message of the third. Unblocks `signals` in the calling thread once
+    /// they are listened to (warden as PID 1 blocks them until then).
     ///
     /// # Panics
     /// Outside a tokio runtime (it spawns the listening task).
@@ -92,13 +93,16 @@ impl Stop {
             kill: CancellationToken::new(),
             first: Arc::new(AtomicI32::new(0)),
         };
-        let mut signals = SignalSet::listen(signals);
+        let mut listeners = SignalSet::listen(signals);
+        // Blocked until now if warden is PID 1 (see `unix::block_signals`): one that came
+        // early is delivered here, to this thread, and heard by the listeners.
+        super::unix::unblock_signals(signals);
         let (shutdown, kill, first) =
             (stop.shutdown.clone(), stop.kill.clone(), stop.first.clone());
         tokio::spawn(async move {
             let mut count = 0;
             loop {
-                let sig = signals.recv().await;
+                let sig = listeners.recv().await;
                 count += 1;
                 match count {
                     1 => {

@@ -8,6 +8,10 @@
 //! The numbers are the README's Kubernetes example scaled down: a bound of 10 s (the pod's
 //! grace) against `--grace 3 --kill-after 2` (5 s, inside it with room to spare).
 //!
+//! A SIGTERM that comes before warden listens (it reads `--input` first) stays pending: as PID 1
+//! warden blocks its stop signals until then, since the kernel discards a signal that PID 1
+//! has no handler for.
+//!
 //! Skipped loudly (on the real stderr) where `unshare` cannot make a PID namespace.
 
 use std::io::Write;
@@ -87,8 +91,10 @@ fn zombie_children(pid: i32) -> Vec<i32> {
 /// Sends SIGTERM to the namespace's PID 1 (as the kubelet does) and waits up to the pod's
 /// grace for `unshare` to end (it ends with its child); at the bound, SIGKILLs PID 1, which
 /// ends the namespace. Returns whether warden had exited on its own by then.
-fn terminate_pod(proc: &Proc, init: i32) -> bool {
+/// `after_term` runs right after the SIGTERM.
+fn terminate_pod(proc: &Proc, init: i32, after_term: impl FnOnce()) -> bool {
     kill(Pid::from_raw(init), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    after_term();
     let unshare = proc.pid();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -161,7 +167,7 @@ wait"#;
         );
         thread::sleep(Duration::from_millis(20));
     }
-    let on_time = terminate_pod(&proc, init);
+    let on_time = terminate_pod(&proc, init, || ());
     let done = proc.finish();
     assert!(
         on_time,
@@ -207,7 +213,7 @@ fn pid1_sdk_worker_is_cancelled_cooperatively() {
     let mut proc = Proc::start("warden as PID 1, SDK worker", cmd, &mark);
     proc.wait_stderr("in job");
     let init = namespace_init(proc.pid());
-    let on_time = terminate_pod(&proc, init);
+    let on_time = terminate_pod(&proc, init, || ());
     let done = proc.finish();
     assert!(
         on_time,
@@ -218,5 +224,95 @@ fn pid1_sdk_worker_is_cancelled_cooperatively() {
     let r = read_report(&report);
     assert_eq!(r["outcome"], "cancelled", "{r}");
     assert_eq!(r["stage"], "cooperative", "{r}");
+    assert_eq!(r["stop_signal"], "TERM", "{r}");
+}
+
+/// Whether `pid`'s blocked mask (`SigBlk` in /proc/PID/status) holds `sig`.
+fn blocks(pid: i32, sig: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
+#[test]
+fn pid1_keeps_a_sigterm_that_comes_before_it_listens() {
+    // As PID 1, a signal without a handler is discarded by the kernel. warden reads its
+    // `--input` (here a FIFO nobody writes yet) before it listens: a kubelet's SIGTERM then
+    // must stay pending, not be lost (it was: the job then ran until the namespace's SIGKILL).
+    if !unshare_available() {
+        return;
+    }
+    let dir = TempDir::new();
+    let report = dir.0.join("r.json").to_string_lossy().into_owned();
+    let input = dir.0.join("input.fifo");
+    nix::unistd::mkfifo(&input, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let input_arg = input.to_string_lossy().into_owned();
+    let (exe, fixture_args) = fixture_argv();
+    let mut args = vec![
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        WARDEN,
+        "run",
+        "--protocol",
+        "--input",
+        &input_arg,
+        "--grace",
+        "3",
+        "--kill-after",
+        "2",
+        "--report",
+        &report,
+        "--",
+        &exe,
+    ];
+    args.extend(fixture_args);
+    let mark = new_mark();
+    let mut cmd = command("unshare", &args, &mark);
+    cmd.env(ROLE_VAR, "worker:announce-wait-cancel");
+    let proc = Proc::start("warden as PID 1, early SIGTERM", cmd, &mark);
+    // Observed, not waited for: unshare forks, its child execs warden, which blocks its stop
+    // signals before it opens the input.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let init = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", proc.pid()))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .find_map(|p| p.parse::<i32>().ok())
+            && std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == std::path::Path::new(WARDEN))
+            && blocks(pid, libc::SIGTERM)
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "warden never blocked SIGTERM as PID 1"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(namespace_init(proc.pid()), init);
+    // warden is in (or before) its open of the FIFO: it does not listen yet.
+    let on_time = terminate_pod(&proc, init, || {
+        std::fs::write(&input, b"hold").expect("write the input");
+    });
+    let done = proc.finish();
+    assert!(
+        on_time,
+        "the SIGTERM sent before warden listened was lost: {}",
+        done.stderr
+    );
+    assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
+    let r = read_report(&report);
+    assert_eq!(r["reason"], "shutdown", "{r}");
     assert_eq!(r["stop_signal"], "TERM", "{r}");
 }
