@@ -381,15 +381,18 @@ impl Fifo {
             .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
         let (tx, lines) = mpsc::channel();
         let reader_path = path.clone();
-        // Blocks in open until the job opens it for writing, then reads to EOF (every writer
-        // gone). A job that never starts is unblocked by `Drop` opening it for writing.
+        // Opened read-write (Linux), so it never blocks and never sees EOF: writers may come
+        // and go (the tasks of an array, each opening it in turn) and none of them blocks in
+        // its open. It ends at the sentinel `Drop` writes.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&reader_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", reader_path.display()));
         thread::spawn(move || {
-            let Ok(file) = std::fs::File::open(&reader_path) else {
-                return;
-            };
-            for line in BufReader::new(file).lines() {
+            for line in BufReader::new(reader).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if line == FIFO_END || tx.send(line).is_err() {
                     break;
                 }
             }
@@ -433,13 +436,19 @@ impl Fifo {
 
 impl Drop for Fifo {
     fn drop(&mut self) {
-        // Unblocks a reader still waiting in open (no writer ever came).
-        let _ = std::fs::OpenOptions::new()
+        // Ends the reader (non-blocking: ENXIO if it is already gone).
+        if let Ok(mut end) = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(&self.path);
+            .open(&self.path)
+        {
+            let _ = writeln!(end, "{FIFO_END}");
+        }
     }
 }
+
+/// The line that ends a [`Fifo`]'s reader.
+const FIFO_END: &str = "\u{0}warden-test-fifo-end";
 
 /// One submitted job: `sbatch --wait` (a child, so the wait is an exit, not a poll) and the
 /// job's FIFO.
