@@ -23,6 +23,10 @@
 //! - `batch`: `warden batch` in both modes: its JSON Lines, exit statuses (0, a count, 101),
 //!   `{}` substitution and appending, retries, warm workers and their recycling, the ladder on
 //!   a job that ignores SIGTERM, warden's first stop signal, bad input, an unwritable report;
+//! - `pid1`: warden as PID 1 of a PID namespace, as a kubelet runs a container: SIGTERM, then
+//!   SIGKILL of the namespace at the pod's grace; the ladder and the report finish first;
+//! - `stop_signal`: `warden run --stop-signal USR1`: SIGUSR1 starts the ladder (a cooperative
+//!   cancel) and the report names it; SIGTERM after it kills now; without it, USR1's default;
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -53,8 +57,12 @@ mod limits;
 mod liveness;
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/pid1.rs"]
+mod pid1;
 #[path = "cli/report.rs"]
 mod report;
+#[path = "cli/stop_signal.rs"]
+mod stop_signal;
 #[path = "cli/support.rs"]
 mod support;
 

@@ -36,10 +36,11 @@ use super::duration::Interval;
 use super::exit_status::EXIT_CANCELED;
 use super::out::say;
 use super::run::{
-    REAP_TIMEOUT, Stop, choose_containment, count_arg, duration_arg, init_verbose_log, signal_arg,
+    REAP_TIMEOUT, choose_containment, count_arg, duration_arg, init_verbose_log, signal_arg,
     stage_deadline, usage_error,
 };
 use super::signal_set::SignalSet;
+use super::stop::{Stop, StopSignalArgs};
 use super::unix;
 
 /// The name warden's diagnostics use for this command.
@@ -128,6 +129,8 @@ struct Args {
     /// Run a job that crashed (or was killed for its own fault) again, up to R more times.
     #[arg(long, value_name = "R", default_value = "0", value_parser = clap::value_parser!(u32))]
     retries: u32,
+    #[command(flatten)]
+    stop: StopSignalArgs,
     /// Write one JSON object per job to FILE or '-' (stdout), one per line.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -211,7 +214,7 @@ async fn run_batch(
     writer: &Writer,
 ) -> (Tally, Option<c_int>, bool) {
     let epoch = Instant::now();
-    let stop = Stop::listen(PROGRAM);
+    let stop = Stop::listen(PROGRAM, &args.stop.all());
     // Ctrl-Z at its default would stop warden alone and leave its trees unsupervised; a
     // SIGTSTP ignored at start stays ignored.
     let job_control = !unix::ignored_at_start(libc::SIGTSTP);

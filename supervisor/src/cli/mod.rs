@@ -9,7 +9,8 @@
 //!   time (the loop; the plain and protocol executors; the JSON Lines and exit status), built
 //!   from `run`'s pieces;
 //! - `signals`, `duration`, `exit_status`, `c_locale`: operand rules and statuses shared by both;
-//! - `signal_set`, `containment`: warden's own signals, the containment choice;
+//! - `signal_set`, `stop`, `containment`: warden's own signals (`stop`: the stop signals and
+//!   `--stop-signal`, shared by the subcommands that run a ladder), the containment choice;
 //! - `unix`: process-wide signal state (the CLI's only unsafe code).
 
 pub(crate) mod batch;
@@ -25,6 +26,7 @@ pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod signal_set;
 pub(crate) mod signals;
+pub(crate) mod stop;
 pub(crate) mod timeout;
 pub(crate) mod timeout_main;
 pub(crate) mod unix;

@@ -7,7 +7,8 @@
 //!
 //! # Exit status
 //! In order, the first that applies:
-//! 1. warden itself was signalled (SIGINT, SIGTERM, SIGHUP): 128 + the first such signal;
+//! 1. warden itself was signalled (SIGINT, SIGTERM, SIGHUP or a `--stop-signal`): 128 + the
+//!    first such signal;
 //! 2. the program could not be started: 127 not found, 126 not runnable, 125 anything else;
 //! 3. the kill stage was reached (SIGKILL sent): 137;
 //! 4. the program completed: 0 (a plain program: it exited 0);
@@ -24,7 +25,9 @@
 //! `containment`, `escaped` and `timings_ms` (`started`, `cancel_requested`, `signal_sent`,
 //! `kill_sent`, `ended`, plus `exited` and `reaped`) are always present, `null` when they do not
 //! apply. Extra keys: `exit_status` (warden's), `program`, `pid`, `protocol`, `warden_signal`,
-//! `core_dumped`, `error`, `violation`, and the library's `job`, `job_started`, `timings_us`
+//! `stop_signal` (the name of the first stop signal warden received: `TERM`, `USR1`, ...; the
+//! number is `warden_signal`), `core_dumped`, `error`, `violation`, and the library's `job`,
+//! `job_started`, `timings_us`
 //! (microseconds) and `timings_ms.{kill_pending,result_received}`; `limits`: one object per
 //! requested limit, by name (`memory`, `cpu_time`, `open_files`, `processes`), with its
 //! `value` (bytes, milliseconds, descriptors, processes), `mechanism` (`cgroup_v2`,
@@ -47,6 +50,7 @@ use warden::{
 };
 
 use super::exit_status::{EXIT_CANCELED, EXIT_TIMED_OUT};
+use super::signals::signal_name;
 
 /// The report's `outcome` when the program could not be started: a spawn error, not one of the
 /// library's outcomes.
@@ -265,6 +269,7 @@ pub(crate) fn to_json(facts: &RunFacts) -> Value {
     set("pid", facts.pid.into());
     set("protocol", facts.protocol.into());
     set("warden_signal", facts.warden_signal.into());
+    set("stop_signal", facts.warden_signal.map(signal_name).into());
     if let Some(error) = &facts.error {
         set("error", error.clone().into());
     }
@@ -369,6 +374,19 @@ mod tests {
             ..facts(Ending::Killed)
         };
         assert_eq!(exit_status(&shut_down), 143);
+        assert_eq!(to_json(&shut_down)["stop_signal"], "TERM");
+        assert_eq!(to_json(&shut_down)["warden_signal"], libc::SIGTERM);
+        let early_warning = RunFacts {
+            reason: Some(CancelReason::Shutdown),
+            stage: Some(Stage::Cooperative),
+            warden_signal: Some(libc::SIGUSR1),
+            ..facts(Ending::Cancelled)
+        };
+        assert_eq!(
+            exit_status(&early_warning),
+            u8::try_from(128 + libc::SIGUSR1).unwrap()
+        );
+        assert_eq!(to_json(&early_warning)["stop_signal"], "USR1");
         let interrupted = RunFacts {
             warden_signal: Some(libc::SIGINT),
             ..facts(Ending::Completed)
@@ -570,6 +588,7 @@ mod tests {
                 "pid": null,
                 "protocol": false,
                 "warden_signal": null,
+                "stop_signal": null,
                 "core_dumped": false,
                 "error": "program not found",
                 "violation": null,

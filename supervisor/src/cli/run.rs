@@ -14,16 +14,13 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use libc::c_int;
 use warden::{
-    CancelReason, CancellationToken, Command, Deadlines, JobOptions, JobReport, Limits, Outcome,
-    OutputCapture, OutputSink, RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker,
-    WorkerConfig,
+    CancelReason, Command, Deadlines, JobOptions, JobReport, Limits, Outcome, OutputCapture,
+    OutputSink, RunError, Sandbox, SpawnError, Stage, Stdio, TreeOptions, Worker, WorkerConfig,
 };
 
 use super::c_locale::quote;
@@ -33,7 +30,8 @@ use super::exit_status::{EXIT_CANCELED, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
 use super::out::{say, stdout_all};
 use super::report::{Ending, RunFacts, exit_status, to_json};
 use super::signal_set::SignalSet;
-use super::signals::{parse_signal, signal_name};
+use super::signals::parse_signal;
+use super::stop::{Stop, StopSignalArgs};
 use super::timeout_main::{errno_text, error_chain, exec_errno};
 use super::unix;
 
@@ -49,11 +47,13 @@ gets a cooperative cancel and --grace to stop; then the polite --signal and SIGC
 whole process tree, which gets --kill-after to exit; then the tree is SIGKILLed. A plain
 program starts at the signal stage.
 
-Signals to warden (SIGINT, SIGTERM, SIGHUP):
+Signals to warden (SIGINT, SIGTERM, SIGHUP, and each --stop-signal), counted together:
   1st  run the ladder above with its deadlines (cancel reason: shutdown)
   2nd  SIGKILL every process tree now
   3rd  exit at once
-warden then exits with 128 + the first signal.
+warden then exits with 128 + the first signal; the report names it (\"stop_signal\").
+Under Slurm, sbatch --signal=B:USR1@120 with --stop-signal USR1 gives the work its whole
+ladder before the time limit ('Running under an engine' in the README).
 
 Exit status:
   0-255  the program's own status when it completed or failed on its own
@@ -114,6 +114,8 @@ struct Args {
     /// The polite signal: a name (TERM, SIGINT, rtmin+2) or a number.
     #[arg(long, value_name = "SIGNAL", default_value = "TERM", allow_hyphen_values = true, value_parser = signal_arg)]
     signal: c_int,
+    #[command(flatten)]
+    stop: StopSignalArgs,
     /// Liveness (needs --protocol): when nothing, not even a heartbeat, comes from the worker
     /// for DURATION, cancel the job with reason unresponsive and run the ladder from there
     /// (0 or inf: off, the default). The worker is asked for a heartbeat every quarter of it.
@@ -373,6 +375,11 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
     if args.verbose {
         init_verbose_log();
     }
+    // As PID 1, a stop signal with no handler yet would be discarded: keep it pending until
+    // `Stop::listen` (which unblocks them) is listening.
+    if std::process::id() == 1 {
+        unix::block_signals(&args.stop.all());
+    }
     let payload = match read_input(args.input.as_deref()) {
         Ok(payload) => payload,
         Err(e) => {
@@ -467,63 +474,6 @@ fn write_to(path: Option<&std::path::Path>, bytes: &[u8]) -> std::io::Result<()>
     }
 }
 
-/// The tokens warden's own signals drive, and the first signal received.
-pub(crate) struct Stop {
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) kill: CancellationToken,
-    first: Arc<AtomicI32>,
-}
-
-impl Stop {
-    /// Listens to SIGINT, SIGTERM and SIGHUP: first → shutdown (the ladder), second → kill,
-    /// third → exit at once with 128 + the signal (`program` names warden in that line).
-    /// Must be called within a tokio runtime.
-    pub(crate) fn listen(program: &'static str) -> Stop {
-        let stop = Stop {
-            shutdown: CancellationToken::new(),
-            kill: CancellationToken::new(),
-            first: Arc::new(AtomicI32::new(0)),
-        };
-        let mut signals = SignalSet::listen(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
-        let (shutdown, kill, first) =
-            (stop.shutdown.clone(), stop.kill.clone(), stop.first.clone());
-        tokio::spawn(async move {
-            let mut count = 0;
-            loop {
-                let sig = signals.recv().await;
-                count += 1;
-                match count {
-                    1 => {
-                        first.store(sig, Ordering::SeqCst);
-                        tracing::info!(
-                            signal = %signal_name(sig),
-                            "stopping: running the ladder (again to kill now)"
-                        );
-                        shutdown.cancel();
-                    }
-                    2 => {
-                        tracing::info!(signal = %signal_name(sig), "killing every process tree now");
-                        kill.cancel();
-                    }
-                    _ => {
-                        say!("{program}: third stop signal, exiting now");
-                        std::process::exit(128 + sig);
-                    }
-                }
-            }
-        });
-        stop
-    }
-
-    /// The first stop signal received, if any.
-    pub(crate) fn signal(&self) -> Option<c_int> {
-        match self.first.load(Ordering::SeqCst) {
-            0 => None,
-            sig => Some(sig),
-        }
-    }
-}
-
 /// Runs the program and gathers the facts; the second value is a completed job's output.
 async fn supervise(
     args: &Args,
@@ -531,7 +481,7 @@ async fn supervise(
     payload: Vec<u8>,
 ) -> (RunFacts, Option<Vec<u8>>) {
     let t0 = Instant::now();
-    let stop = Stop::listen(PROGRAM);
+    let stop = Stop::listen(PROGRAM, &args.stop.all());
     // Ctrl-Z: at its default action warden would stop alone, its tree running on. A SIGTSTP
     // ignored at start stays ignored (whoever started warden wanted no job control).
     let job_control = !unix::ignored_at_start(libc::SIGTSTP);

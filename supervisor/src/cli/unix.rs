@@ -7,6 +7,8 @@
 //!   blocked still sees its children and its signals (threads created later inherit the mask).
 //! - [`ignore_tty_stop_signals`]: like GNU `timeout`, warden itself is never stopped by
 //!   `SIGTTIN`/`SIGTTOU`; children start with default dispositions anyway (posix_spawn attrs).
+//! - [`block_signals`] / [`unblock_signals`]: warden as PID 1 blocks its stop signals until it
+//!   listens to them, so one sent early stays pending instead of being discarded;
 //! - [`stop_self`]: job control's last step, once the tree is stopped: warden stops (SIGSTOP,
 //!   so the shell sees the job stopped) and returns once continued.
 //! - [`reraise`] ends the process with the signal a command died of, with core dumps disabled,
@@ -149,6 +151,33 @@ pub(crate) fn reset_inherited_signal_state() {
     if queried && old.sa_sigaction == libc::SIG_IGN {
         set_default(libc::SIGCHLD);
     }
+}
+
+/// Blocks `signals` in the calling thread, and so in every thread it starts from now on.
+///
+/// For warden as PID 1 (a container's entrypoint): the kernel discards a signal sent to a
+/// namespace's init while it has no handler for it, unless it is blocked, when it stays
+/// pending. So a SIGTERM that comes before warden listens (while it reads `--input -`, say)
+/// is kept for [`unblock_signals`], not lost. Children start with an empty mask anyway
+/// (posix_spawn's `SETSIGMASK`).
+pub(crate) fn block_signals(signals: &[c_int]) {
+    change_mask(SigmaskHow::SIG_BLOCK, signals);
+}
+
+/// Unblocks `signals` in the calling thread: one pending is delivered to it now.
+pub(crate) fn unblock_signals(signals: &[c_int]) {
+    change_mask(SigmaskHow::SIG_UNBLOCK, signals);
+}
+
+fn change_mask(how: SigmaskHow, signals: &[c_int]) {
+    let mut set = SigSet::empty();
+    for &sig in signals {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            set.add(sig);
+        }
+    }
+    // Cannot fail with a valid `how` and set; there is nothing better to do than go on.
+    let _ = nix::sys::signal::pthread_sigmask(how, Some(&set), None);
 }
 
 /// Ignores `SIGTTIN` and `SIGTTOU` for warden itself (GNU `timeout` does the same, so that a

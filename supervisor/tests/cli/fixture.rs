@@ -16,7 +16,9 @@
 //!   is a path: SIGKILLs itself the first time, creating the file, then returns `second`), `worker:ignore-all` (ignores the
 //!   cancel and blocks past the polite signal), `worker:sigstop-self` (stops its whole process
 //!   with SIGSTOP once a job started; SIGTERM at its default), `hang-handshake` (prints `ready`
-//!   and never speaks the protocol).
+//!   and never speaks the protocol). `worker:announce-wait-cancel` and `worker:announce-ignore-all`
+//!   are `wait-cancel` and `ignore-all` that first print `in job` on stderr once a job runs
+//!   (warden's stop signals are listened to by then).
 //! - `raw:never-heartbeats`: speaks the protocol by hand on its stdin (started as
 //!   `sh -c 'exec <&3 ...'`), completes the handshake, takes a job, then sends nothing, ever
 //!   (as an SDK without heartbeats would); SIGTERM at its default.
@@ -103,6 +105,15 @@ fn run(role: &str) -> Result<i32> {
             })?;
             Ok(0)
         }
+        "worker:announce-stderr-wait-cancel" => {
+            warden_worker::Worker::new().serve(|job| async move {
+                announce_stderr("in job")
+                    .map_err(|e| warden_worker::JobError::msg(e.to_string()))?;
+                job.cancelled().await;
+                Err(warden_worker::JobError::Cancelled)
+            })?;
+            Ok(0)
+        }
         "worker:announce-wait-cancel" => {
             warden_worker::Worker::new().serve(|job| async move {
                 announce(&format!(
@@ -125,6 +136,15 @@ fn run(role: &str) -> Result<i32> {
             let _ = raise(Signal::SIGKILL);
             Err(warden_worker::JobError::msg("survived SIGKILL"))
         }),
+        "worker:announce-ignore-all" => {
+            warden_worker::Worker::new().serve_blocking(|_job| {
+                announce_stderr("in job")
+                    .map_err(|e| warden_worker::JobError::msg(e.to_string()))?;
+                std::thread::sleep(HANG);
+                Ok(Vec::new())
+            })?;
+            Ok(0)
+        }
         "worker:ignore-all" => {
             warden_worker::Worker::new().serve_blocking(|_job| {
                 std::thread::sleep(HANG);
@@ -205,6 +225,14 @@ fn announce(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;
+    Ok(())
+}
+
+/// One line on stderr (the worker's stdout is warden's output).
+fn announce_stderr(line: &str) -> Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "{line}")?;
+    err.flush()?;
     Ok(())
 }
 
