@@ -117,6 +117,9 @@ pub use pool::{
     ShutdownMode, ShutdownReport, WorkerSnapshot, WorkerState,
 };
 pub use process::shim;
+/// For the `warden` binary (the same package, another crate); not part of the API.
+#[doc(hidden)]
+pub use process::without_sigpipe;
 pub use process::{
     Command, Containment, ContainmentMode, ExitStatus, LimitEntry, LimitKind, LimitReport, Limits,
     Mechanism, OrphanLadder, Sandbox, SandboxEntry, SandboxFeature, Stdio, Tree, TreeOptions,

@@ -89,56 +89,11 @@ fn max_signal() -> c_int {
     return 31;
 }
 
-/// Runs `write` with SIGPIPE blocked in this thread, and takes back the SIGPIPE the kernel
-/// raised at this thread if the write met a closed pipe: warden handles SIGPIPE (`warden
-/// timeout` forwards a SIGPIPE it receives to the tree, as upstream GNU does), and its own
-/// failed write must not look like one sent to it. A SIGPIPE sent to the process meanwhile is
-/// not lost: another thread that does not block it takes it.
-pub(crate) fn without_sigpipe<T>(write: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
-    // SAFETY: the sets are initialised by sigemptyset before use and outlive the calls;
-    // pthread_sigmask only changes this thread's mask, restored below on every path.
-    let (set, old) = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        (set, old)
-    };
-    let result = write();
-    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) {
-        consume_pending_sigpipe(&set);
-    }
-    // SAFETY: `old` is the mask read above; restoring it is always valid.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    result
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn consume_pending_sigpipe(set: &libc::sigset_t) {
-    let zero = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `set` is a valid, initialised set; a null siginfo is allowed; a zero timeout
-    // polls, so this never blocks. It dequeues the SIGPIPE pending on this thread (it is
-    // blocked here), if there is one.
-    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn consume_pending_sigpipe(set: &libc::sigset_t) {
-    // SAFETY: a zeroed sigset_t is a valid value for sigpending to fill; valid pointers to
-    // initialised sets; sigwait returns at once, as SIGPIPE is pending (checked first) and
-    // blocked in this thread.
-    unsafe {
-        let mut pending: libc::sigset_t = std::mem::zeroed();
-        if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
-            let mut sig = 0;
-            libc::sigwait(set, &mut sig);
-        }
-    }
-}
+/// Runs `write` with SIGPIPE blocked in this thread, taking back the SIGPIPE a closed pipe
+/// raised at it: warden handles SIGPIPE (`warden timeout` forwards one it receives to the
+/// tree, as upstream GNU does), and its own failed write must not look like one sent to it.
+/// The library's, shared with its output capture.
+pub(crate) use warden::without_sigpipe;
 
 /// Unblocks every signal and puts `SIGCHLD` back to its default disposition if it was ignored.
 pub(crate) fn reset_inherited_signal_state() {

@@ -372,7 +372,7 @@ pub(crate) fn write_raw(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
 /// raised at this thread if the write met a closed pipe: whatever the host's disposition of
 /// SIGPIPE, a captured stream forwarded to a closed stdout gives EPIPE, never a signal. A
 /// SIGPIPE sent to the process meanwhile stays pending for another thread.
-pub(crate) fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+pub fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     // SAFETY: the sets are initialised by sigemptyset before use and outlive the calls;
     // pthread_sigmask only changes this thread's mask, restored below on every path.
     let (set, old) = unsafe {
