@@ -27,7 +27,7 @@ use clap::Parser;
 use libc::c_int;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use warden::{Deadlines, TreeOptions, WorkerConfig};
+use warden::WorkerConfig;
 
 use super::batch_exec::{Attempt, AttemptError, Executor, Job, Setup};
 use super::batch_report::{Finished, Tally, class, exit_status, finish, line, retried};
@@ -36,8 +36,8 @@ use super::duration::Interval;
 use super::exit_status::EXIT_CANCELED;
 use super::out::say;
 use super::run::{
-    REAP_TIMEOUT, choose_containment, count_arg, duration_arg, init_verbose_log, signal_arg,
-    stage_deadline, usage_error,
+    Ladder, base_tree, choose_containment, count_arg, duration_arg, init_verbose_log,
+    ladder_config, signal_arg, usage_error,
 };
 use super::signal_set::SignalSet;
 use super::stop::{Stop, StopSignalArgs};
@@ -365,30 +365,18 @@ fn executor(
     stop: &Stop,
     parallel: usize,
 ) -> Result<Executor, warden::PoolConfigError> {
-    let mut config = if args.protocol {
+    let config = if args.protocol {
         WorkerConfig::protocol()
     } else {
         WorkerConfig::plain()
     };
-    if let Some(Interval::After(after)) = args.unresponsive_after {
-        config = config.unresponsive_after(after);
-    }
-    let config = config
-        .deadlines(Deadlines {
-            grace: stage_deadline(args.grace),
-            kill_after: stage_deadline(args.kill_after),
-            reap_timeout: REAP_TIMEOUT,
-        })
-        .polite_signal(args.signal)
-        .shutdown_token(stop.shutdown.clone())
-        .kill_token(stop.kill.clone())
-        // As `warden run`: every signal at its default in the jobs, except an inherited
-        // ignored SIGPIPE.
-        .tree(
-            TreeOptions::new()
-                .containment(containment.to_containment())
-                .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE)),
-        );
+    let ladder = Ladder {
+        grace: args.grace,
+        kill_after: args.kill_after,
+        signal: args.signal,
+        unresponsive_after: args.unresponsive_after,
+    };
+    let config = ladder_config(config, ladder, stop).tree(base_tree(containment));
     let (program, rest) = args
         .command
         .split_first()

@@ -320,6 +320,41 @@ impl Args {
 }
 
 /// A stage deadline: 0 is "at once", inf is "never".
+/// The ladder options `warden run` and `warden batch` share.
+pub(crate) struct Ladder {
+    pub(crate) grace: Interval,
+    pub(crate) kill_after: Interval,
+    pub(crate) signal: c_int,
+    pub(crate) unresponsive_after: Option<Interval>,
+}
+
+/// `config` with the ladder's deadlines, polite signal and liveness bound, driven by warden's
+/// own stop signals (`stop`).
+pub(crate) fn ladder_config(mut config: WorkerConfig, ladder: Ladder, stop: &Stop) -> WorkerConfig {
+    if let Some(Interval::After(after)) = ladder.unresponsive_after {
+        config = config.unresponsive_after(after);
+    }
+    config
+        .deadlines(Deadlines {
+            grace: stage_deadline(ladder.grace),
+            kill_after: stage_deadline(ladder.kill_after),
+            reap_timeout: REAP_TIMEOUT,
+        })
+        .polite_signal(ladder.signal)
+        .shutdown_token(stop.shutdown.clone())
+        .kill_token(stop.kill.clone())
+}
+
+/// The tree every program of `warden run` and `warden batch` runs in: `containment`, and
+/// every signal at its default in the program (an inherited ignored SIGTERM would break the
+/// ladder) except SIGPIPE, which stays as warden inherited it: under `trap '' PIPE` a program
+/// sees EPIPE instead of dying of it.
+pub(crate) fn base_tree(containment: ContainmentArg) -> TreeOptions {
+    TreeOptions::new()
+        .containment(containment.to_containment())
+        .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE))
+}
+
 pub(crate) fn stage_deadline(interval: Interval) -> Duration {
     match interval {
         Interval::Disabled => Duration::ZERO,
@@ -535,31 +570,23 @@ async fn supervise(
             return (facts, None);
         }
     }
-    if let Some(Interval::After(after)) = args.unresponsive_after {
-        config = config.unresponsive_after(after);
-    }
-    let config = config
-        .deadlines(Deadlines {
-            grace: stage_deadline(args.grace),
-            kill_after: stage_deadline(args.kill_after),
-            reap_timeout: REAP_TIMEOUT,
-        })
-        .polite_signal(args.signal)
-        .shutdown_token(stop.shutdown.clone())
-        .kill_token(stop.kill.clone())
-        // Every signal starts at its default in the program (an inherited ignored SIGTERM would
-        // break the ladder), except SIGPIPE, which stays as warden inherited it: under
-        // `trap '' PIPE` a program sees EPIPE instead of dying of it.
-        .tree({
-            let tree = TreeOptions::new()
-                .containment(containment.to_containment())
-                .ignored_signals(unix::ignored_at_start(libc::SIGPIPE).then_some(libc::SIGPIPE))
-                .limits(args.limits());
-            match args.sandbox() {
-                Some(sandbox) => tree.sandbox(sandbox),
-                None => tree,
-            }
-        });
+    let config = ladder_config(
+        config,
+        Ladder {
+            grace: args.grace,
+            kill_after: args.kill_after,
+            signal: args.signal,
+            unresponsive_after: args.unresponsive_after,
+        },
+        &stop,
+    )
+    .tree({
+        let tree = base_tree(containment).limits(args.limits());
+        match args.sandbox() {
+            Some(sandbox) => tree.sandbox(sandbox),
+            None => tree,
+        }
+    });
 
     let worker = match Worker::spawn(&command, config).await {
         Ok(worker) => worker,
