@@ -145,6 +145,19 @@ struct Job {
     extension: Option<(Duration, Instant)>,
     /// The job timeout's instant as last armed or extended (moved by a pause like the timers).
     deadline: Option<Instant>,
+    /// When a `Cancelled` came that nobody here had asked for yet ([`Timer::Stray`]).
+    stray_at: Option<Instant>,
+    /// The cancel from here that such a `Cancelled` was taken to acknowledge, and when.
+    attributed: Option<(CancelReason, Instant)>,
+    /// Nobody here asked in time, and the process had exited on its own: it ended itself.
+    stray_exit: bool,
+}
+
+impl Job {
+    /// A `Cancelled` nobody here asked for waits for its attribution ([`Timer::Stray`]).
+    fn held(&self) -> bool {
+        self.stray_at.is_some() && self.result.is_none() && self.violation.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -262,10 +275,11 @@ impl Connection {
     pub(crate) fn accepts_cancel(&self) -> bool {
         match &self.phase {
             Phase::Job(job) => {
-                job.esc.reason().is_none()
-                    && job.esc.stage().is_none()
-                    && !job.esc.is_finished()
-                    && job.violation.is_none()
+                job.held()
+                    || (job.esc.reason().is_none()
+                        && job.esc.stage().is_none()
+                        && !job.esc.is_finished()
+                        && job.violation.is_none())
             }
             _ => false,
         }
@@ -310,6 +324,9 @@ impl Connection {
             no_progress: start.no_progress.filter(|_| protocol),
             extension: None,
             deadline: None,
+            stray_at: None,
+            attributed: None,
+            stray_exit: false,
         };
         if !protocol && !self.plain_run_taken && self.gone.is_some() {
             // A plain program's run is its job: one that ended before the caller asked for
@@ -417,7 +434,8 @@ impl Connection {
                 other => self.violation(now, unexpected(&other)),
             },
             Phase::Job(job) => {
-                let running = job.result.is_none() && job.violation.is_none();
+                let running =
+                    job.result.is_none() && job.violation.is_none() && job.stray_at.is_none();
                 let ours = msg.job() == Some(job.id) && running;
                 match msg {
                     WorkerMessage::Heartbeat => {}
@@ -466,8 +484,15 @@ impl Connection {
                     {
                         self.result(now, WorkerResult::Cancelled);
                     }
-                    WorkerMessage::Cancelled { job: id } if ours => {
-                        self.violation(now, Violation::UnrequestedCancel { job: id });
+                    // Nobody here asked, yet. A stop signal that reaches the worker and warden
+                    // at once (a batch system signals every process of its job) can have the
+                    // worker's answer arrive before warden's own cancel: a cancel from here
+                    // within the drain bound is what it acknowledges (`cancel_running`).
+                    // Nothing more may come for the job meanwhile.
+                    WorkerMessage::Cancelled { .. } if ours => {
+                        job.stray_at = Some(now);
+                        self.timers
+                            .arm(Timer::Stray, now, self.settings.drain_timeout);
                     }
                     other => self.violation(now, unexpected(&other)),
                 }
@@ -576,7 +601,10 @@ impl Connection {
                 self.timers.stop(Timer::JobTimeout);
                 self.timers.stop(Timer::NoProgress);
                 job.reaped_at = Some(now);
-                if !job.replied {
+                if job.held() {
+                    // The report waits for the attribution (`Timer::Stray`).
+                    self.phase = Phase::Job(job);
+                } else if !job.replied {
                     let report = self.report(&job, now);
                     self.reply(Ok(report));
                 }
@@ -593,11 +621,7 @@ impl Connection {
     /// The caller cancelled the running job (its token, its dropped future), or the shutdown
     /// token did. Ignored unless [`accepts_cancel`](Self::accepts_cancel).
     pub(crate) fn handle_cancel(&mut self, now: Instant, reason: CancelReason) {
-        if self.accepts_cancel()
-            && let Phase::Job(job) = &mut self.phase
-        {
-            job.esc.handle_cancel(now, reason);
-        }
+        self.cancel_running(now, reason);
         self.pump(now);
     }
 
@@ -691,20 +715,8 @@ impl Connection {
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         while let Some(timer) = self.timers.expired(now) {
             match timer {
-                Timer::JobTimeout => {
-                    if self.accepts_cancel()
-                        && let Phase::Job(job) = &mut self.phase
-                    {
-                        job.esc.handle_cancel(now, CancelReason::Timeout);
-                    }
-                }
-                Timer::NoProgress => {
-                    if self.accepts_cancel()
-                        && let Phase::Job(job) = &mut self.phase
-                    {
-                        job.esc.handle_cancel(now, CancelReason::NoProgress);
-                    }
-                }
+                Timer::JobTimeout => self.cancel_running(now, CancelReason::Timeout),
+                Timer::NoProgress => self.cancel_running(now, CancelReason::NoProgress),
                 Timer::Frame => {
                     let timeout = self.settings.frame_timeout;
                     self.violation(now, Violation::StalledFrame { timeout });
@@ -717,6 +729,7 @@ impl Connection {
                     Phase::Stopping(_) | Phase::Stopped => {}
                 },
                 Timer::Drain => self.ask_reap(),
+                Timer::Stray => self.stray_unanswered(now),
             }
             self.pump(now);
         }
@@ -796,13 +809,64 @@ impl Connection {
             return;
         };
         match &mut self.phase {
-            Phase::Job(job) => {
-                if job.result.is_none() && job.violation.is_none() {
-                    job.esc.handle_cancel(now, CancelReason::Unresponsive);
-                }
-            }
+            Phase::Job(_) => self.cancel_running(now, CancelReason::Unresponsive),
             Phase::Idle => self.violation(now, Violation::Unresponsive { after }),
             Phase::Stopping(_) | Phase::Stopped => {}
+        }
+    }
+
+    /// A cancel from here (the caller, the job's own deadlines, liveness) for the running job.
+    /// A `Cancelled` that came first and waits for its attribution acknowledges it: the job
+    /// is cancelled (the `Cancel` the ladder sends for it, if the worker still runs, is stale
+    /// and ignored, PROTOCOL.md section 5).
+    fn cancel_running(&mut self, now: Instant, reason: CancelReason) {
+        let accepts = self.accepts_cancel();
+        let Phase::Job(job) = &mut self.phase else {
+            return;
+        };
+        if job.held() {
+            self.timers.stop(Timer::Stray);
+            job.attributed = Some((reason, now));
+            job.esc.handle_cancel(now, reason);
+            job.result = Some(WorkerResult::Cancelled);
+            job.esc.handle_result(now);
+            self.reply_reaped(now);
+        } else if accepts {
+            job.esc.handle_cancel(now, reason);
+        }
+    }
+
+    /// Nobody here asked for the `Cancelled` within the bound. A worker still running broke
+    /// the protocol (killed, the violation named). One that had exited stopped on a signal
+    /// from outside warden and ended on its own: crashed, with the violation named.
+    fn stray_unanswered(&mut self, now: Instant) {
+        let exited = self.exited.is_some() || self.gone.is_some();
+        let Phase::Job(job) = &mut self.phase else {
+            return;
+        };
+        if !job.held() {
+            return;
+        }
+        let violation = Violation::UnrequestedCancel { job: job.id };
+        if exited {
+            job.violation = Some(violation);
+            job.stray_exit = true;
+            self.reply_reaped(now);
+        } else {
+            self.violation(now, violation);
+        }
+    }
+
+    /// The report of a job whose process was reaped while it waited for its attribution.
+    fn reply_reaped(&mut self, now: Instant) {
+        if let Phase::Job(job) = &self.phase
+            && job.reaped_at.is_some()
+            && !job.held()
+            && let Phase::Job(job) = std::mem::replace(&mut self.phase, Phase::Idle)
+            && !job.replied
+        {
+            let report = self.report(&job, now);
+            self.reply(Ok(report));
         }
     }
 
@@ -899,8 +963,9 @@ impl Connection {
         let facts = Facts {
             protocol: self.settings.protocol,
             result: job.result.clone(),
-            cancelled: job.esc.reason().is_some(),
+            cancelled: job.esc.reason().is_some() || job.attributed.is_some(),
             violation: job.violation.is_some(),
+            stray_exit: job.stray_exit,
             signal_sent: ladder.signal_sent.is_some(),
             kill_sent: ladder.kill_sent.is_some(),
             exit,
@@ -912,7 +977,10 @@ impl Connection {
         JobReport {
             job: job.id,
             outcome,
-            reason: job.esc.reason(),
+            reason: job
+                .esc
+                .reason()
+                .or(job.attributed.map(|(reason, _)| reason)),
             stage: job.esc.stage(),
             exit,
             violation: job.violation.clone(),
@@ -924,11 +992,13 @@ impl Connection {
             output_tail: None,
             trace: Trace {
                 started: job.started,
-                cancel_requested: since(ladder.cancel_requested),
+                cancel_requested: since(
+                    ladder.cancel_requested.or(job.attributed.map(|(_, at)| at)),
+                ),
                 signal_sent: since(ladder.signal_sent),
                 kill_sent: since(ladder.kill_sent),
                 kill_pending: since(ladder.kill_pending),
-                result_received: since(ladder.result),
+                result_received: since(job.stray_at.or(ladder.result)),
                 exited: since(ladder.exited),
                 reaped: since(job.reaped_at),
                 ended: now.saturating_duration_since(job.started),

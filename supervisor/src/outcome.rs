@@ -36,7 +36,9 @@ pub enum Outcome {
     /// the protocol: see [`JobReport::violation`]).
     Killed,
     /// The worker died without being asked to: a signal nobody here sent, or a non-zero exit of
-    /// a protocol worker.
+    /// a protocol worker. Also a protocol worker that answered a cancel nobody here asked for
+    /// (a signal from outside warden reached it) and then exited on its own: the report names
+    /// [`Violation::UnrequestedCancel`].
     Crashed(ExitStatus),
 }
 
@@ -181,7 +183,11 @@ pub enum Violation {
         timeout: Duration,
     },
     /// A `Cancelled` for the running job, which the supervisor never asked to cancel (no
-    /// `Cancel` sent, no polite signal): it acknowledges a cancel that was never sent.
+    /// `Cancel` sent, no polite signal), nor did within the drain bound after it came: it
+    /// acknowledges a cancel that was never sent. A cancel from here within that bound is what
+    /// it acknowledges instead (a stop signal that reached the worker before warden's own
+    /// cancel): the job is then cancelled. A worker still running when the bound ends is
+    /// killed; one that had exited on its own is [`Outcome::Crashed`].
     #[error("cancelled message for {job}, which was never asked to cancel")]
     UnrequestedCancel {
         /// The job it named.
@@ -244,7 +250,9 @@ pub struct JobReport {
     pub stage: Option<Stage>,
     /// How the worker process ended, if it ended during this job.
     pub exit: Option<ExitStatus>,
-    /// The protocol violation that got the worker killed, if any.
+    /// The protocol violation the worker committed, if any. It got the worker killed, except
+    /// a [`Violation::UnrequestedCancel`] from a worker that had exited on its own
+    /// ([`Outcome::Crashed`]).
     pub violation: Option<Violation>,
     /// False when the job was cancelled before it was handed to the worker.
     pub started: bool,
@@ -341,6 +349,9 @@ pub(crate) struct Facts {
     pub result: Option<WorkerResult>,
     pub cancelled: bool,
     pub violation: bool,
+    /// The violation was a `Cancelled` nobody here asked for, and the process had exited on
+    /// its own before the bound: a signal from outside warden ended it.
+    pub stray_exit: bool,
     pub signal_sent: bool,
     pub kill_sent: bool,
     pub exit: Option<ExitStatus>,
@@ -381,7 +392,10 @@ pub(crate) fn classify(f: Facts) -> Outcome {
         };
     }
     if f.violation {
-        return Outcome::Killed;
+        return match f.exit {
+            Some(status) if f.stray_exit => Outcome::Crashed(status),
+            _ => Outcome::Killed,
+        };
     }
     let Some(status) = f.exit else {
         // Still not reaped after SIGKILL (kill pending).
@@ -461,6 +475,7 @@ mod tests {
             result: None,
             cancelled: false,
             violation: false,
+            stray_exit: false,
             signal_sent: false,
             kill_sent: false,
             exit: None,
@@ -582,6 +597,15 @@ mod tests {
             ..facts()
         };
         assert_eq!(classify(f), Outcome::Killed);
+        // A `Cancelled` nobody here asked for, from a worker that then exited by itself: an
+        // outside signal ended it, not warden.
+        let f = Facts {
+            violation: true,
+            stray_exit: true,
+            exit: Some(ExitStatus::Code(0)),
+            ..facts()
+        };
+        assert_eq!(classify(f), Outcome::Crashed(ExitStatus::Code(0)));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! once Slurm is installed), when it fails instead.
 //!
 //! Cases (`KillWait=5`; warden's ladder is fitted inside it):
-//! - `scancel` of `warden run --protocol` reaches warden as SIGTERM: cancelled at the
-//!   cooperative stage, report written, exit status 143;
+//! - `scancel` of `warden run --protocol` reaches warden (and the worker) as SIGTERM:
+//!   cancelled, report written, exit status 143; `scancel --signal=TERM --batch` (warden
+//!   alone) the same, at the cooperative stage;
 //! - a TERM-ignoring program with a setsid'd daemon: under warden nothing survives the job;
 //!   bare, Slurm's `proctrack/linuxproc` loses the daemon (counted, printed, killed by PID);
 //! - `--stop-signal USR1` and `scancel --signal=USR1 --batch`: the ladder starts, the report
@@ -630,38 +631,65 @@ sleep 60 &
 echo ready >&2
 wait"#;
 
-fn scancel_reaches_warden_as_sigterm(cluster: &Cluster) -> String {
+/// `scancel` (with `args`) of a cooperative protocol worker under warden: cancelled, report
+/// written, exit 143.
+fn scancel_protocol_job(
+    cluster: &Cluster,
+    name: &'static str,
+    args: &[&str],
+    stage: Option<&str>,
+) -> String {
     let script = format!(
         "exec '{WARDEN}' run -v --protocol --grace 3 --kill-after 1 --report report.json -- {}",
         fixture_command()
     );
     let mut job = Job::submit(
         cluster,
-        "scancel-protocol",
+        name,
         &script,
         &[],
         &[(fixture::ROLE_VAR, "worker:announce-stderr-wait-cancel")],
         &[],
     );
-    job.fifo.wait_line("scancel case", "in job");
-    // `--batch`: SIGTERM to warden alone. A plain `scancel` also signals the SDK worker at the
-    // same moment, and a worker whose signal-initiated `Cancelled` reaches warden before
-    // warden's own `Cancel` is reported as a protocol violation (killed): a race open in
-    // issue 12, seen once in CI under load, not papered over here.
-    job.scancel(&["--signal=TERM", "--batch"]);
+    job.fifo.wait_line(name, "in job");
+    job.scancel(args);
     job.wait_done();
     let r = job.report("report.json");
     assert_eq!(r["outcome"], "cancelled", "{r}\n{}", job.fifo.text());
-    assert_eq!(r["stage"], "cooperative", "{r}");
     assert_eq!(r["reason"], "shutdown", "{r}");
     assert_eq!(r["stop_signal"], "TERM", "{r}");
     assert_eq!(r["exit_status"], 143, "{r}");
+    assert_eq!(r["violation"], Value::Null, "{r}");
+    if let Some(stage) = stage {
+        assert_eq!(r["stage"], stage, "{r}");
+    }
     let survivors = job.survivors();
     kill_all(&survivors);
     assert!(survivors.is_empty(), "survivors: {survivors:#?}");
     format!(
-        "scancel --signal=TERM --batch -> SIGTERM -> cancelled (cooperative), exit 143; Slurm: {}",
+        "scancel {} -> SIGTERM -> cancelled (stage {}), exit 143; Slurm: {}",
+        args.join(" "),
+        r["stage"],
         job.state()
+    )
+}
+
+/// A plain `scancel`: Slurm signals every process of the job, warden and the SDK worker at
+/// once, so the worker's `Cancelled` may come before warden's own cancel for the same stop
+/// (PROTOCOL.md section 5, "A stop signal reaches the worker first"). Either order is
+/// `cancelled`: the stage is `cooperative` when warden's cancel went first, null when the
+/// worker's answer did.
+fn scancel_reaches_warden_and_worker(cluster: &Cluster) -> String {
+    scancel_protocol_job(cluster, "scancel-protocol", &[], None)
+}
+
+/// `--batch`: SIGTERM to warden alone, which cancels at the cooperative stage.
+fn scancel_batch_reaches_warden_alone(cluster: &Cluster) -> String {
+    scancel_protocol_job(
+        cluster,
+        "scancel-batch",
+        &["--signal=TERM", "--batch"],
+        Some("cooperative"),
     )
 }
 
@@ -852,8 +880,9 @@ fn under_slurm() {
             return;
         }
     };
-    let cases: [(&str, Case); 5] = [
-        ("scancel", scancel_reaches_warden_as_sigterm),
+    let cases: [(&str, Case); 6] = [
+        ("scancel", scancel_reaches_warden_and_worker),
+        ("scancel-batch", scancel_batch_reaches_warden_alone),
         ("usr1", stop_signal_usr1_from_scancel),
         ("leak-warden", leaking_job_under_warden),
         ("leak-bare", leaking_job_bare),

@@ -206,6 +206,9 @@ pub(crate) fn exit_status(facts: &RunFacts) -> u8 {
             exit_code: Some(code),
         } => u8::try_from(code & 0xff).unwrap_or(1),
         Ending::Failed { exit_code: None } => 1,
+        // Exit status 0 and crashed: an SDK worker that answered a cancel nobody here asked for
+        // (a signal from outside) and exited. Never 0: the work did not complete.
+        Ending::Crashed if facts.exit == Some(ExitStatus::Code(0)) => 1,
         Ending::Crashed => facts.exit.map_or(EXIT_CANCELED, shell_status),
         Ending::Killed if facts.limit.is_some() => facts.exit.map_or(137, shell_status),
         // Liveness (--unresponsive-after) stopped it: a timeout of another kind.
@@ -553,6 +556,11 @@ mod tests {
             };
             assert_eq!(exit_status(&f), EXIT_CANCELED, "{ending:?}");
         }
+        let crashed_after_an_outside_cancel = RunFacts {
+            exit: Some(ExitStatus::Code(0)),
+            ..facts(Ending::Crashed)
+        };
+        assert_eq!(exit_status(&crashed_after_an_outside_cancel), 1);
         let crashed_without_status = RunFacts {
             exit: None,
             ..facts(Ending::Crashed)

@@ -242,6 +242,15 @@ impl Pair {
         self.settle();
     }
 
+    /// A polite signal from outside the supervisor reaches the worker (a batch system that
+    /// signals every process of its job): the SDK turns it into a cancel of its own.
+    pub(super) fn outside_signal(&mut self) {
+        if let Some(sdk) = &mut self.sdk {
+            sdk.handle_signal();
+        }
+        self.settle();
+    }
+
     /// The worker process exits on its own with `status`.
     pub(super) fn exit_process(&mut self, status: ExitStatus) {
         self.process_exit(status);

@@ -196,15 +196,21 @@ fn a_job_cancelled_before_start_is_never_sent() {
 }
 
 #[test]
-fn an_unrequested_cancelled_is_a_violation() {
+fn an_unrequested_cancelled_is_a_violation_once_nobody_here_asks_in_time() {
     let mut r = Rig::new(settings());
     r.start(0, JobStart::default());
     let a = r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    assert!(a.is_empty(), "held for its attribution: {a:?}");
+    assert!(r.conn.accepts_cancel());
+    // Nothing more may come for the job meanwhile.
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(35)));
+    assert!(r.time(34).is_empty(), "no timer early");
+    let a = r.time(35);
     assert!(replies(&a).is_empty());
     assert!(has(&a, |a| matches!(a, Action::Kill)));
     assert!(has(&a, |a| matches!(a, Action::Close)));
     assert!(!r.conn.is_reading());
-    let a = r.exit_and_reap(6, KILLED);
+    let a = r.exit_and_reap(36, KILLED);
     let rep = report(&a);
     assert_eq!(rep.outcome, Outcome::Killed);
     assert_eq!(
@@ -212,6 +218,112 @@ fn an_unrequested_cancelled_is_a_violation() {
         Some(Violation::UnrequestedCancel { job: job(1) })
     );
     assert_eq!(rep.stage, Some(Stage::Kill));
+    assert_eq!(rep.reason, None);
+}
+
+#[test]
+fn a_message_after_an_unrequested_cancelled_is_a_second_answer() {
+    let mut r = Rig::new(settings());
+    r.start(0, JobStart::default());
+    r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    let a = r.msg(6, completed(1));
+    assert!(has(&a, |a| matches!(a, Action::Kill)));
+    let rep = report(&r.exit_and_reap(7, KILLED)).clone();
+    assert_eq!(rep.outcome, Outcome::Killed);
+    assert!(matches!(rep.violation, Some(Violation::NotRunning { .. })));
+}
+
+#[test]
+fn a_cancel_from_here_soon_after_is_what_an_early_cancelled_acknowledges() {
+    // A stop signal reached the worker first (a batch system signals the whole job); warden's
+    // own cancel for the same stop comes a moment later.
+    let mut r = Rig::new(settings());
+    r.start(0, JobStart::default());
+    r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    r.conn.handle_cancel(r.at(8), CancelReason::Shutdown);
+    let a = r.actions();
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert_eq!(rep.reason, Some(CancelReason::Shutdown));
+    assert_eq!(rep.violation, None);
+    assert_eq!(rep.trace.result_received, Some(ms(5)));
+    assert_eq!(rep.trace.cancel_requested, Some(ms(8)));
+    assert!(!has(&a, |a| matches!(a, Action::Kill)));
+    assert_eq!(r.conn.poll_timeout(), None, "the hold is over");
+    // The worker exits next, as the SDK does after a signal: an idle exit, no second report.
+    let a = r.exit_and_reap(9, ExitStatus::Code(0));
+    assert!(replies(&a).is_empty());
+}
+
+#[test]
+fn an_early_cancelled_is_attributed_even_after_the_worker_is_reaped() {
+    let mut r = Rig::new(settings());
+    r.start(0, JobStart::default());
+    r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    let a = r.exit_and_reap(6, ExitStatus::Code(0));
+    assert!(replies(&a).is_empty(), "the report waits: {a:?}");
+    assert!(r.conn.accepts_cancel());
+    // The job's own deadline is a cancel from here too.
+    r.conn.handle_cancel(r.at(20), CancelReason::Requested);
+    let a = r.actions();
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert_eq!(rep.reason, Some(CancelReason::Requested));
+    assert_eq!(rep.exit, Some(ExitStatus::Code(0)));
+    assert_eq!(rep.trace.cancel_requested, Some(ms(20)));
+    assert!(!has(&a, |a| matches!(a, Action::Send(_) | Action::Kill)));
+    assert!(r.conn.takes_requests());
+    assert!(matches!(
+        replies(&r.start(21, JobStart::default()))[..],
+        [Err(RunError::WorkerGone { .. })]
+    ));
+}
+
+#[test]
+fn an_early_cancelled_answers_the_jobs_own_deadline() {
+    let mut r = Rig::new(settings());
+    r.start(
+        0,
+        JobStart {
+            timeout: Some(ms(10)),
+            ..JobStart::default()
+        },
+    );
+    r.msg(9, WorkerMessage::Cancelled { job: job(1) });
+    let rep = report(&r.time(10)).clone();
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert_eq!(rep.reason, Some(CancelReason::Timeout));
+}
+
+#[test]
+fn an_early_cancelled_nobody_here_asks_for_then_an_exit_is_crashed() {
+    // Someone outside warden signalled the worker; the SDK cancelled and exited 0 on its own.
+    let mut r = Rig::new(settings());
+    r.start(0, JobStart::default());
+    r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    assert!(replies(&r.exit_and_reap(6, ExitStatus::Code(0))).is_empty());
+    let a = r.time(35);
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Crashed(ExitStatus::Code(0)));
+    assert_eq!(
+        rep.violation,
+        Some(Violation::UnrequestedCancel { job: job(1) })
+    );
+    assert_eq!((rep.reason, rep.stage), (None, None));
+    assert!(!has(&a, |a| matches!(a, Action::Kill | Action::Signal)));
+    // Exited but not reaped when the bound ends: the reap gives the report.
+    let mut r = Rig::new(settings());
+    r.start(0, JobStart::default());
+    r.msg(5, WorkerMessage::Cancelled { job: job(1) });
+    r.conn.handle_exit(r.at(6), Some(ExitStatus::Code(0)));
+    r.actions();
+    assert!(replies(&r.time(35)).is_empty());
+    r.conn.handle_eof(r.at(36));
+    r.actions();
+    r.conn
+        .handle_reaped(r.at(36), Some(ExitStatus::Code(0)), LimitReport::default());
+    let rep = report(&r.actions()).clone();
+    assert_eq!(rep.outcome, Outcome::Crashed(ExitStatus::Code(0)));
 }
 
 #[test]

@@ -19,16 +19,21 @@ pub(crate) enum Timer {
     Hangup,
     /// The worker exited but the channel has not reached EOF (`drain_timeout`): reap anyway.
     Drain,
+    /// The running job answered `Cancelled` before anyone here asked (`drain_timeout`): a
+    /// cancel from here before it fires is what that answer acknowledges; after it, the
+    /// answer is a violation.
+    Stray,
 }
 
 impl Timer {
-    const ALL: [Timer; 6] = [
+    const ALL: [Timer; 7] = [
         Timer::JobTimeout,
         Timer::NoProgress,
         Timer::Frame,
         Timer::Liveness,
         Timer::Hangup,
         Timer::Drain,
+        Timer::Stray,
     ];
 
     fn index(self) -> usize {
@@ -42,7 +47,7 @@ impl Timer {
 /// moment of the pause, and the resume moves every armed timer later by the time paused.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TimerTable {
-    at: [Option<Instant>; 6],
+    at: [Option<Instant>; Timer::ALL.len()],
     paused_at: Option<Instant>,
 }
 

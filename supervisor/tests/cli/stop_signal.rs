@@ -155,3 +155,96 @@ fn bad_stop_signals_are_usage_errors() {
         );
     }
 }
+
+/// The SDK worker under `warden run` (not warden, not a shim or guard), found by its marker.
+fn worker_pid(proc: &Proc, mark: &str, exe: &str) -> i32 {
+    let workers: Vec<i32> = crate::support::marked(mark)
+        .into_iter()
+        .filter(|s| s.pid != proc.pid() && s.cmdline.starts_with(exe))
+        .map(|s| s.pid)
+        .collect();
+    match workers[..] {
+        [pid] => pid,
+        _ => panic!("expected one worker, found {workers:?}"),
+    }
+}
+
+/// Waits (bounded) until `pid`, a process that is not ours, has exited.
+fn wait_gone(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let fd = i32::try_from(fd).expect("a descriptor fits an i32");
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    assert_eq!(n, 1, "worker {pid} did not exit within 10 s");
+}
+
+/// A stop signal that reaches the worker before warden (Slurm's plain `scancel` signals every
+/// process of a job): the SDK worker cancels on it, answers `Cancelled` and exits before
+/// warden has even heard of the stop. warden's own stop, a moment later, is what that answer
+/// acknowledged: `cancelled`, no violation, nothing killed.
+#[test]
+fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() {
+    let dir = TempDir::new();
+    let (mut proc, report) = start(
+        &dir,
+        &["--grace", "60"],
+        "worker:announce-stderr-wait-cancel",
+    );
+    proc.wait_stderr("in job");
+    let (exe, _) = fixture_argv();
+    let worker = worker_pid(&proc, proc.mark(), &exe);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM)
+        .expect("signal the worker");
+    wait_gone(worker);
+    proc.signal(Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
+    let r = read_report(&report, &done.stderr);
+    assert_eq!(r["outcome"], "cancelled", "{r}");
+    assert_eq!(r["reason"], "shutdown", "{r}");
+    assert_eq!(r["violation"], Value::Null, "{r}");
+    assert_eq!(r["stop_signal"], "TERM", "{r}");
+    assert!(r["timings_ms"]["kill_sent"].is_null(), "{r}");
+}
+
+/// The same answer with no stop for warden after it: someone outside signalled the worker
+/// alone. It ended on its own: `crashed`, the unrequested cancel named, nothing killed.
+#[test]
+fn a_workers_answer_to_an_outside_signal_nobody_here_follows_is_crashed() {
+    let dir = TempDir::new();
+    let (mut proc, report) = start(
+        &dir,
+        &["--grace", "60"],
+        "worker:announce-stderr-wait-cancel",
+    );
+    proc.wait_stderr("in job");
+    let (exe, _) = fixture_argv();
+    let worker = worker_pid(&proc, proc.mark(), &exe);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM)
+        .expect("signal the worker");
+    let done = proc.finish();
+    let r = read_report(&report, &done.stderr);
+    assert_eq!(r["outcome"], "crashed", "{r}\n{}", done.stderr);
+    assert_eq!(r["reason"], Value::Null, "{r}");
+    assert!(
+        r["violation"]
+            .as_str()
+            .is_some_and(|v| v.contains("never asked")),
+        "{r}"
+    );
+    assert!(r["timings_ms"]["kill_sent"].is_null(), "{r}");
+    assert_eq!(done.ended, Ended::Code(1), "{}", done.stderr);
+}

@@ -146,6 +146,11 @@ impl Proc {
 
     /// The process id (the process is never reaped before [`finish`](Self::finish), so the
     /// pid cannot be reused while this exists).
+    /// The marker every process it starts carries.
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid fits in i32")
     }

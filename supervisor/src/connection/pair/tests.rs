@@ -217,6 +217,9 @@ fn an_unrequested_cancelled_is_killed_but_a_handler_cancelled_unasked_is_failed(
     let mut p = pair();
     p.start(JobStart::default());
     p.inject_to_supervisor(&WorkerMessage::Cancelled { job: JobId(1) });
+    assert!(p.replies.is_empty(), "held for a cancel from here");
+    assert!(p.kills.is_empty());
+    p.advance(ms(30));
     let r = report(&p);
     assert_eq!(r.outcome, Outcome::Killed);
     assert_eq!(
@@ -451,4 +454,52 @@ mod properties {
             check(on_trip, live, late_exit, &inputs);
         }
     }
+}
+
+#[test]
+fn a_stop_signal_that_reaches_the_worker_before_the_supervisors_cancel_is_cancelled() {
+    // Slurm's plain `scancel` signals warden and the worker at once: the SDK cancels on the
+    // signal and answers before warden's own cancel for the same stop goes out.
+    for exits_first in [false, true] {
+        let mut p = pair();
+        p.start(JobStart::default());
+        p.outside_signal();
+        p.finish(Finish::Cancelled);
+        assert!(p.replies.is_empty(), "held: {:?}", p.replies);
+        if exits_first {
+            p.advance(ms(5));
+            assert!(
+                p.replies.is_empty(),
+                "still held after the exit: {:?}",
+                p.replies
+            );
+        }
+        p.cancel(CancelReason::Shutdown);
+        let r = report(&p);
+        assert_eq!(r.outcome, Outcome::Cancelled, "exits first: {exits_first}");
+        assert_eq!(
+            (r.reason, r.violation.as_ref()),
+            (Some(CancelReason::Shutdown), None)
+        );
+        p.advance(ms(1000));
+        assert!(p.kills.is_empty(), "nothing was killed: {:?}", p.kills);
+        assert_eq!(p.replies.len(), 1);
+        assert!(p.after_reap.is_empty(), "{:?}", p.after_reap);
+    }
+}
+
+#[test]
+fn a_stop_signal_from_outside_that_nobody_here_follows_is_crashed() {
+    let mut p = pair();
+    p.start(JobStart::default());
+    p.outside_signal();
+    p.finish(Finish::Cancelled);
+    p.advance(ms(1000));
+    let r = report(&p);
+    assert!(matches!(r.outcome, Outcome::Crashed(_)), "{r:?}");
+    assert_eq!(
+        r.violation,
+        Some(Violation::UnrequestedCancel { job: JobId(1) })
+    );
+    assert!(p.kills.is_empty(), "it ended on its own: {:?}", p.kills);
 }
