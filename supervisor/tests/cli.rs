@@ -27,6 +27,8 @@
 //!   SIGKILL of the namespace at the pod's grace; the ladder and the report finish first;
 //! - `stop_signal`: `warden run --stop-signal USR1`: SIGUSR1 starts the ladder (a cooperative
 //!   cancel) and the report names it; SIGTERM after it kills now; without it, USR1's default;
+//! - `spawn_paths`: the direct spawn and the exec shim (`WARDEN_SPAWN=shim`) set a program up
+//!   the same way (limits, cgroup, signals, descriptors, sandbox, exec errors);
 //! - `args`: bad arguments (one line, status 125), help and version;
 //! - `dropin`: the binary installed as `timeout` (GNU's words byte for byte), and warden's own
 //!   output to a closed pipe or a full device.
@@ -61,6 +63,8 @@ mod output;
 mod pid1;
 #[path = "cli/report.rs"]
 mod report;
+#[path = "cli/spawn_paths.rs"]
+mod spawn_paths;
 #[path = "cli/stop_signal.rs"]
 mod stop_signal;
 #[path = "cli/support.rs"]

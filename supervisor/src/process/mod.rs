@@ -5,8 +5,10 @@
 //! Platform contract: `unix.rs` provides spawning, group signalling by pgid, `waitid`-based exit
 //! peeking and reaping, and exec for every Unix; `linux.rs` adds pidfds (`pidfd_open`,
 //! `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`) and reports at runtime whether the
-//! kernel supports them; `cgroup.rs` manages cgroup v2 leaves. Elsewhere `no_pidfd.rs` and
-//! `no_cgroup.rs` stand in and always report "unsupported".
+//! kernel supports them; `cgroup.rs` manages cgroup v2 leaves; `direct.rs` (Linux on x86_64 and
+//! aarch64) spawns with the exec shim's setup done in a vfork-style child, one exec instead of
+//! two. Elsewhere `no_pidfd.rs`, `no_cgroup.rs` and `no_direct.rs` stand in and always report
+//! "unsupported" (the shim then does the setup).
 
 mod child;
 mod command;
@@ -24,6 +26,18 @@ mod cgroup;
 mod cgroup_v1;
 #[cfg(not(target_os = "linux"))]
 mod no_cgroup;
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod direct;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[path = "no_direct.rs"]
+mod direct;
 
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]

@@ -264,7 +264,8 @@ impl Step {
         Step::Seccomp,
     ];
 
-    fn code(self) -> u32 {
+    /// The step's number in a report (never 0).
+    pub(crate) fn code(self) -> u32 {
         match self {
             Step::Invocation => 1,
             Step::DeathSignal => 2,
@@ -278,6 +279,13 @@ impl Step {
             Step::Landlock => 10,
             Step::Seccomp => 11,
         }
+    }
+}
+
+impl Step {
+    /// The step a report's number names.
+    pub(crate) fn from_code(code: u32) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.code() == code)
     }
 }
 
@@ -301,7 +309,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(Step, i32)> {
     let step: [u8; 4] = bytes[..4].try_into().ok()?;
     let errno: [u8; 4] = bytes[4..].try_into().ok()?;
     let code = u32::from_ne_bytes(step);
-    let step = Step::ALL.into_iter().find(|s| s.code() == code)?;
+    let step = Step::from_code(code)?;
     Some((step, i32::from_ne_bytes(errno)))
 }
 

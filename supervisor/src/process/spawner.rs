@@ -16,6 +16,7 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+use super::direct::{self, DirectSetup};
 use super::shim::{REPORT_LEN, ShimPlan, Step, decode};
 use super::unix::{self, CHANNEL_FD, SpawnArgs};
 use super::{Child, Command, Stdio, pidfd};
@@ -55,6 +56,8 @@ struct Prepared {
     captured: Option<[OwnedFd; 2]>,
     /// The exec shim runs first: give it a report pipe.
     shim: bool,
+    /// The shim's setup done in the spawned child itself (`direct.rs`): no shim, no pipe.
+    direct: Option<DirectSetup>,
     keep_inherited: Vec<libc::c_int>,
 }
 
@@ -90,7 +93,15 @@ impl Drop for Spawned {
     }
 }
 
-type Reply = io::Result<Spawned>;
+/// What the spawning thread answers.
+enum Started {
+    /// A child, running or (through the shim) about to report.
+    Child(Spawned),
+    /// A step of the direct spawn failed, with this errno; the child is reaped.
+    Failed(Step, i32),
+}
+
+type Reply = io::Result<Started>;
 
 struct Request {
     prepared: Prepared,
@@ -169,7 +180,13 @@ fn spawn_now(p: &Prepared) -> Reply {
     };
     // Registered under the lock the orphan sweeper takes, so it can never reap this pid.
     let mut owned = super::sweep::owned();
-    let pid = unix::posix_spawn(&args)?;
+    let pid = match &p.direct {
+        Some(setup) => match direct::spawn(&args, setup)? {
+            direct::Spawned::Running(pid) => pid,
+            direct::Spawned::Failed(step, errno) => return Ok(Started::Failed(step, errno)),
+        },
+        None => unix::posix_spawn(&args)?,
+    };
     owned.insert(pid);
     drop(owned);
     let report = pipe.map(|(read, write)| {
@@ -183,13 +200,13 @@ fn spawn_now(p: &Prepared) -> Reply {
             None
         }
     };
-    Ok(Spawned {
+    Ok(Started::Child(Spawned {
         pid,
         pidfd: fd,
         new_group: p.new_group,
         report,
         taken: false,
-    })
+    }))
 }
 
 fn cstring(bytes: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, SpawnError> {
@@ -301,8 +318,9 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         None => None,
     };
     let mut path = cstring(path.into_os_string().into_vec(), "program")?;
-    let use_shim = shim.is_some();
-    if let Some(plan) = shim {
+    let direct = shim.as_ref().and_then(DirectSetup::for_plan);
+    let use_shim = shim.is_some() && direct.is_none();
+    if let Some(plan) = shim.filter(|_| use_shim) {
         argv = plan.argv(&path, &argv);
         path = super::shim::executable();
     }
@@ -317,6 +335,7 @@ fn prepare(cmd: &Command, opts: SpawnOptions) -> Result<Prepared, SpawnError> {
         stdio: [cmd.stdin, cmd.stdout, cmd.stderr],
         captured,
         shim: use_shim,
+        direct,
         keep_inherited,
     })
 }
@@ -432,11 +451,14 @@ pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, Sp
         .ok_or_else(gone)?
         .send(Request { prepared, reply })
         .map_err(|_| gone())?;
-    let (pid, fd, new_group, report) = rx
+    let started = rx
         .await
         .map_err(|_| gone())?
-        .map_err(|e| classify(display.clone(), e))?
-        .take();
+        .map_err(|e| classify(display.clone(), e))?;
+    let (pid, fd, new_group, report) = match started {
+        Started::Child(spawned) => spawned.take(),
+        Started::Failed(step, errno) => return Err(shim_error(display, step, errno)),
+    };
     let mut child = Child::new(pid, fd).map_err(|source| {
         abandon(pid, new_group);
         SpawnError::Launch {

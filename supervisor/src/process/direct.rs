@@ -1,0 +1,518 @@
+//! The direct spawn (Linux on x86_64 and aarch64): a vfork-style child that does the exec
+//! shim's setup itself and execs the program, one exec instead of two.
+//!
+//! The shim ([`super::shim`]) exists because posix_spawn cannot set `PR_SET_PDEATHSIG`, join a
+//! cgroup or set rlimits in the child, and a `pre_exec` closure would fork the whole
+//! supervisor. But its price is a second exec of a (large) binary per spawn, about as long as
+//! the program's own. This module does what glibc's posix_spawn does, `clone(CLONE_VM |
+//! CLONE_VFORK)` on a stack of its own, and runs in that child only async-signal-safe system
+//! calls on memory prepared before the clone (no allocation, no lock, no panic): the file
+//! actions and signal reset posix_spawn would do, then the shim's steps (death signal, cgroup
+//! joins, signals started ignored, rlimits, `no_new_privs`), then `execve` (with execvp's
+//! `/bin/sh` fallback). A failing step writes its step and errno into the shared plan and
+//! exits; the parent, resumed by the kernel once the child has exec'd or exited, reads it
+//! there, so no report pipe is needed either.
+//!
+//! Landlock and seccomp stay in the shim (their rulesets are built with allocations); so does
+//! everything on a kernel without `close_range` (Linux 5.9). `WARDEN_SPAWN=shim` in the
+//! supervisor's environment turns this path off (for measuring both, or as an escape hatch).
+
+use std::ffi::{CStr, CString, c_void};
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use super::Stdio;
+use super::shim::{Setup, ShimPlan, Step};
+use super::unix::{CHANNEL_FD, SpawnArgs};
+
+/// The child's stack: what the steps and glibc's `execve` wrapper need, with room to spare.
+const STACK_LEN: usize = 64 * 1024;
+/// The kernel's number of signals (`_NSIG`), numbered 1 to 64.
+const NSIG: libc::c_int = 64;
+
+/// The shim's steps this path does itself, owned (built before the clone).
+#[derive(Debug, Clone)]
+pub(crate) struct DirectSetup {
+    death_signal: Option<libc::c_int>,
+    /// `cgroup.procs` files to join, in order: the tree's leaf, then its v1 limit cgroups.
+    cgroups: Vec<CString>,
+    ignored: Vec<libc::c_int>,
+    rlimits: Vec<(u32, u64, u64)>,
+    no_new_privs: bool,
+}
+
+impl DirectSetup {
+    /// The plan for `plan`, if this path can carry it out: not for a Landlock ruleset or the
+    /// seccomp filter, not on a kernel without `close_range`, and not when
+    /// `WARDEN_SPAWN=shim` asks for the shim.
+    pub(crate) fn for_plan(plan: &ShimPlan) -> Option<DirectSetup> {
+        let Setup {
+            cgroups,
+            rlimits,
+            close_fds: _, // the file actions close every descriptor above the channel anyway
+            no_new_privs,
+            landlock,
+            seccomp,
+        } = &plan.setup;
+        if landlock.is_some() || *seccomp || !enabled() {
+            return None;
+        }
+        let path = |p: &std::path::Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
+        let mut procs = Vec::with_capacity(cgroups.len() + 1);
+        for p in plan.cgroup_procs.iter().chain(cgroups) {
+            procs.push(path(p)?);
+        }
+        Some(DirectSetup {
+            death_signal: plan.death_signal,
+            cgroups: procs,
+            ignored: plan.ignored.clone(),
+            rlimits: rlimits.clone(),
+            no_new_privs: *no_new_privs,
+        })
+    }
+}
+
+/// Whether the path is on: `close_range` exists (probed once) and `WARDEN_SPAWN` is not
+/// `shim`.
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        if std::env::var_os("WARDEN_SPAWN").is_some_and(|v| v == "shim") {
+            return false;
+        }
+        // SAFETY: closing the range [MAX, MAX], which holds no open descriptor, changes
+        // nothing; the call only tells whether the kernel has close_range.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::MAX,
+                libc::c_uint::MAX,
+                0u32,
+            )
+        };
+        rc == 0
+    })
+}
+
+/// How the spawn went.
+pub(crate) enum Spawned {
+    /// The program is running (exec'd) as this pid.
+    Running(libc::pid_t),
+    /// A step failed in the child, with this errno; the child is reaped.
+    Failed(Step, i32),
+}
+
+/// One file action, done in order in the child.
+#[derive(Clone, Copy)]
+enum FdOp {
+    Dup2 { from: libc::c_int, to: libc::c_int },
+    OpenNull { to: libc::c_int, flags: libc::c_int },
+}
+
+/// Everything the child reads, prepared before the clone: raw pointers into memory that
+/// outlives the call (the parent is suspended until the child has exec'd or exited).
+struct Plan {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// `/bin/sh PATH ARGS...`, for a file `execve` refuses with ENOEXEC (as execvp does).
+    sh_argv: *const *const libc::c_char,
+    new_group: bool,
+    fd_ops: [Option<FdOp>; 6],
+    cwd: *const libc::c_char,
+    close_from: libc::c_uint,
+    /// Bit `n - 1` set: signal `n` goes back to SIG_DFL. Clear: it keeps an inherited SIG_IGN
+    /// (a handler never survives exec, and is reset too).
+    reset: u64,
+    /// Bit `n - 1`: signal `n` starts ignored.
+    ignore: u64,
+    death_signal: libc::c_int,
+    parent: libc::pid_t,
+    cgroups: *const *const libc::c_char,
+    cgroups_len: usize,
+    rlimits: *const (u32, u64, u64),
+    rlimits_len: usize,
+    no_new_privs: bool,
+    /// Written by a failing child: the step's code, 0 for none.
+    failed_step: AtomicU32,
+    failed_errno: AtomicI32,
+}
+
+fn bit(sig: libc::c_int) -> u64 {
+    match u32::try_from(sig - 1) {
+        Ok(n) if n < 64 => 1u64 << n,
+        _ => 0,
+    }
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Starts the program of `args` with `setup` done in the child. Call it from the spawning
+/// thread: `PR_SET_PDEATHSIG` follows the thread that spawns.
+///
+/// # Errors
+/// The clone's own error (EAGAIN, ENOMEM...), or the stack's.
+pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spawned> {
+    let argv = pointers(args.argv);
+    let envp = pointers(args.envp);
+    let sh: &CStr = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), args.path.as_ptr()];
+    sh_argv.extend(args.argv.iter().skip(1).map(|a| a.as_ptr()));
+    sh_argv.push(std::ptr::null());
+    let cgroups = pointers(&setup.cgroups);
+
+    // The file actions, in posix_spawn's order (unix::spawn_once): the channel, the capture
+    // pipes, then stdio. Every source is above fd 9, so no action clobbers a later source.
+    let mut fd_ops = [None; 6];
+    let mut n = 0;
+    let mut push = |op: FdOp| {
+        if let Some(slot) = fd_ops.get_mut(n) {
+            *slot = Some(op);
+            n += 1;
+        }
+    };
+    if let Some(fd) = args.channel {
+        push(FdOp::Dup2 {
+            from: fd,
+            to: CHANNEL_FD,
+        });
+    }
+    if let Some(fds) = args.captured {
+        for (from, to) in fds.into_iter().zip([1, 2]) {
+            push(FdOp::Dup2 { from, to });
+        }
+    }
+    for (to, stdio, flags) in [
+        (0, args.stdin, libc::O_RDONLY),
+        (1, args.stdout, libc::O_WRONLY),
+        (2, args.stderr, libc::O_WRONLY),
+    ] {
+        if to != 0 && args.captured.is_some() {
+            continue;
+        }
+        let null = stdio == Stdio::Null || (stdio == Stdio::Stderr && to == 0);
+        match stdio {
+            _ if null => push(FdOp::OpenNull { to, flags }),
+            Stdio::Stderr if to == 1 => push(FdOp::Dup2 { from: 2, to: 1 }),
+            Stdio::Null | Stdio::Stderr | Stdio::Inherit => {}
+        }
+    }
+    let close_from = if args.channel.is_some() {
+        CHANNEL_FD + 1
+    } else {
+        CHANNEL_FD
+    };
+
+    let mut reset = !0u64;
+    for &sig in args.keep_inherited {
+        reset &= !bit(sig);
+    }
+    let mut ignore = 0u64;
+    for &sig in &setup.ignored {
+        ignore |= bit(sig);
+    }
+    let plan = Plan {
+        path: args.path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        sh_argv: sh_argv.as_ptr(),
+        new_group: args.new_group,
+        fd_ops,
+        cwd: args.cwd.map_or(std::ptr::null(), CStr::as_ptr),
+        close_from: libc::c_uint::try_from(close_from).unwrap_or(3),
+        reset,
+        ignore,
+        death_signal: setup.death_signal.unwrap_or(0),
+        // A pid always fits a pid_t; 0 (never a parent) only disables the check.
+        parent: libc::pid_t::try_from(std::process::id()).unwrap_or(0),
+        cgroups: cgroups.as_ptr(),
+        cgroups_len: setup.cgroups.len(),
+        rlimits: setup.rlimits.as_ptr(),
+        rlimits_len: setup.rlimits.len(),
+        no_new_privs: setup.no_new_privs,
+        failed_step: AtomicU32::new(0),
+        failed_errno: AtomicI32::new(0),
+    };
+
+    let stack = Stack::new()?;
+    // Every signal blocked on this thread across the clone, so the child starts with all of
+    // them blocked: no handler of ours can run in it (it shares our memory) before it has
+    // reset them. glibc's internal signals too, hence the raw system call.
+    let all = !0u64;
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask reads `all` and writes the old mask into `old`, both 8-byte
+    // kernel sigsets valid for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const all,
+            &raw mut old,
+            8usize,
+        );
+    }
+    // SAFETY: `child` runs on `stack` (mapped, writable, its top 16-byte aligned) and reads
+    // only `plan`, which lives until after this call returns; CLONE_VFORK suspends this thread
+    // until the child has exec'd or exited, so the memory it shares stays as it was, and the
+    // child does nothing that allocates, locks or unwinds. SIGCHLD makes it an ordinary child
+    // for waitid and pidfds.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw const plan).cast_mut().cast::<c_void>(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: as above; restores this thread's mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const old,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    let code = plan.failed_step.load(Ordering::Acquire);
+    if code == 0 {
+        return Ok(Spawned::Running(pid));
+    }
+    // The child has exited (it wrote the step and called _exit); reap it here, it is not
+    // registered anywhere.
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child, with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    let step = Step::from_code(code).unwrap_or(Step::Invocation);
+    Ok(Spawned::Failed(
+        step,
+        plan.failed_errno.load(Ordering::Acquire),
+    ))
+}
+
+/// The child's stack: an anonymous mapping with a guard page below it.
+struct Stack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        let page = usize::try_from(super::unix::page_size()).unwrap_or(4096);
+        let len = STACK_LEN + page;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Stack { base, len };
+        // SAFETY: the lowest page of the mapping just made; the stack grows down onto it.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The highest address: where the child's stack starts (page-aligned, so 16-aligned).
+    fn top(&self) -> *mut c_void {
+        self.base.wrapping_byte_add(self.len)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the child no longer runs on it
+        // (it exec'd or exited before clone returned).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The errno of the last failed call (the parent thread's TLS, which the child shares; the
+/// parent is suspended and does not read it).
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Records the failing step and exits without running anything of the parent's (no atexit
+/// handler, no flush).
+fn fail(plan: &Plan, step: Step, errno: i32) -> ! {
+    plan.failed_errno.store(errno, Ordering::Release);
+    plan.failed_step.store(step.code(), Ordering::Release);
+    // SAFETY: _exit ends this child at once; it is async-signal-safe.
+    unsafe { libc::_exit(127) }
+}
+
+/// `rt_sigaction(sig, handler)`, returning the old handler. The kernel's `struct sigaction`
+/// starts with the handler on these architectures; zero flags and an empty mask follow.
+fn set_handler(sig: libc::c_int, handler: usize) -> Result<usize, i32> {
+    let action = [handler as u64, 0, 0, 0];
+    let mut old = [0u64; 4];
+    // SAFETY: rt_sigaction reads a kernel sigaction from `action` and writes the old one into
+    // `old` (32 bytes each, at least the struct's size), with the kernel's sigset size (8).
+    // SIG_DFL and SIG_IGN run no code.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            action.as_ptr(),
+            old.as_mut_ptr(),
+            8usize,
+        )
+    };
+    if rc == 0 {
+        Ok(usize::try_from(old[0]).unwrap_or(usize::MAX))
+    } else {
+        Err(errno())
+    }
+}
+
+/// The child: async-signal-safe system calls only, on the plan's memory, then exec.
+extern "C" fn child(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Plan` the parent passed to clone; it outlives this child's use of
+    // it (the parent is suspended until the exec or the exit).
+    let plan = unsafe { &*arg.cast::<Plan>() };
+    // SAFETY: every call below is an async-signal-safe system call (or glibc's thin wrapper
+    // of one) taking plain integers or pointers into the plan, which are valid C strings,
+    // null-terminated arrays of them, or arrays of `cgroups_len`/`rlimits_len` entries,
+    // prepared by the parent; nothing allocates, locks or unwinds.
+    unsafe {
+        // Signals: every one back to SIG_DFL but those kept inherited, and of those a handler
+        // too (it is the parent's code; exec would reset it anyway). Then those the program
+        // starts with ignored.
+        for sig in 1..=NSIG {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let wanted = if plan.ignore & bit(sig) != 0 {
+                libc::SIG_IGN
+            } else {
+                libc::SIG_DFL
+            };
+            match set_handler(sig, wanted) {
+                Ok(old) if plan.reset & bit(sig) == 0 && old == libc::SIG_IGN => {
+                    // Kept as inherited: its SIG_IGN stays, unless asked ignored anyway.
+                    let _ = set_handler(sig, libc::SIG_IGN);
+                }
+                Ok(_) => {}
+                Err(e) if plan.ignore & bit(sig) != 0 => fail(plan, Step::IgnoreSignals, e),
+                Err(e) => fail(plan, Step::ResetSignals, e),
+            }
+        }
+        if plan.new_group && libc::setpgid(0, 0) != 0 {
+            fail(plan, Step::Invocation, errno());
+        }
+        for op in plan.fd_ops.iter().flatten() {
+            match *op {
+                FdOp::Dup2 { from, to } => {
+                    if libc::dup2(from, to) < 0 {
+                        fail(plan, Step::Invocation, errno());
+                    }
+                }
+                FdOp::OpenNull { to, flags } => {
+                    let fd = libc::open(c"/dev/null".as_ptr(), flags);
+                    if fd < 0 {
+                        fail(plan, Step::Invocation, errno());
+                    }
+                    if fd != to {
+                        if libc::dup2(fd, to) < 0 {
+                            fail(plan, Step::Invocation, errno());
+                        }
+                        libc::close(fd);
+                    }
+                }
+            }
+        }
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
+            fail(plan, Step::Invocation, errno());
+        }
+        if libc::syscall(
+            libc::SYS_close_range,
+            plan.close_from,
+            libc::c_uint::MAX,
+            0u32,
+        ) != 0
+        {
+            fail(plan, Step::CloseFds, errno());
+        }
+        if plan.death_signal != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::c_ulong::try_from(plan.death_signal).unwrap_or(0),
+            ) != 0
+            {
+                fail(plan, Step::DeathSignal, errno());
+            }
+            // The supervisor died before the line above: nobody would signal us.
+            if plan.parent != 0 && libc::getppid() != plan.parent {
+                libc::_exit(137);
+            }
+        }
+        for i in 0..plan.cgroups_len {
+            let procs = *plan.cgroups.add(i);
+            let fd = libc::open(procs, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fail(plan, Step::JoinCgroup, errno());
+            }
+            let written = libc::write(fd, c"0\n".as_ptr().cast(), 2);
+            if written != 2 {
+                fail(plan, Step::JoinCgroup, errno());
+            }
+            libc::close(fd);
+        }
+        for i in 0..plan.rlimits_len {
+            let (resource, soft, hard) = *plan.rlimits.add(i);
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(resource as libc::__rlimit_resource_t, &raw const limit) != 0 {
+                fail(plan, Step::SetRlimit, errno());
+            }
+        }
+        if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(plan, Step::NoNewPrivs, errno());
+        }
+        let empty = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        libc::execve(plan.path, plan.argv, plan.envp);
+        let mut e = errno();
+        if e == libc::ENOEXEC {
+            libc::execve(c"/bin/sh".as_ptr(), plan.sh_argv, plan.envp);
+            e = errno();
+        }
+        fail(plan, Step::Exec, e)
+    }
+}
