@@ -16,6 +16,14 @@
 //! Landlock and seccomp stay in the shim (their rulesets are built with allocations); so does
 //! everything on a kernel without `close_range` (Linux 5.9). `WARDEN_SPAWN=shim` in the
 //! supervisor's environment turns this path off (for measuring both, or as an escape hatch).
+//!
+//! **Into the cgroup.** Where it can, the child is made with `clone3(CLONE_VM | CLONE_VFORK |
+//! CLONE_INTO_CGROUP)` (Linux 5.7) and starts in the tree's leaf: no `cgroup.procs` write,
+//! which waits out an RCU grace period (10 ms here) whenever the cgroup lock was not taken for
+//! writing just before, as in every `warden run`. glibc exports no clone3, so the call is a
+//! few lines of assembly (x86_64) whose child calls [`child`] on its own stack. Refused
+//! (ENOSYS, EPERM under a seccomp policy, EINVAL before 5.7), the spawn falls back to
+//! `clone` and the write, and does not ask again; `WARDEN_SPAWN=clone` skips clone3.
 
 use std::ffi::{CStr, CString, c_void};
 use std::io;
@@ -37,6 +45,8 @@ pub(crate) struct DirectSetup {
     death_signal: Option<libc::c_int>,
     /// `cgroup.procs` files to join, in order: the tree's leaf, then its v1 limit cgroups.
     cgroups: Vec<CString>,
+    /// The tree's leaf (a cgroup v2 directory), to spawn straight into with `clone3`.
+    leaf: Option<CString>,
     ignored: Vec<libc::c_int>,
     rlimits: Vec<(u32, u64, u64)>,
     no_new_privs: bool,
@@ -63,9 +73,18 @@ impl DirectSetup {
         for p in plan.cgroup_procs.iter().chain(cgroups) {
             procs.push(path(p)?);
         }
+        let leaf = match plan
+            .cgroup_procs
+            .as_deref()
+            .and_then(std::path::Path::parent)
+        {
+            Some(dir) => Some(path(dir)?),
+            None => None,
+        };
         Some(DirectSetup {
             death_signal: plan.death_signal,
             cgroups: procs,
+            leaf,
             ignored: plan.ignored.clone(),
             rlimits: rlimits.clone(),
             no_new_privs: *no_new_privs,
@@ -131,6 +150,8 @@ struct Plan {
     parent: libc::pid_t,
     cgroups: *const *const libc::c_char,
     cgroups_len: usize,
+    /// The child was cloned into the leaf (`CLONE_INTO_CGROUP`): skip the first write.
+    in_leaf: bool,
     rlimits: *const (u32, u64, u64),
     rlimits_len: usize,
     no_new_privs: bool,
@@ -218,7 +239,7 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
     for &sig in &setup.ignored {
         ignore |= bit(sig);
     }
-    let plan = Plan {
+    let mut plan = Plan {
         path: args.path.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -234,6 +255,7 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
         parent: libc::pid_t::try_from(std::process::id()).unwrap_or(0),
         cgroups: cgroups.as_ptr(),
         cgroups_len: setup.cgroups.len(),
+        in_leaf: false,
         rlimits: setup.rlimits.as_ptr(),
         rlimits_len: setup.rlimits.len(),
         no_new_privs: setup.no_new_privs,
@@ -258,20 +280,37 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
             8usize,
         );
     }
-    // SAFETY: `child` runs on `stack` (mapped, writable, its top 16-byte aligned) and reads
-    // only `plan`, which lives until after this call returns; CLONE_VFORK suspends this thread
-    // until the child has exec'd or exited, so the memory it shares stays as it was, and the
-    // child does nothing that allocates, locks or unwinds. SIGCHLD makes it an ordinary child
-    // for waitid and pidfds.
-    let pid = unsafe {
-        libc::clone(
-            child,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw const plan).cast_mut().cast::<c_void>(),
-        )
-    };
-    let clone_error = io::Error::last_os_error();
+    // Straight into the leaf where the kernel can (clone3, Linux 5.7): no `cgroup.procs`
+    // write, which waits out an RCU grace period (~10 ms here) when the cgroup lock was not
+    // taken for writing just before, as in every `warden run`.
+    let mut pid = -1;
+    let mut clone_error = io::Error::from_raw_os_error(libc::ENOSYS);
+    if let Some(leaf) = &setup.leaf {
+        plan.in_leaf = true;
+        match into_cgroup(&plan, &stack, leaf) {
+            Ok(child) => pid = child,
+            Err(e) => {
+                plan.in_leaf = false;
+                tracing::debug!(error = %e, "clone3 into the cgroup refused; joining it by cgroup.procs");
+            }
+        }
+    }
+    if pid < 0 {
+        // SAFETY: `child` runs on `stack` (mapped, writable, its top 16-byte aligned) and
+        // reads only `plan`, which lives until after this call returns; CLONE_VFORK suspends
+        // this thread until the child has exec'd or exited, so the memory it shares stays as
+        // it was, and the child does nothing that allocates, locks or unwinds. SIGCHLD makes
+        // it an ordinary child for waitid and pidfds.
+        pid = unsafe {
+            libc::clone(
+                child,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&raw const plan).cast_mut().cast::<c_void>(),
+            )
+        };
+        clone_error = io::Error::last_os_error();
+    }
     // SAFETY: as above; restores this thread's mask.
     unsafe {
         libc::syscall(
@@ -305,6 +344,144 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
         step,
         plan.failed_errno.load(Ordering::Acquire),
     ))
+}
+
+/// `struct clone_args` of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7; not in every libc crate version).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Whether clone3 into a cgroup was refused once for a reason that will not change (ENOSYS,
+/// EPERM from a seccomp policy, EINVAL from a kernel before 5.7): not asked again.
+static CLONE3_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP) of [`child`] on `stack`, into the
+/// cgroup directory `leaf`. Refused (no child made): the error, and the caller clones the
+/// old way.
+fn into_cgroup(plan: &Plan, stack: &Stack, leaf: &CStr) -> io::Result<libc::pid_t> {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("WARDEN_SPAWN").is_some_and(|v| v == "clone"));
+    if off || CLONE3_REFUSED.load(Ordering::Relaxed) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    // SAFETY: open takes a valid C string; the descriptor is ours and closed below.
+    let dir = unsafe {
+        libc::open(
+            leaf.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.low() as u64,
+        stack_size: stack.usable_len() as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: u64::try_from(dir).unwrap_or(u64::MAX),
+    };
+    // SAFETY: as for clone in `spawn`: `child` runs on `stack`, whose top is 16-byte aligned,
+    // reads only `plan`, and this thread is suspended until it has exec'd or exited; `args`
+    // is a valid clone_args of the size given.
+    let rc = unsafe {
+        clone3_vfork(
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+            child,
+            (&raw const *plan).cast_mut().cast::<c_void>(),
+        )
+    };
+    // SAFETY: `dir` is ours, closed once; the child has its own reference to the cgroup.
+    unsafe { libc::close(dir) };
+    if rc < 0 {
+        let errno = i32::try_from(-rc).unwrap_or(libc::EINVAL);
+        if matches!(
+            errno,
+            libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG
+        ) {
+            CLONE3_REFUSED.store(true, Ordering::Relaxed);
+        }
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    libc::pid_t::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// The raw clone3 system call, whose child calls `f(arg)` on the new stack and exits with
+/// its value: glibc exports no clone3 wrapper, and a child that returned into Rust code on a
+/// stack without its caller's frames would crash. Returns the child's pid or `-errno`.
+///
+/// # Safety
+/// `args` must describe a stack (CLONE_VM) that nothing else uses while the child runs, and
+/// `f` must never return into anything but the exit below (it may return: the child exits).
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: *const CloneArgs,
+    size: usize,
+    f: extern "C" fn(*mut c_void) -> libc::c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller's contract. The parent continues at `2:` with the result in rax and
+    // every register but rax, rcx and r11 (clobbered by `syscall`) as it was. The child
+    // starts on its new stack with the same registers: it clears the frame pointer, calls
+    // `f` (the stack top is 16-byte aligned, so `call` leaves the ABI's alignment) and exits.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r9",
+            "call r8",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args,
+            in("rsi") size,
+            in("r8") f,
+            in("r9") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere (aarch64): not written yet; the caller clones the old way and writes
+/// `cgroup.procs`.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vfork(
+    _args: *const CloneArgs,
+    _size: usize,
+    _f: extern "C" fn(*mut c_void) -> libc::c_int,
+    _arg: *mut c_void,
+) -> i64 {
+    -i64::from(libc::ENOSYS)
 }
 
 /// The child's stack: an anonymous mapping with a guard page below it.
@@ -342,6 +519,16 @@ impl Stack {
     /// The highest address: where the child's stack starts (page-aligned, so 16-aligned).
     fn top(&self) -> *mut c_void {
         self.base.wrapping_byte_add(self.len)
+    }
+
+    /// The lowest address above the guard page (clone3 takes the stack as low end and size).
+    fn low(&self) -> *mut c_void {
+        self.base.wrapping_byte_add(self.len - STACK_LEN)
+    }
+
+    /// The size of the stack above the guard page.
+    fn usable_len(&self) -> usize {
+        STACK_LEN
     }
 }
 
@@ -474,7 +661,7 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
                 libc::_exit(137);
             }
         }
-        for i in 0..plan.cgroups_len {
+        for i in usize::from(plan.in_leaf)..plan.cgroups_len {
             let procs = *plan.cgroups.add(i);
             let fd = libc::open(procs, libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {

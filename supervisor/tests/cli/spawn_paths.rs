@@ -1,6 +1,8 @@
-//! The two ways warden starts a program with setup: the direct spawn (a vfork-style child
-//! that does the setup itself, one exec) and the exec shim (`WARDEN_SPAWN=shim`, a second
-//! exec). Each case runs under both and must give the same result: the limits are in place
+//! The ways warden starts a program with setup: the direct spawn (a vfork-style child that
+//! does the setup itself, one exec; made by clone3 straight into the tree's cgroup, or by
+//! `clone` and a `cgroup.procs` write with `WARDEN_SPAWN=clone`) and the exec shim
+//! (`WARDEN_SPAWN=shim`, a second exec). Each case runs under each and must give the same
+//! result: the limits are in place
 //! before the program's first instruction, the program is in its cgroup, no signal starts
 //! blocked or ignored, only fds 0-2 are inherited, the sandbox's `no_new_privs` and seccomp
 //! hold, and exec errors (missing, not executable, no `#!`) come back the same.
@@ -28,7 +30,7 @@ fn the_direct_spawn_and_the_shim_set_up_the_same() {
     let script = dir.file("no-shebang", "exit 7\n", 0o755);
     let plain = dir.file("plain-file", "exit 0\n", 0o644);
     let mut seen = Vec::new();
-    for mode in [None, Some("shim")] {
+    for mode in [None, Some("clone"), Some("shim")] {
         let probe = run(
             mode,
             &[
@@ -101,5 +103,6 @@ fn the_direct_spawn_and_the_shim_set_up_the_same() {
             sandboxed.stdout,
         ));
     }
-    assert_eq!(seen[0], seen[1], "the direct spawn and the shim differ");
+    assert_eq!(seen[0], seen[1], "clone3 and clone differ");
+    assert_eq!(seen[0], seen[2], "the direct spawn and the shim differ");
 }
