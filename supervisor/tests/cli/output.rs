@@ -40,9 +40,13 @@ fn check_flood(what: &str, done: &Finished, floor_kib: u64) {
         done.max_rss_kib,
         1024.0 / secs
     );
+    // `ru_maxrss` of a process started by a vfork-style spawn (std's, here) starts at its
+    // spawner's peak: the kernel takes the shared address space's high-water mark at exec.
+    // When this test binary's own peak is above the bound, that is all both runs show.
+    let bound = RSS_BOUND_KIB.max(floor_kib + (16 << 10));
     assert!(
-        done.max_rss_kib < RSS_BOUND_KIB,
-        "{what}: warden's peak RSS {} KiB is over the generous bound of {RSS_BOUND_KIB} KiB",
+        done.max_rss_kib < bound,
+        "{what}: warden's peak RSS {} KiB is over the generous bound of {bound} KiB",
         done.max_rss_kib
     );
 }
