@@ -191,12 +191,9 @@ fn wait_gone(pid: i32) {
     assert_eq!(n, 1, "worker {pid} did not exit within 10 s");
 }
 
-/// A stop signal that reaches the worker before warden (Slurm's plain `scancel` signals every
-/// process of a job): the SDK worker cancels on it, answers `Cancelled` and exits before
-/// warden has even heard of the stop. warden's own stop, a moment later, is what that answer
-/// acknowledged: `cancelled`, no violation, nothing killed.
-#[test]
-fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() {
+/// `warden run --protocol` of a worker in its job, whose worker (not warden) got SIGTERM:
+/// the directory, warden, the report's path and the worker's pid.
+fn worker_signalled_in_its_job() -> (TempDir, Proc, String, i32) {
     let dir = TempDir::new();
     let (mut proc, report) = start(
         &dir,
@@ -208,6 +205,16 @@ fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() 
     let worker = worker_pid(&proc, proc.mark(), &exe);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM)
         .expect("signal the worker");
+    (dir, proc, report, worker)
+}
+
+/// A stop signal that reaches the worker before warden (Slurm's plain `scancel` signals every
+/// process of a job): the SDK worker cancels on it, answers `Cancelled` and exits before
+/// warden has even heard of the stop. warden's own stop, a moment later, is what that answer
+/// acknowledged: `cancelled`, no violation, nothing killed.
+#[test]
+fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() {
+    let (_dir, proc, report, worker) = worker_signalled_in_its_job();
     wait_gone(worker);
     proc.signal(Signal::SIGTERM);
     let done = proc.finish();
@@ -224,17 +231,7 @@ fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() 
 /// alone. It ended on its own: `crashed`, the unrequested cancel named, nothing killed.
 #[test]
 fn a_workers_answer_to_an_outside_signal_nobody_here_follows_is_crashed() {
-    let dir = TempDir::new();
-    let (mut proc, report) = start(
-        &dir,
-        &["--grace", "60"],
-        "worker:announce-stderr-wait-cancel",
-    );
-    proc.wait_stderr("in job");
-    let (exe, _) = fixture_argv();
-    let worker = worker_pid(&proc, proc.mark(), &exe);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM)
-        .expect("signal the worker");
+    let (_dir, proc, report, _) = worker_signalled_in_its_job();
     let done = proc.finish();
     let r = read_report(&report, &done.stderr);
     assert_eq!(r["outcome"], "crashed", "{r}\n{}", done.stderr);
