@@ -788,6 +788,8 @@ impl Connection {
         match &mut self.phase {
             Phase::Job(job) => {
                 if job.violation.is_none() {
+                    // A held `Cancelled` is answered by this: no attribution is waited for.
+                    self.timers.stop(Timer::Stray);
                     job.violation = Some(violation);
                     job.esc.handle_kill(now);
                     // Nothing more it says can be trusted.
@@ -824,16 +826,17 @@ impl Connection {
         let Phase::Job(job) = &mut self.phase else {
             return;
         };
-        if job.held() {
-            self.timers.stop(Timer::Stray);
-            job.attributed = Some((reason, now));
-            job.esc.handle_cancel(now, reason);
-            job.result = Some(WorkerResult::Cancelled);
-            job.esc.handle_result(now);
-            self.reply_reaped(now);
-        } else if accepts {
-            job.esc.handle_cancel(now, reason);
+        if !job.held() {
+            if accepts {
+                job.esc.handle_cancel(now, reason);
+            }
+            return;
         }
+        self.timers.stop(Timer::Stray);
+        job.attributed = Some((reason, now));
+        job.esc.handle_cancel(now, reason);
+        self.result(now, WorkerResult::Cancelled);
+        self.reply_reaped(now);
     }
 
     /// Nobody here asked for the `Cancelled` within the bound. A worker still running broke
