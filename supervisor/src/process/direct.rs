@@ -30,9 +30,8 @@ use std::io;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
-use super::Stdio;
 use super::shim::{Setup, ShimPlan, Step};
-use super::unix::{CHANNEL_FD, SpawnArgs};
+use super::unix::{FdAction, SpawnArgs};
 
 /// The child's stack: what the steps and glibc's `execve` wrapper need, with room to spare.
 const STACK_LEN: usize = 64 * 1024;
@@ -92,12 +91,20 @@ impl DirectSetup {
     }
 }
 
+/// `WARDEN_SPAWN` in the supervisor's environment, read once: `shim` or `clone` (the direct
+/// spawn without clone3), anything else the default.
+fn spawn_mode() -> Option<&'static std::ffi::OsStr> {
+    static MODE: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+    MODE.get_or_init(|| std::env::var_os("WARDEN_SPAWN"))
+        .as_deref()
+}
+
 /// Whether the path is on: `close_range` exists (probed once) and `WARDEN_SPAWN` is not
 /// `shim`.
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        if std::env::var_os("WARDEN_SPAWN").is_some_and(|v| v == "shim") {
+        if spawn_mode().is_some_and(|m| m == "shim") {
             return false;
         }
         // SAFETY: closing the range [MAX, MAX], which holds no open descriptor, changes
@@ -114,21 +121,6 @@ fn enabled() -> bool {
     })
 }
 
-/// How the spawn went.
-pub(crate) enum Spawned {
-    /// The program is running (exec'd) as this pid.
-    Running(libc::pid_t),
-    /// A step failed in the child, with this errno; the child is reaped.
-    Failed(Step, i32),
-}
-
-/// One file action, done in order in the child.
-#[derive(Clone, Copy)]
-enum FdOp {
-    Dup2 { from: libc::c_int, to: libc::c_int },
-    OpenNull { to: libc::c_int, flags: libc::c_int },
-}
-
 /// Everything the child reads, prepared before the clone: raw pointers into memory that
 /// outlives the call (the parent is suspended until the child has exec'd or exited).
 struct Plan {
@@ -138,7 +130,8 @@ struct Plan {
     /// `/bin/sh PATH ARGS...`, for a file `execve` refuses with ENOEXEC (as execvp does).
     sh_argv: *const *const libc::c_char,
     new_group: bool,
-    fd_ops: [Option<FdOp>; 6],
+    fd_actions: *const FdAction,
+    fd_actions_len: usize,
     cwd: *const libc::c_char,
     close_from: libc::c_uint,
     /// Bit `n - 1` set: signal `n` goes back to SIG_DFL. Clear: it keeps an inherited SIG_IGN
@@ -178,9 +171,15 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// Starts the program of `args` with `setup` done in the child. Call it from the spawning
 /// thread: `PR_SET_PDEATHSIG` follows the thread that spawns.
 ///
+/// `Ok(Ok(pid))`: the program is running (exec'd); `Ok(Err((step, errno)))`: a step failed in
+/// the child, which is reaped.
+///
 /// # Errors
 /// The clone's own error (EAGAIN, ENOMEM...), or the stack's.
-pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spawned> {
+pub(crate) fn spawn(
+    args: &SpawnArgs<'_>,
+    setup: &DirectSetup,
+) -> io::Result<Result<libc::pid_t, (Step, i32)>> {
     let argv = pointers(args.argv);
     let envp = pointers(args.envp);
     let sh: &CStr = c"/bin/sh";
@@ -189,48 +188,7 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
     sh_argv.push(std::ptr::null());
     let cgroups = pointers(&setup.cgroups);
 
-    // The file actions, in posix_spawn's order (unix::spawn_once): the channel, the capture
-    // pipes, then stdio. Every source is above fd 9, so no action clobbers a later source.
-    let mut fd_ops = [None; 6];
-    let mut n = 0;
-    let mut push = |op: FdOp| {
-        if let Some(slot) = fd_ops.get_mut(n) {
-            *slot = Some(op);
-            n += 1;
-        }
-    };
-    if let Some(fd) = args.channel {
-        push(FdOp::Dup2 {
-            from: fd,
-            to: CHANNEL_FD,
-        });
-    }
-    if let Some(fds) = args.captured {
-        for (from, to) in fds.into_iter().zip([1, 2]) {
-            push(FdOp::Dup2 { from, to });
-        }
-    }
-    for (to, stdio, flags) in [
-        (0, args.stdin, libc::O_RDONLY),
-        (1, args.stdout, libc::O_WRONLY),
-        (2, args.stderr, libc::O_WRONLY),
-    ] {
-        if to != 0 && args.captured.is_some() {
-            continue;
-        }
-        let null = stdio == Stdio::Null || (stdio == Stdio::Stderr && to == 0);
-        match stdio {
-            _ if null => push(FdOp::OpenNull { to, flags }),
-            Stdio::Stderr if to == 1 => push(FdOp::Dup2 { from: 2, to: 1 }),
-            Stdio::Null | Stdio::Stderr | Stdio::Inherit => {}
-        }
-    }
-    let close_from = if args.channel.is_some() {
-        CHANNEL_FD + 1
-    } else {
-        CHANNEL_FD
-    };
-
+    let fd_actions = args.fd_actions();
     let mut reset = !0u64;
     for &sig in args.keep_inherited {
         reset &= !bit(sig);
@@ -245,9 +203,10 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
         envp: envp.as_ptr(),
         sh_argv: sh_argv.as_ptr(),
         new_group: args.new_group,
-        fd_ops,
+        fd_actions: fd_actions.as_ptr(),
+        fd_actions_len: fd_actions.len(),
         cwd: args.cwd.map_or(std::ptr::null(), CStr::as_ptr),
-        close_from: libc::c_uint::try_from(close_from).unwrap_or(3),
+        close_from: libc::c_uint::try_from(args.close_from()).unwrap_or(3),
         reset,
         ignore,
         death_signal: setup.death_signal.unwrap_or(0),
@@ -267,19 +226,7 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
     // Every signal blocked on this thread across the clone, so the child starts with all of
     // them blocked: no handler of ours can run in it (it shares our memory) before it has
     // reset them. glibc's internal signals too, hence the raw system call.
-    let all = !0u64;
-    let mut old = 0u64;
-    // SAFETY: rt_sigprocmask reads `all` and writes the old mask into `old`, both 8-byte
-    // kernel sigsets valid for the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &raw const all,
-            &raw mut old,
-            8usize,
-        );
-    }
+    let old = set_mask(!0u64);
     // Straight into the leaf where the kernel can (clone3, Linux 5.7): no `cgroup.procs`
     // write, which waits out an RCU grace period (~10 ms here) when the cgroup lock was not
     // taken for writing just before, as in every `warden run`.
@@ -311,39 +258,20 @@ pub(crate) fn spawn(args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spa
         };
         clone_error = io::Error::last_os_error();
     }
-    // SAFETY: as above; restores this thread's mask.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &raw const old,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
-    }
+    set_mask(old);
     drop(stack);
     if pid < 0 {
         return Err(clone_error);
     }
     let code = plan.failed_step.load(Ordering::Acquire);
     if code == 0 {
-        return Ok(Spawned::Running(pid));
+        return Ok(Ok(pid));
     }
     // The child has exited (it wrote the step and called _exit); reap it here, it is not
     // registered anywhere.
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child, with a valid status pointer.
-        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
+    let _ = super::unix::reap(pid, true);
     let step = Step::from_code(code).unwrap_or(Step::Invocation);
-    Ok(Spawned::Failed(
-        step,
-        plan.failed_errno.load(Ordering::Acquire),
-    ))
+    Ok(Err((step, plan.failed_errno.load(Ordering::Acquire))))
 }
 
 /// `struct clone_args` of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
@@ -373,9 +301,7 @@ static CLONE3_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// cgroup directory `leaf`. Refused (no child made): the error, and the caller clones the
 /// old way.
 fn into_cgroup(plan: &Plan, stack: &Stack, leaf: &CStr) -> io::Result<libc::pid_t> {
-    static OFF: OnceLock<bool> = OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var_os("WARDEN_SPAWN").is_some_and(|v| v == "clone"));
-    if off || CLONE3_REFUSED.load(Ordering::Relaxed) {
+    if spawn_mode().is_some_and(|m| m == "clone") || CLONE3_REFUSED.load(Ordering::Relaxed) {
         return Err(io::Error::from_raw_os_error(libc::ENOSYS));
     }
     // SAFETY: open takes a valid C string; the descriptor is ours and closed below.
@@ -556,6 +482,24 @@ fn fail(plan: &Plan, step: Step, errno: i32) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// Sets this thread's signal mask to `mask` (bit `n - 1`: signal `n`; glibc's internal ones
+/// too, which its wrappers leave out) and returns the old one. Async-signal-safe.
+fn set_mask(mask: u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask reads `mask` and writes the old mask into `old`, both 8-byte
+    // kernel sigsets valid for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const mask,
+            &raw mut old,
+            8usize,
+        );
+    }
+    old
+}
+
 /// `rt_sigaction(sig, handler)`, returning the old handler. The kernel's `struct sigaction`
 /// starts with the handler on these architectures; zero flags and an empty mask follow.
 fn set_handler(sig: libc::c_int, handler: usize) -> Result<usize, i32> {
@@ -587,7 +531,7 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     let plan = unsafe { &*arg.cast::<Plan>() };
     // SAFETY: every call below is an async-signal-safe system call (or glibc's thin wrapper
     // of one) taking plain integers or pointers into the plan, which are valid C strings,
-    // null-terminated arrays of them, or arrays of `cgroups_len`/`rlimits_len` entries,
+    // null-terminated arrays of them, or arrays of `fd_actions_len`/`cgroups_len`/`rlimits_len` entries,
     // prepared by the parent; nothing allocates, locks or unwinds.
     unsafe {
         // Signals: every one back to SIG_DFL but those kept inherited, and of those a handler
@@ -615,14 +559,17 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         if plan.new_group && libc::setpgid(0, 0) != 0 {
             fail(plan, Step::Invocation, errno());
         }
-        for op in plan.fd_ops.iter().flatten() {
-            match *op {
-                FdOp::Dup2 { from, to } => {
+        for i in 0..plan.fd_actions_len {
+            match *plan.fd_actions.add(i) {
+                FdAction::Dup2 { from, to } => {
                     if libc::dup2(from, to) < 0 {
                         fail(plan, Step::Invocation, errno());
                     }
                 }
-                FdOp::OpenNull { to, flags } => {
+                FdAction::Close(fd) => {
+                    libc::close(fd);
+                }
+                FdAction::OpenNull { to, flags } => {
                     let fd = libc::open(c"/dev/null".as_ptr(), flags);
                     if fd < 0 {
                         fail(plan, Step::Invocation, errno());
@@ -686,14 +633,7 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(plan, Step::NoNewPrivs, errno());
         }
-        let empty = 0u64;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &raw const empty,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
+        set_mask(0);
         libc::execve(plan.path, plan.argv, plan.envp);
         let mut e = errno();
         if e == libc::ENOEXEC {

@@ -17,15 +17,10 @@ impl DirectSetup {
     }
 }
 
-/// How the spawn went (see `direct.rs`).
-pub(crate) enum Spawned {
-    /// The program is running as this pid.
-    Running(libc::pid_t),
-    /// A step failed in the child, with this errno.
-    Failed(Step, i32),
-}
-
 /// Never called: there is no [`DirectSetup`] to call it with.
-pub(crate) fn spawn(_args: &SpawnArgs<'_>, setup: &DirectSetup) -> io::Result<Spawned> {
+pub(crate) fn spawn(
+    _args: &SpawnArgs<'_>,
+    setup: &DirectSetup,
+) -> io::Result<Result<libc::pid_t, (Step, i32)>> {
     match *setup {}
 }

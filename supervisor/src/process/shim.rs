@@ -264,6 +264,11 @@ impl Step {
         Step::Seccomp,
     ];
 
+    /// The step a report's number names.
+    pub(crate) fn from_code(code: u32) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.code() == code)
+    }
+
     /// The step's number in a report (never 0).
     pub(crate) fn code(self) -> u32 {
         match self {
@@ -279,13 +284,6 @@ impl Step {
             Step::Landlock => 10,
             Step::Seccomp => 11,
         }
-    }
-}
-
-impl Step {
-    /// The step a report's number names.
-    pub(crate) fn from_code(code: u32) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| s.code() == code)
     }
 }
 

@@ -182,8 +182,8 @@ fn spawn_now(p: &Prepared) -> Reply {
     let mut owned = super::sweep::owned();
     let pid = match &p.direct {
         Some(setup) => match direct::spawn(&args, setup)? {
-            direct::Spawned::Running(pid) => pid,
-            direct::Spawned::Failed(step, errno) => return Ok(Started::Failed(step, errno)),
+            Ok(pid) => pid,
+            Err((step, errno)) => return Ok(Started::Failed(step, errno)),
         },
         None => unix::posix_spawn(&args)?,
     };

@@ -46,6 +46,88 @@ pub(crate) struct SpawnArgs<'a> {
     pub keep_inherited: &'a [libc::c_int],
 }
 
+/// One file action of a spawn, done in order in the child (by posix_spawn, or by the direct
+/// spawn's child in `direct.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdAction {
+    /// `dup2(from, to)`.
+    Dup2 { from: RawFd, to: RawFd },
+    /// `/dev/null` opened with `flags` at `to`.
+    OpenNull { to: RawFd, flags: libc::c_int },
+    /// `close(fd)`; not open is not an error.
+    Close(RawFd),
+}
+
+impl SpawnArgs<'_> {
+    /// The file actions, in order: the channel at fd 3 (or fd 3 closed, below the shim's
+    /// report pipe), the report pipe at fd 4, the capture pipes at fds 1 and 2, then stdio.
+    /// Every source is above fd 9, so no action clobbers a later one's source.
+    pub(crate) fn fd_actions(&self) -> Vec<FdAction> {
+        let mut out = Vec::with_capacity(6);
+        if let Some(fd) = self.channel {
+            debug_assert!(
+                fd > CHANNEL_FD,
+                "channel fd must not collide with its target"
+            );
+            out.push(FdAction::Dup2 {
+                from: fd,
+                to: CHANNEL_FD,
+            });
+        } else if self.report.is_some() {
+            // Nothing belongs at fd 3, and closefrom starts above the report pipe.
+            out.push(FdAction::Close(CHANNEL_FD));
+        }
+        if let Some(fd) = self.report {
+            debug_assert!(fd > REPORT_FD, "report fd must not collide with its target");
+            out.push(FdAction::Dup2 {
+                from: fd,
+                to: REPORT_FD,
+            });
+        }
+        if let Some(fds) = self.captured {
+            for (from, to) in fds.into_iter().zip([1, 2]) {
+                debug_assert!(
+                    from > REPORT_FD,
+                    "capture fd must not collide with the fixed ones"
+                );
+                out.push(FdAction::Dup2 { from, to });
+            }
+        }
+        for (to, stdio, flags) in [
+            (0, self.stdin, libc::O_RDONLY),
+            (1, self.stdout, libc::O_WRONLY),
+            (2, self.stderr, libc::O_WRONLY),
+        ] {
+            if to != 0 && self.captured.is_some() {
+                // Captured: fds 1 and 2 are the capture pipes (dup2'd above).
+                continue;
+            }
+            // Stderr as stdin means nothing: /dev/null, as documented.
+            let null = stdio == Stdio::Null || (stdio == Stdio::Stderr && to == 0);
+            match stdio {
+                _ if null => out.push(FdAction::OpenNull { to, flags }),
+                // fd 2 is the supervisor's stderr, inherited by the child (dup2 onto 1 leaves
+                // the child's fd 2 as it is).
+                Stdio::Stderr if to == 1 => out.push(FdAction::Dup2 { from: 2, to: 1 }),
+                Stdio::Null | Stdio::Stderr | Stdio::Inherit => {}
+            }
+        }
+        out
+    }
+
+    /// The first descriptor the child closes (with everything above it): above the last
+    /// fixed one it has.
+    pub(crate) fn close_from(&self) -> RawFd {
+        if self.report.is_some() {
+            REPORT_FD + 1
+        } else if self.channel.is_some() {
+            CHANNEL_FD + 1
+        } else {
+            CHANNEL_FD
+        }
+    }
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
@@ -109,82 +191,32 @@ fn spawn_once(path: &CStr, argv: &[CString], args: &SpawnArgs<'_>) -> io::Result
     let fa = st.actions.as_mut_ptr();
     let attr = st.attr.as_mut_ptr();
 
-    if let Some(fd) = args.channel {
-        debug_assert!(
-            fd > CHANNEL_FD,
-            "channel fd must not collide with its target"
-        );
-        // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
-        // dup2 onto another number clears FD_CLOEXEC on the child's copy only.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, CHANNEL_FD) })?;
-    } else if args.report.is_some() {
-        // Nothing belongs at fd 3, and closefrom starts above the report pipe.
-        // SAFETY: `fa` is initialised; closing a descriptor that is not open is not an error
-        // for glibc's posix_spawn.
-        check(unsafe { libc::posix_spawn_file_actions_addclose(fa, CHANNEL_FD) })?;
-    }
-    if let Some(fd) = args.report {
-        debug_assert!(fd > REPORT_FD, "report fd must not collide with its target");
-        // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of the call.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, REPORT_FD) })?;
-    }
-    if let Some(fds) = args.captured {
-        for (fd, target) in fds.into_iter().zip([1, 2]) {
-            debug_assert!(
-                fd > REPORT_FD,
-                "capture fd must not collide with the fixed ones"
-            );
-            // SAFETY: `fa` is initialised; `fd` is open in this process for the duration of
-            // the call. dup2 onto another number clears FD_CLOEXEC on the child's copy only.
-            check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, fd, target) })?;
-        }
-    }
-    for (target, stdio, flags) in [
-        (0, args.stdin, libc::O_RDONLY),
-        (1, args.stdout, libc::O_WRONLY),
-        (2, args.stderr, libc::O_WRONLY),
-    ] {
-        if target != 0 && args.captured.is_some() {
-            // Captured: fds 1 and 2 are the capture pipes (dup2'd above).
-            continue;
-        }
-        // Stderr as stdin means nothing: /dev/null, as documented.
-        let null = stdio == Stdio::Null || (stdio == Stdio::Stderr && target == 0);
-        match stdio {
-            _ if null => {
+    for action in args.fd_actions() {
+        let rc = match action {
+            FdAction::Dup2 { from, to } => {
+                // SAFETY: `fa` is initialised; `from` is open in this process for the duration
+                // of the call. dup2 onto another number clears FD_CLOEXEC on the child's copy.
+                unsafe { libc::posix_spawn_file_actions_adddup2(fa, from, to) }
+            }
+            FdAction::OpenNull { to, flags } => {
                 // SAFETY: `fa` is initialised; the path is a valid C string that outlives the
                 // call.
-                check(unsafe {
-                    libc::posix_spawn_file_actions_addopen(
-                        fa,
-                        target,
-                        c"/dev/null".as_ptr(),
-                        flags,
-                        0,
-                    )
-                })?;
+                unsafe {
+                    libc::posix_spawn_file_actions_addopen(fa, to, c"/dev/null".as_ptr(), flags, 0)
+                }
             }
-            Stdio::Stderr if target == 1 => {
-                // SAFETY: `fa` is initialised; fd 2 is the supervisor's stderr, inherited by
-                // the child (dup2 onto 1 leaves the child's fd 2 as it is).
-                check(unsafe { libc::posix_spawn_file_actions_adddup2(fa, 2, 1) })?;
+            FdAction::Close(fd) => {
+                // SAFETY: `fa` is initialised; closing a descriptor that is not open is not an
+                // error for glibc's posix_spawn.
+                unsafe { libc::posix_spawn_file_actions_addclose(fa, fd) }
             }
-            Stdio::Null | Stdio::Stderr | Stdio::Inherit => {}
-        }
+        };
+        check(rc)?;
     }
     if let Some(cwd) = args.cwd {
         add_chdir(fa, cwd)?;
     }
-    add_closefrom(
-        fa,
-        if args.report.is_some() {
-            REPORT_FD + 1
-        } else if args.channel.is_some() {
-            CHANNEL_FD + 1
-        } else {
-            CHANNEL_FD
-        },
-    )?;
+    add_closefrom(fa, args.close_from())?;
 
     // Every catchable signal back to its default, nothing blocked: a worker must not inherit a
     // supervisor's ignored SIGTERM or blocked mask (tini and systemd do the same). Signals the
