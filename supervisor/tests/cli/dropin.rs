@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 
 use crate::support::{
     Ended, Finished, GNU_TIMEOUT, Proc, TempDir, WARDEN, command, gnu_available, new_mark,
+    pidfd_open, wait_pidfd,
 };
 
 /// Runs `program` with argv[0] `argv0` and `args`, bounded, survivors checked.
@@ -295,29 +296,7 @@ while :; do sleep 1; done"#,
     // PDEATHSIG reaches only the command; the child's trap runs through the guard.
     proc.wait_line("the child's trap", |l| l == "trapped child");
     // The guard waits out -k for the stubborn one, kills it, removes the cgroups, exits.
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(&guard_fd),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16))
-        .expect("poll the guard's pidfd");
-    assert_eq!(ready, 1, "the guard did not finish within 20 s");
+    wait_pidfd(&guard_fd, 20_000, "the guard's end");
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Signal(libc::SIGKILL), "{}", done.stderr);
-}
-
-/// A pidfd for `pid` (a process of this test's run, alive now), so its exit can be awaited
-/// without racing pid reuse.
-fn pidfd_open(pid: i32) -> std::os::fd::OwnedFd {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
-    // is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    let fd = i32::try_from(fd).expect("fd fits in i32");
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }

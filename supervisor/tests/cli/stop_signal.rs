@@ -13,10 +13,15 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::fixture::ROLE_VAR;
-use crate::support::{Ended, Proc, TempDir, WARDEN, command, fixture_argv, new_mark};
+use std::os::fd::OwnedFd;
 
-/// `warden run -v --protocol --report FILE OPTIONS -- <fixture role>`, started.
-fn start(dir: &TempDir, options: &[&str], role: &str) -> (Proc, String) {
+use crate::support::{
+    Ended, Proc, TempDir, WARDEN, command, fixture_argv, new_mark, pidfd_open, wait_pidfd,
+};
+
+/// `warden run -v --protocol --report FILE OPTIONS -- <fixture role>`, started, once the
+/// worker said it is in its job (so warden's handlers are installed).
+fn start_in_job(dir: &TempDir, options: &[&str], role: &str) -> (Proc, String) {
     let report = dir.0.join("r.json").to_string_lossy().into_owned();
     let (exe, fixture_args) = fixture_argv();
     let mut args = vec!["run", "-v", "--protocol", "--report", &report];
@@ -27,7 +32,8 @@ fn start(dir: &TempDir, options: &[&str], role: &str) -> (Proc, String) {
     let mark = new_mark();
     let mut cmd = command(WARDEN, &args, &mark);
     cmd.env(ROLE_VAR, role);
-    let proc = Proc::start(&format!("run {options:?} {role}"), cmd, &mark);
+    let mut proc = Proc::start(&format!("run {options:?} {role}"), cmd, &mark);
+    proc.wait_stderr("in job");
     (proc, report)
 }
 
@@ -40,7 +46,7 @@ fn read_report(path: &str, stderr: &str) -> Value {
 #[test]
 fn a_stop_signal_cancels_cooperatively_and_is_named() {
     let dir = TempDir::new();
-    let (mut proc, report) = start(
+    let (proc, report) = start_in_job(
         &dir,
         &[
             "--stop-signal",
@@ -52,7 +58,6 @@ fn a_stop_signal_cancels_cooperatively_and_is_named() {
         ],
         "worker:announce-stderr-wait-cancel",
     );
-    proc.wait_stderr("in job");
     proc.signal(Signal::SIGUSR1);
     let done = proc.finish();
     let status = 128 + libc::SIGUSR1;
@@ -70,7 +75,7 @@ fn a_stop_signal_cancels_cooperatively_and_is_named() {
 #[test]
 fn sigterm_after_a_stop_signal_is_the_second_and_kills_now() {
     let dir = TempDir::new();
-    let (mut proc, report) = start(
+    let (mut proc, report) = start_in_job(
         &dir,
         &[
             "--stop-signal",
@@ -82,7 +87,6 @@ fn sigterm_after_a_stop_signal_is_the_second_and_kills_now() {
         ],
         "worker:announce-ignore-all",
     );
-    proc.wait_stderr("in job");
     proc.signal(Signal::SIGUSR1);
     proc.wait_stderr("running the ladder");
     proc.signal(Signal::SIGTERM);
@@ -107,12 +111,11 @@ fn sigterm_after_a_stop_signal_is_the_second_and_kills_now() {
 #[test]
 fn sigterm_is_named_too() {
     let dir = TempDir::new();
-    let (mut proc, report) = start(
+    let (proc, report) = start_in_job(
         &dir,
         &["--grace", "60"],
         "worker:announce-stderr-wait-cancel",
     );
-    proc.wait_stderr("in job");
     proc.signal(Signal::SIGTERM);
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);
@@ -126,12 +129,11 @@ fn without_the_option_usr1_keeps_its_default_action() {
     // Today's behaviour: SIGUSR1's default action ends warden at once; its worker goes with it
     // (channel EOF and PDEATHSIG), which the survivor scan in `finish` checks.
     let dir = TempDir::new();
-    let (mut proc, report) = start(
+    let (proc, report) = start_in_job(
         &dir,
         &["--grace", "60"],
         "worker:announce-stderr-wait-cancel",
     );
-    proc.wait_stderr("in job");
     proc.signal(Signal::SIGUSR1);
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Signal(libc::SIGUSR1), "{}", done.stderr);
@@ -169,43 +171,22 @@ fn worker_pid(proc: &Proc, mark: &str, exe: &str) -> i32 {
     }
 }
 
-/// Waits (bounded) until `pid`, a process that is not ours, has exited.
-fn wait_gone(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    let fd = i32::try_from(fd).expect("a descriptor fits an i32");
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&raw mut pfd, 1, 10_000) };
-    // SAFETY: fd is ours and closed once.
-    unsafe { libc::close(fd) };
-    assert_eq!(n, 1, "worker {pid} did not exit within 10 s");
-}
-
 /// `warden run --protocol` of a worker in its job, whose worker (not warden) got SIGTERM:
-/// the directory, warden, the report's path and the worker's pid.
-fn worker_signalled_in_its_job() -> (TempDir, Proc, String, i32) {
+/// the directory, warden, the report's path and a pidfd of the worker.
+fn worker_signalled_in_its_job() -> (TempDir, Proc, String, OwnedFd) {
     let dir = TempDir::new();
-    let (mut proc, report) = start(
+    let (proc, report) = start_in_job(
         &dir,
         &["--grace", "60"],
         "worker:announce-stderr-wait-cancel",
     );
-    proc.wait_stderr("in job");
     let (exe, _) = fixture_argv();
     let worker = worker_pid(&proc, proc.mark(), &exe);
+    // Opened while it runs: warden may reap it as soon as it exits.
+    let exited = pidfd_open(worker);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM)
         .expect("signal the worker");
-    (dir, proc, report, worker)
+    (dir, proc, report, exited)
 }
 
 /// A stop signal that reaches the worker before warden (Slurm's plain `scancel` signals every
@@ -215,7 +196,7 @@ fn worker_signalled_in_its_job() -> (TempDir, Proc, String, i32) {
 #[test]
 fn a_workers_answer_to_the_stop_signal_before_wardens_own_cancel_is_cancelled() {
     let (_dir, proc, report, worker) = worker_signalled_in_its_job();
-    wait_gone(worker);
+    wait_pidfd(&worker, 10_000, "the signalled worker's exit");
     proc.signal(Signal::SIGTERM);
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Code(143), "{}", done.stderr);

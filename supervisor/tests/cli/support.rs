@@ -570,3 +570,31 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A pidfd for `pid` (a process of this test's run, alive now), so its exit can be awaited
+/// without racing pid reuse or its parent's reap.
+pub fn pidfd_open(pid: i32) -> std::os::fd::OwnedFd {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let fd = i32::try_from(fd).expect("fd fits in i32");
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// Waits at most `bound_ms` for the process behind `pidfd` to exit (bounded; `what` names it
+/// in the failure).
+pub fn wait_pidfd(pidfd: &std::os::fd::OwnedFd, bound_ms: u16, what: &str) {
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(pidfd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(bound_ms))
+        .unwrap_or_else(|e| panic!("poll for {what}: {e}"));
+    assert_eq!(ready, 1, "{what} did not come within {bound_ms} ms");
+}
