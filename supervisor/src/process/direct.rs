@@ -230,39 +230,24 @@ pub(crate) fn spawn(
     // Straight into the leaf where the kernel can (clone3, Linux 5.7): no `cgroup.procs`
     // write, which waits out an RCU grace period (~10 ms here) when the cgroup lock was not
     // taken for writing just before, as in every `warden run`.
-    let mut pid = -1;
-    let mut clone_error = io::Error::from_raw_os_error(libc::ENOSYS);
+    let mut into_leaf = None;
     if let Some(leaf) = &setup.leaf {
         plan.in_leaf = true;
         match into_cgroup(&plan, &stack, leaf) {
-            Ok(child) => pid = child,
+            Ok(pid) => into_leaf = Some(pid),
             Err(e) => {
                 plan.in_leaf = false;
                 tracing::debug!(error = %e, "clone3 into the cgroup refused; joining it by cgroup.procs");
             }
         }
     }
-    if pid < 0 {
-        // SAFETY: `child` runs on `stack` (mapped, writable, its top 16-byte aligned) and
-        // reads only `plan`, which lives until after this call returns; CLONE_VFORK suspends
-        // this thread until the child has exec'd or exited, so the memory it shares stays as
-        // it was, and the child does nothing that allocates, locks or unwinds. SIGCHLD makes
-        // it an ordinary child for waitid and pidfds.
-        pid = unsafe {
-            libc::clone(
-                child,
-                stack.top(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&raw const plan).cast_mut().cast::<c_void>(),
-            )
-        };
-        clone_error = io::Error::last_os_error();
-    }
+    let pid = match into_leaf {
+        Some(pid) => Ok(pid),
+        None => clone_vfork(&plan, &stack),
+    };
     set_mask(old);
     drop(stack);
-    if pid < 0 {
-        return Err(clone_error);
-    }
+    let pid = pid?;
     let code = plan.failed_step.load(Ordering::Acquire);
     if code == 0 {
         return Ok(Ok(pid));
@@ -272,6 +257,28 @@ pub(crate) fn spawn(
     let _ = super::unix::reap(pid, true);
     let step = Step::from_code(code).unwrap_or(Step::Invocation);
     Ok(Err((step, plan.failed_errno.load(Ordering::Acquire))))
+}
+
+/// glibc's clone(CLONE_VM | CLONE_VFORK) of [`child`] on `stack`.
+fn clone_vfork(plan: &Plan, stack: &Stack) -> io::Result<libc::pid_t> {
+    // SAFETY: `child` runs on `stack` (mapped, writable, its top 16-byte aligned) and reads
+    // only `plan`, which outlives this call; CLONE_VFORK suspends this thread until the child
+    // has exec'd or exited, so the memory it shares stays as it was, and the child does
+    // nothing that allocates, locks or unwinds. SIGCHLD makes it an ordinary child for waitid
+    // and pidfds.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw const *plan).cast_mut().cast::<c_void>(),
+        )
+    };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
 }
 
 /// `struct clone_args` of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
@@ -327,7 +334,7 @@ fn into_cgroup(plan: &Plan, stack: &Stack, leaf: &CStr) -> io::Result<libc::pid_
         set_tid_size: 0,
         cgroup: u64::try_from(dir).unwrap_or(u64::MAX),
     };
-    // SAFETY: as for clone in `spawn`: `child` runs on `stack`, whose top is 16-byte aligned,
+    // SAFETY: as for clone in `clone_vfork`: `child` runs on `stack`, whose top is 16-byte aligned,
     // reads only `plan`, and this thread is suspended until it has exec'd or exited; `args`
     // is a valid clone_args of the size given.
     let rc = unsafe {
