@@ -2,10 +2,10 @@
 //! does the setup itself, one exec; made by clone3 straight into the tree's cgroup, or by
 //! `clone` and a `cgroup.procs` write with `WARDEN_SPAWN=clone`) and the exec shim
 //! (`WARDEN_SPAWN=shim`, a second exec). Each case runs under each and must give the same
-//! result: the limits are in place
-//! before the program's first instruction, the program is in its cgroup, no signal starts
-//! blocked or ignored, only fds 0-2 are inherited, the sandbox's `no_new_privs` and seccomp
-//! hold, and exec errors (missing, not executable, no `#!`) come back the same.
+//! result: the limits are in place before the program's first instruction, the program is in
+//! its cgroup, no signal starts blocked or ignored, only fds 0-2 are inherited, the sandbox's
+//! `no_new_privs` and seccomp hold (the sandbox always goes through the shim), and exec errors
+//! (missing, not executable, no `#!`) come back the same.
 
 use crate::support::{Ended, Finished, Proc, TempDir, WARDEN, command, new_mark};
 
