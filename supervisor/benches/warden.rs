@@ -944,19 +944,32 @@ fn status_kib(pid: &str, field: &str) -> Option<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Row 9 runs in a fresh process of its own (this executable as `rss-host`): in the bench's
+/// own process the earlier rows leave freed heap that the new workers' state reuses without
+/// touching a page, which read as a fraction of a KiB per worker.
 async fn rss_per_worker(n: usize) -> Result<Row, BoxError> {
-    let before = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
-    let spawns = (0..n).map(|_| async { Worker::spawn(&warden_cmd("sdk"), sdk_config()).await });
-    let workers = join_bounded(spawns, 64).await?;
-    // One job each, so every actor has run its job path once.
-    let jobs = workers.iter().map(|w| w.run(Vec::new(), JobOptions::new()));
-    for r in futures_join_all(jobs).await {
-        r?;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe())
+            .env(ROLE, "rss-host")
+            .env("WARDEN_BENCH_N", n.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        return Err(format!("the rss-host exited with {}", out.status).into());
     }
-    let after = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
-    let fds_per = std::fs::read_dir("/proc/self/fd")?.count() as f64 / n as f64;
-    futures_join_all(workers.into_iter().map(|w| w.shutdown())).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [before, after, fds] = nums[..] else {
+        return Err(format!("the rss-host printed {text:?}").into());
+    };
     let per = (after - before) / n as f64;
+    let fds_per = fds / n as f64;
     Ok(Row {
         name: format!("9 supervisor RSS per idle worker ({n} workers, {fds_per:.1} fds each)"),
         unit: "KiB",
@@ -967,6 +980,40 @@ async fn rss_per_worker(n: usize) -> Result<Row, BoxError> {
         target: "<= 16 KiB".into(),
         met: Some(per <= 16.0),
         skipped: None,
+    })
+}
+
+/// The `rss-host` role: a supervisor on the bench's runtime shape that warms up on a few
+/// workers, then prints its VmRSS before and after `n` idle workers (each through one job),
+/// and the fds they hold.
+fn rss_host() -> Result<(), BoxError> {
+    let n: usize = std::env::var("WARDEN_BENCH_N")?.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let start_idle = |count: usize| async move {
+            let spawns =
+                (0..count).map(|_| async { Worker::spawn(&warden_cmd("sdk"), sdk_config()).await });
+            let workers = join_bounded(spawns, 64).await?;
+            let jobs = workers.iter().map(|w| w.run(Vec::new(), JobOptions::new()));
+            for r in futures_join_all(jobs).await {
+                r?;
+            }
+            Ok::<_, BoxError>(workers)
+        };
+        // The one-time costs (the runtime's, the spawner's, tracing's) are paid before `before`.
+        let warm = start_idle(16).await?;
+        futures_join_all(warm.into_iter().map(|w| w.shutdown())).await;
+        let fds_before = std::fs::read_dir("/proc/self/fd")?.count();
+        let before = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
+        let workers = start_idle(n).await?;
+        let after = status_kib("self", "VmRSS:").ok_or("no VmRSS")?;
+        let fds = std::fs::read_dir("/proc/self/fd")?.count() - fds_before;
+        futures_join_all(workers.into_iter().map(|w| w.shutdown())).await;
+        println!("{before} {after} {fds}");
+        Ok(())
     })
 }
 
@@ -1242,6 +1289,13 @@ mod roles {
     pub(super) fn run(role: &str) -> i32 {
         match role {
             "sdk" => sdk(),
+            "rss-host" => match rss_host() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("rss-host: {e}");
+                    1
+                }
+            },
             "raw-hello" => raw(|mut s| {
                 let hello = warden_protocol::WorkerMessage::Hello {
                     protocol_version: warden_protocol::PROTOCOL_VERSION,

@@ -3,7 +3,9 @@
 //! Writes go out from the caller's task with `try_write` (no writer task, so a cancel costs no
 //! extra wake-up); what the socket does not take is kept and flushed when it becomes writable.
 //! Reads are bounded per call and decoded at once, so memory stays within one read chunk plus
-//! one maximal frame whatever the worker sends. The channel keeps no timer: a read that leaves
+//! one maximal frame whatever the worker sends. The read chunk belongs to the thread, not the
+//! channel (it is only used between a readiness event and the decoder, with no await between):
+//! an idle worker costs its supervisor no read buffer. The channel keeps no timer: a read that leaves
 //! part of a frame buffered returns [`Event::Partial`] once, and the caller's machine times the
 //! stall (`frame_timeout`) with its other deadlines.
 //!
@@ -20,6 +22,12 @@ use tokio::net::UnixStream;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
 
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read chunk of every channel polled on this thread (see the module doc).
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// What the channel produced.
 #[derive(Debug)]
@@ -44,7 +52,6 @@ pub(crate) struct Channel {
     write_closed: bool,
     /// [`Event::Partial`] was returned for the frame now buffered.
     partial_told: bool,
-    read_buf: Box<[u8]>,
     /// The message (or decode error) that ended a coalesced run, returned by the next call.
     pending: Option<Event>,
 }
@@ -62,7 +69,6 @@ impl Channel {
             eof: false,
             write_closed: false,
             partial_told: false,
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             pending: None,
         })
     }
@@ -147,14 +153,7 @@ impl Channel {
                         self.eof = true;
                         continue;
                     }
-                    match self.stream.try_read(&mut self.read_buf) {
-                        Ok(0) => self.eof = true,
-                        Ok(n) => {
-                            self.decoder.push(&self.read_buf[..n]);
-                        }
-                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                        Err(_) => self.eof = true,
-                    }
+                    self.read_once();
                 }
                 ready = self.stream.writable(), if self.wants_write() => {
                     if ready.is_err() {
@@ -164,6 +163,20 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// One non-blocking read into the thread's chunk, pushed to the decoder at once.
+    fn read_once(&mut self) {
+        READ_BUF.with_borrow_mut(|buf| match self.stream.try_read(buf) {
+            Ok(0) => self.eof = true,
+            Ok(n) => self.decoder.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => self.eof = true,
+        });
     }
 
     /// The event for a decoded message, with what is coalesced into it.
