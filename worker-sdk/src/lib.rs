@@ -59,8 +59,9 @@
 //! 6. **Progress** never blocks the handler: reports coalesce into the latest value and are sent
 //!    when the channel is free, always before the job's terminal message and never after it.
 //! 7. **Heartbeats** go out every interval the supervisor asked for in its hello (none if it
-//!    asked for 0), from the `warden-writer` thread: the one thread that writes the channel (whole
-//!    frames, so nothing interleaves) and keeps the protocol's timers. A handler cannot starve it,
+//!    asked for 0), from the `warden-writer` thread, which keeps the protocol's timers (the serve
+//!    task writes the other frames itself when the socket takes them at once; one frame at a
+//!    time and whole, so nothing interleaves). A handler cannot starve it,
 //!    not even an async handler that never yields on a current-thread runtime. It ends, joined,
 //!    before the serve call returns; a supervisor that is gone gives it `EPIPE`, never `SIGPIPE`.
 //! 8. **Stopping.**

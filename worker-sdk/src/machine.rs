@@ -388,6 +388,12 @@ impl Machine {
         Some(frame)
     }
 
+    /// Whether the frame last returned by [`poll_transmit`](Self::poll_transmit) is still being
+    /// written: a driver with more than one writer takes no new frame until it is reported.
+    pub fn is_writing(&self) -> bool {
+        self.in_flight
+    }
+
     /// The next action for the driver, in the order decided.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()

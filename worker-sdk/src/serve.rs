@@ -1,10 +1,11 @@
 //! The serve loop: one task reads the channel and runs one job at a time, feeding the protocol
-//! machine (`machine.rs`); the writer thread (`writer.rs`) writes what it queues and keeps its
-//! clock.
+//! machine (`machine.rs`) and writing what it queues as far as the socket takes it; the writer
+//! thread (`writer.rs`) writes the rest and heartbeats, and keeps the machine's clock.
 
 use std::any::Any;
 use std::future::{Future, pending};
 use std::io;
+use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, mpsc};
@@ -424,13 +425,14 @@ impl<R: Runner> Serve<R> {
         let shared = Arc::clone(self.writer.shared());
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
+            // Whatever the last event queued goes out (written here as far as the socket takes
+            // it), and new timers are taken into account; then what it decided is done.
+            shared.flush(self.rd.as_fd());
             let (actions, exit, progress_for) = {
                 let mut machine = shared.lock();
                 let actions: Vec<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
                 (actions, machine.poll_exit(), machine.wants_progress())
             };
-            // Whatever the last event queued goes out, and new timers are taken into account.
-            shared.wake_writer();
             for action in actions {
                 self.perform(action);
             }

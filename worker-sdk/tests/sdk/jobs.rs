@@ -341,3 +341,45 @@ async fn long_error_is_cut_to_fit_the_frame_limit() {
     sup.send(&SupervisorMessage::Shutdown).await;
     finished(serving).await.expect("ok");
 }
+
+/// A result bigger than the socket buffer: the serve task writes what the socket takes and the
+/// writer thread the rest, with heartbeats queued meanwhile (a frame cut by another would not
+/// decode). The next job's result follows it whole.
+#[tokio::test]
+async fn a_result_larger_than_the_socket_buffer_arrives_whole_between_heartbeats() {
+    const BIG: usize = 900 * 1024;
+    let (mut sup, channel) = pair();
+    let (returning, mut returned) = mpsc::unbounded_channel::<()>();
+    let serving = spawn_async(channel, move |job| {
+        let returning = returning.clone();
+        let size = if job.payload() == b"big" { BIG } else { 3 };
+        async move {
+            let _ = returning.send(());
+            Ok(vec![0xa5; size])
+        }
+    });
+    sup.accept(10, warden_protocol::DEFAULT_MAX_FRAME_LEN).await;
+    sup.send(&start(1, b"big")).await;
+    // Nothing is read until the handler has returned, so its result meets a full socket.
+    within("the handler's return", returned.recv())
+        .await
+        .expect("returned");
+    assert_eq!(
+        sup.recv("the big result").await,
+        WorkerMessage::Completed {
+            job: JobId(1),
+            output: vec![0xa5; BIG]
+        }
+    );
+    sup.send(&start(2, b"small")).await;
+    assert_eq!(
+        sup.recv("the small result").await,
+        WorkerMessage::Completed {
+            job: JobId(2),
+            output: vec![0xa5; 3]
+        }
+    );
+    assert_eq!(sup.recv_any("a heartbeat").await, WorkerMessage::Heartbeat);
+    sup.send(&SupervisorMessage::Shutdown).await;
+    finished(serving).await.expect("ok");
+}
