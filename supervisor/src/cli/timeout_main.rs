@@ -96,7 +96,9 @@ pub(crate) fn print_stdout(text: &str) -> u8 {
 async fn supervise(invocation: &Invocation, containment: Containment) -> Ending {
     let program = program_name();
     let verbose = invocation.verbose;
-    let command_name = quote(invocation.command.as_bytes());
+    // Quoted only where a message names it: the quoting loads the locale, which costs more
+    // than the rest of a `warden timeout 10 true` start-up.
+    let command_name = || quote(invocation.command.as_bytes());
     // Listen before spawning, as GNU installs its handlers before fork: a signal sent once the
     // command is running is never missed.
     let mut signals =
@@ -123,7 +125,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
     }
     let mut tree = match Tree::spawn(&command, options).await {
         Ok(tree) => tree,
-        Err(error) => return Ending::Exit(report_spawn_error(&error, &command_name)),
+        Err(error) => return Ending::Exit(report_spawn_error(&error, command_name)),
     };
     tracing::debug!(
         pid = tree.pid(),
@@ -158,7 +160,7 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
             }
         };
         for step in steps {
-            perform(&mut tree, step, verbose, &command_name);
+            perform(&mut tree, step, verbose, command_name);
         }
     };
     let report = tree.finish(REAP_TIMEOUT).await;
@@ -223,15 +225,16 @@ async fn stop_job(tree: &mut Tree, ladder: &mut GnuLadder, foreground: bool) {
     ladder.resume(Instant::now());
 }
 
-fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: &str) {
+fn perform(tree: &mut Tree, step: Step, verbose: bool, command_name: impl Fn() -> String) {
     let program = program_name();
     // Like GNU, a failure to signal (the process is already gone) is not an error.
     match step {
         Step::Announce(sig) => {
             if verbose {
                 say!(
-                    "{program}: sending signal {} to command {command_name}",
-                    announced_name(sig)
+                    "{program}: sending signal {} to command {}",
+                    announced_name(sig),
+                    command_name()
                 );
             }
         }
@@ -258,14 +261,15 @@ fn announced_name(sig: c_int) -> String {
 }
 
 /// Prints GNU's "failed to run command" diagnostic and returns the status for it.
-fn report_spawn_error(error: &SpawnError, command_name: &str) -> u8 {
+fn report_spawn_error(error: &SpawnError, command_name: impl Fn() -> String) -> u8 {
     let program = program_name();
     let Some(errno) = exec_errno(error) else {
         say!("{program}: {}", error_chain(error));
         return exit_status_for(RunResult::WardenFailed, false);
     };
     say!(
-        "{program}: failed to run command {command_name}: {}",
+        "{program}: failed to run command {}: {}",
+        command_name(),
         errno_text(errno)
     );
     exit_status_for(
