@@ -256,6 +256,26 @@ impl Connection {
         }
     }
 
+    /// When the ladder's SIGKILL is due, if the driver may send it from a timer thread of its
+    /// own (see [`Escalation::kill_deadline`](crate::escalation::Escalation::kill_deadline)).
+    pub(crate) fn kill_deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Job(job) => job.esc.kill_deadline(),
+            Phase::Stopping(esc) => esc.kill_deadline(),
+            Phase::Idle | Phase::Stopped => None,
+        }
+    }
+
+    /// The SIGKILL of the last [`Action::Kill`] was in fact sent at `at`, by the driver's
+    /// timer thread: the report's trace says so.
+    pub(crate) fn kill_sent_at(&mut self, at: Instant) {
+        match &mut self.phase {
+            Phase::Job(job) => job.esc.kill_sent_at(at),
+            Phase::Stopping(esc) => esc.kill_sent_at(at),
+            Phase::Idle | Phase::Stopped => {}
+        }
+    }
+
     /// The channel should be read.
     pub(crate) fn is_reading(&self) -> bool {
         self.channel && !self.eof

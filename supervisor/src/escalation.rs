@@ -445,6 +445,30 @@ impl Escalation {
         }
     }
 
+    /// When SIGKILL is due, while the polite signal has been handed out and its deadline runs
+    /// (not while paused): the instant at which a driver may kill the tree from elsewhere (a
+    /// timer thread) before its own [`handle_timeout`](Self::handle_timeout) can run. `None`
+    /// at every other stage.
+    pub fn kill_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Signalled { kill_at }
+                if self.paused_at.is_none() && self.trace.signal_sent.is_some() =>
+            {
+                kill_at
+            }
+            _ => None,
+        }
+    }
+
+    /// The SIGKILL handed out by [`poll_action`](Self::poll_action) was in fact sent earlier,
+    /// at `at` (by a driver's timer thread, at [`kill_deadline`](Self::kill_deadline)): the
+    /// trace says so. A no-op before that SIGKILL, or for an `at` later than the trace's.
+    pub fn kill_sent_at(&mut self, at: Instant) {
+        if let Some(sent) = &mut self.trace.kill_sent {
+            *sent = (*sent).min(at);
+        }
+    }
+
     /// The highest stage reached: the stage of the most severe action handed out by
     /// [`poll_action`](Self::poll_action). `None` before any.
     pub fn stage(&self) -> Option<Stage> {
@@ -1073,6 +1097,41 @@ mod tests {
         assert_eq!(e.poll_timeout(), None);
         e.resume(c.at(2_000));
         assert_eq!(e.poll_timeout(), Some(c.at(2_100)));
+    }
+
+    #[test]
+    fn the_kill_deadline_is_offered_only_once_the_signal_is_out_and_not_while_paused() {
+        let c = Clock::new();
+        let mut e = Escalation::new(deadlines(), true);
+        assert_eq!(e.kill_deadline(), None, "running");
+        e.handle_cancel(c.at(0), Timeout);
+        assert_eq!(e.kill_deadline(), None, "cooperative stage");
+        e.handle_timeout(c.at(100));
+        assert_eq!(e.kill_deadline(), None, "signal decided, not handed out");
+        assert_eq!(
+            drain(&mut e),
+            [Action::SendCancel(Timeout), Action::SignalGroup]
+        );
+        assert_eq!(e.kill_deadline(), e.poll_timeout());
+        let due = e.kill_deadline().expect("the kill deadline");
+        e.pause(c.at(150));
+        assert_eq!(e.kill_deadline(), None, "paused");
+        e.resume(c.at(150));
+        assert_eq!(e.kill_deadline(), Some(due));
+        // A driver's timer thread killed at the deadline; the driver hears of it later.
+        e.kill_sent_at(due);
+        assert_eq!(
+            e.trace().kill_sent,
+            None,
+            "nothing to correct before the kill"
+        );
+        e.handle_timeout(c.at(900));
+        assert_eq!(drain(&mut e), [Action::KillGroup]);
+        assert_eq!(e.kill_deadline(), None);
+        e.kill_sent_at(due);
+        assert_eq!(e.trace().kill_sent, Some(due));
+        e.kill_sent_at(c.at(950));
+        assert_eq!(e.trace().kill_sent, Some(due), "never later than it was");
     }
 
     #[test]

@@ -124,14 +124,28 @@ impl Drop for Wakeup {
 mod precise {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
     use std::task::Waker;
     use std::time::Instant;
 
     use super::STEP;
 
+    /// What is due at a deadline.
+    pub(super) enum Entry {
+        /// Wake the task that awaits it.
+        Wake(Waker),
+        /// Run an [`Alarm`](super::Alarm)'s action (on this thread, under the lock), and record
+        /// when it ran if it returned `true`.
+        Run(
+            Box<dyn FnOnce() -> bool + Send>,
+            Arc<Mutex<Option<Instant>>>,
+        ),
+    }
+
+    type Timers = BTreeMap<(Instant, u64), Entry>;
+
     struct Shared {
-        timers: Mutex<BTreeMap<(Instant, u64), Waker>>,
+        timers: Mutex<Timers>,
         changed: Condvar,
     }
 
@@ -166,7 +180,7 @@ mod precise {
         shared().is_some()
     }
 
-    fn lock(shared: &Shared) -> MutexGuard<'_, BTreeMap<(Instant, u64), Waker>> {
+    fn lock(shared: &Shared) -> MutexGuard<'_, Timers> {
         // A waker that panicked in `wake` cannot leave the map inconsistent.
         shared.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -176,10 +190,11 @@ mod precise {
         let mut timers = lock(shared);
         let earliest = timers.keys().next().is_none_or(|&(first, _)| at < first);
         match timers.get_mut(&(at, id)) {
-            Some(w) if w.will_wake(waker) => return,
-            Some(w) => w.clone_from(waker),
+            Some(Entry::Wake(w)) if w.will_wake(waker) => return,
+            Some(Entry::Wake(w)) => w.clone_from(waker),
+            Some(Entry::Run(..)) => return,
             None => {
-                timers.insert((at, id), waker.clone());
+                timers.insert((at, id), Entry::Wake(waker.clone()));
             }
         }
         if earliest {
@@ -187,6 +202,20 @@ mod precise {
         }
     }
 
+    /// Arms an alarm's action; `false` (and nothing armed) without a timer thread.
+    pub(super) fn insert_action(at: Instant, id: u64, entry: Entry) -> bool {
+        let Some(shared) = shared() else { return false };
+        let mut timers = lock(shared);
+        let earliest = timers.keys().next().is_none_or(|&(first, _)| at < first);
+        timers.insert((at, id), entry);
+        if earliest {
+            shared.changed.notify_one();
+        }
+        true
+    }
+
+    /// Removes a timer or an alarm. Once this returns, an alarm's action is not running (it
+    /// runs under the same lock) and never will.
     pub(super) fn remove(at: Instant, id: u64) {
         if let Some(shared) = shared() {
             lock(shared).remove(&(at, id));
@@ -202,7 +231,16 @@ mod precise {
                 if entry.key().0 > now {
                     break;
                 }
-                due.push(entry.remove());
+                match entry.remove() {
+                    Entry::Wake(waker) => due.push(waker),
+                    // Under the lock, so a disarm that returned has kept it from running. An
+                    // action is a few system calls (a poll, a write, a pidfd signal).
+                    Entry::Run(action, fired) => {
+                        if action() {
+                            *fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                        }
+                    }
+                }
             }
             if !due.is_empty() {
                 // Woken without the lock: a wake may take other locks of the runtime.
@@ -226,6 +264,71 @@ mod precise {
                 }
             };
         }
+    }
+}
+
+/// An action the `warden-timer` thread runs at a deadline itself, on no runtime: what must
+/// happen on time even while every runtime thread is busy (the ladder's SIGKILL beside
+/// hundreds of busy workers). The action runs under the timer thread's lock, so it must be
+/// short and must not block; it returns whether it did its work, and [`fired_at`] says when.
+///
+/// [`fired_at`]: Alarm::fired_at
+pub(crate) struct Alarm {
+    id: u64,
+    armed: Option<Instant>,
+    fired: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Alarm {
+    /// An unarmed alarm.
+    pub(crate) fn new() -> Alarm {
+        Alarm {
+            id: precise::next_id(),
+            armed: None,
+            fired: Default::default(),
+        }
+    }
+
+    /// When the alarm is armed for, if it is (and has not run).
+    pub(crate) fn armed(&self) -> Option<Instant> {
+        self.armed
+    }
+
+    /// Arms the alarm to run `action` at `at`, replacing what was armed. Returns `false`, and
+    /// arms nothing, where the timer thread could not be started.
+    pub(crate) fn arm(
+        &mut self,
+        at: Instant,
+        action: impl FnOnce() -> bool + Send + 'static,
+    ) -> bool {
+        self.disarm();
+        let entry = precise::Entry::Run(Box::new(action), std::sync::Arc::clone(&self.fired));
+        if precise::insert_action(at, self.id, entry) {
+            self.armed = Some(at);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Disarms the alarm and forgets that it fired: once this returns, its action is not
+    /// running and never will.
+    pub(crate) fn disarm(&mut self) {
+        if let Some(at) = self.armed.take() {
+            precise::remove(at, self.id);
+        }
+        *self.fired.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// When the action ran and did its work (since it was last armed; `None` once disarmed).
+    pub(crate) fn fired_at(&self) -> Option<Instant> {
+        *self.fired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        self.disarm();
     }
 }
 
@@ -303,6 +406,72 @@ mod tests {
                 assert!(t.await.expect("task"), "a wakeup fired before its deadline");
             }
         });
+    }
+
+    #[test]
+    fn an_alarm_runs_its_action_once_at_its_deadline_on_no_runtime() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut alarm = Alarm::new();
+        let at = Instant::now() + Duration::from_millis(2);
+        assert!(alarm.arm(at, move || tx.send(Instant::now()).is_ok()));
+        // No runtime exists here: the timer thread runs it.
+        let ran = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the alarm ran");
+        assert!(ran >= at, "ran before its deadline");
+        let fired = alarm.fired_at().expect("recorded");
+        assert!(fired >= at);
+    }
+
+    #[test]
+    fn a_disarmed_or_dropped_alarm_never_runs_and_a_refusing_action_is_not_recorded() {
+        let (tx, rx) = std::sync::mpsc::channel::<&str>();
+        let mut disarmed = Alarm::new();
+        let tx1 = tx.clone();
+        assert!(
+            disarmed.arm(Instant::now() + Duration::from_millis(5), move || tx1
+                .send("disarmed")
+                .is_ok())
+        );
+        disarmed.disarm();
+        let dropped = {
+            let mut a = Alarm::new();
+            let tx2 = tx.clone();
+            a.arm(Instant::now() + Duration::from_millis(5), move || {
+                tx2.send("dropped").is_ok()
+            });
+            a
+        };
+        drop(dropped);
+        // Re-arming replaces: only the second action runs.
+        let mut rearmed = Alarm::new();
+        let tx3 = tx.clone();
+        rearmed.arm(Instant::now() + Duration::from_secs(3600), move || {
+            tx3.send("first").is_ok()
+        });
+        let tx4 = tx.clone();
+        rearmed.arm(Instant::now() + Duration::from_millis(5), move || {
+            let _ = tx4.send("second");
+            false
+        });
+        // A later marker orders the check: everything armed earlier has had its turn by then.
+        let mut marker = Alarm::new();
+        marker.arm(Instant::now() + Duration::from_millis(30), move || {
+            tx.send("marker").is_ok()
+        });
+        let mut seen = Vec::new();
+        while let Ok(what) = rx.recv_timeout(Duration::from_secs(10)) {
+            seen.push(what);
+            if what == "marker" {
+                break;
+            }
+        }
+        assert_eq!(seen, ["second", "marker"]);
+        assert_eq!(
+            rearmed.fired_at(),
+            None,
+            "an action that did nothing is not recorded"
+        );
     }
 
     #[test]

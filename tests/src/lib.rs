@@ -174,6 +174,9 @@ pub mod mode {
     /// No protocol: ignores SIGTERM, writes `ready` to the FIFO named by the next argument,
     /// blocks forever.
     pub const PLAIN_IGNORE_TERM: &str = "plain-ignore-term";
+    /// No protocol: blocks SIGTERM, writes `ready` to the FIFO named by the next argument,
+    /// waits for SIGTERM, writes `term` to it, then blocks forever (SIGTERM still blocked).
+    pub const PLAIN_TELL_TERM: &str = "plain-tell-term";
     /// A supervisor: spawns N cooperative workers through warden, prints `pids:<a>,<b>...` on
     /// stdout, then blocks forever (for "the supervisor is SIGKILLed" tests).
     pub const HOST: &str = "host";

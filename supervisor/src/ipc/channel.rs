@@ -17,7 +17,9 @@
 //! and the actor wakes once per read, not once per frame.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::UnixStream;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
 
@@ -54,6 +56,33 @@ pub(crate) struct Channel {
     partial_told: bool,
     /// The message (or decode error) that ended a coalesced run, returned by the next call.
     pending: Option<Event>,
+    /// Set while bytes are read but not yet returned as events (see [`UnreadProbe`]).
+    unread: Arc<AtomicBool>,
+}
+
+/// Whether the worker has sent anything its supervisor has not taken as an event yet: bytes
+/// in the socket, or read and buffered here. Usable from any thread (the timer thread asks it
+/// before it SIGKILLs a tree on time: the answer could be the worker's `Cancelled`).
+pub(crate) struct UnreadProbe {
+    socket: OwnedFd,
+    unread: Arc<AtomicBool>,
+}
+
+impl UnreadProbe {
+    /// True if anything is unread, or if the socket cannot be asked.
+    pub(crate) fn has_unread(&self) -> bool {
+        if self.unread.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            self.socket.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        !matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        )
+    }
 }
 
 impl Channel {
@@ -70,7 +99,22 @@ impl Channel {
             write_closed: false,
             partial_told: false,
             pending: None,
+            unread: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A probe of what is unread, for another thread; `None` if the socket cannot be copied.
+    pub(crate) fn unread_probe(&self) -> Option<UnreadProbe> {
+        Some(UnreadProbe {
+            socket: self.stream.as_fd().try_clone_to_owned().ok()?,
+            unread: Arc::clone(&self.unread),
+        })
+    }
+
+    /// Whether bytes were read that no event has returned yet.
+    fn note_unread(&self) {
+        let unread = self.pending.is_some() || self.decoder.buffered() > 0;
+        self.unread.store(unread, Ordering::Release);
     }
 
     /// Queues `msg` and writes what the socket takes now. A broken pipe is not an error here:
@@ -122,6 +166,12 @@ impl Channel {
     /// # Cancel safety
     /// Cancel-safe: all state lives in `self`; a dropped call loses no bytes.
     pub(crate) async fn next_event(&mut self) -> Event {
+        let event = self.next_event_inner().await;
+        self.note_unread();
+        event
+    }
+
+    async fn next_event_inner(&mut self) -> Event {
         match self.pending.take() {
             Some(Event::Message(msg)) => return self.message(msg),
             // The only other event kept is the decode error that ends the stream.
@@ -169,7 +219,11 @@ impl Channel {
     fn read_once(&mut self) {
         READ_BUF.with_borrow_mut(|buf| match self.stream.try_read(buf) {
             Ok(0) => self.eof = true,
-            Ok(n) => self.decoder.push(&buf[..n]),
+            Ok(n) => {
+                self.decoder.push(&buf[..n]);
+                // Before any await: a caller that drops this call now leaves them unread.
+                self.unread.store(true, Ordering::Release);
+            }
             Err(e)
                 if matches!(
                     e.kind(),

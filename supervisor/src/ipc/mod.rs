@@ -2,4 +2,4 @@
 
 mod channel;
 
-pub(crate) use channel::{Channel, Event};
+pub(crate) use channel::{Channel, Event, UnreadProbe};

@@ -491,6 +491,13 @@ impl Cgroup {
         std::fs::write(self.dir.join("cgroup.kill"), b"1\n")
     }
 
+    /// `cgroup.kill`, opened for writing: one `write` of `1` kills the leaf from any thread.
+    pub(crate) fn open_kill(&self) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.kill"))
+    }
+
     /// True while any process is in the leaf.
     pub(crate) fn populated(&self) -> bool {
         populated(&self.dir)

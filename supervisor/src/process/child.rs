@@ -50,6 +50,17 @@ impl Child {
         })
     }
 
+    /// A copy of the child's pidfd, and whether it can signal the child's whole process group
+    /// (`PIDFD_SIGNAL_PROCESS_GROUP`); `None` without a pidfd or once reaped.
+    pub(crate) fn pidfd_copy(&self) -> Option<(OwnedFd, bool)> {
+        match &self.watch {
+            Watch::Pidfd(fd) if !self.reaped => {
+                Some((fd.get_ref().try_clone().ok()?, self.group_via_pidfd))
+            }
+            _ => None,
+        }
+    }
+
     /// The child's pid (also its process group id).
     pub(crate) fn pid(&self) -> u32 {
         self.pid as u32

@@ -23,6 +23,10 @@ impl Cgroup {
     pub(crate) fn kill(&self) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    pub(crate) fn open_kill(&self) -> io::Result<std::fs::File> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     pub(crate) fn populated(&self) -> bool {
         false
     }

@@ -572,6 +572,25 @@ impl Tree {
         result
     }
 
+    /// What can SIGKILL this tree from any thread, without the `Tree`: its cgroup's
+    /// `cgroup.kill`, or a pidfd that signals its whole process group. `None` where neither
+    /// is available (then only [`kill_tree`](Self::kill_tree) can). The switch is pid-reuse
+    /// safe (a pidfd names one process; a leaf is ours until it is removed). It does less than
+    /// `kill_tree` (no sweep for members outside the group), which is still to be called.
+    pub(crate) fn kill_switch(&self) -> Option<KillSwitch> {
+        let (leader, group) = self.child.pidfd_copy()?;
+        let cgroup_kill = self.cgroup.as_ref().and_then(|cg| cg.open_kill().ok());
+        let group = group && self.new_group;
+        if cgroup_kill.is_none() && !group {
+            return None;
+        }
+        Some(KillSwitch {
+            cgroup_kill,
+            leader,
+            group,
+        })
+    }
+
     /// SIGKILLs the whole tree (atomically with `cgroup.kill` when in a cgroup).
     pub fn kill_tree(&mut self) -> io::Result<()> {
         if let Some(cg) = &self.cgroup {
@@ -835,6 +854,46 @@ impl Tree {
             .filter(|&p| outside(p, snapshot.stat(p)))
             .filter(|p| under_leader.contains(p) || sweep::has_env(*p, &tag))
             .collect()
+    }
+}
+
+/// See [`Tree::kill_switch`].
+pub(crate) struct KillSwitch {
+    cgroup_kill: Option<std::fs::File>,
+    /// A pidfd of the program (the group leader).
+    leader: std::os::fd::OwnedFd,
+    /// Whether `leader` signals its whole process group.
+    group: bool,
+}
+
+impl KillSwitch {
+    /// SIGKILLs the tree; returns whether anything was sent. Two short system calls at most (a
+    /// write to `cgroup.kill`, a pidfd signal), none that waits: it runs on the timer thread,
+    /// under its lock.
+    ///
+    /// Sends nothing once the program has exited (its pidfd is readable): how it ended is for
+    /// the supervisor to read, not to overwrite with a kill.
+    pub(crate) fn fire(&self) -> bool {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.leader.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        ) {
+            return false;
+        }
+        let mut sent = false;
+        if let Some(mut file) = self.cgroup_kill.as_ref() {
+            sent |= file.write_all(b"1\n").is_ok();
+        }
+        if self.group {
+            sent |= super::pidfd::send_signal(&self.leader, libc::SIGKILL, true).is_ok();
+        }
+        sent
     }
 }
 

@@ -20,11 +20,11 @@ use super::config::{JobOptions, WorkerConfig};
 use super::progress::ProgressSink;
 use crate::connection::{Action, Connection, JobStart, Settings};
 use crate::error::{JobControlError, RunError};
-use crate::ipc::{Channel, Event};
+use crate::ipc::{Channel, Event, UnreadProbe};
 use crate::outcome::JobReport;
 use crate::output::Output;
 use crate::process::{ExitStatus, Tree};
-use crate::time::Wakeup;
+use crate::time::{Alarm, Wakeup};
 
 type Reply = oneshot::Sender<Result<JobReport, RunError>>;
 
@@ -95,6 +95,9 @@ pub(crate) struct Actor {
     conn: Connection,
     current: Option<Current>,
     shutdown_reply: Option<oneshot::Sender<Option<ExitStatus>>>,
+    /// The ladder's SIGKILL, sent by the timer thread at its deadline whatever the runtime's
+    /// load (see [`arm_alarm`](Self::arm_alarm)).
+    alarm: Alarm,
     span: Span,
 }
 
@@ -126,6 +129,7 @@ impl Actor {
             config,
             current: None,
             shutdown_reply: None,
+            alarm: Alarm::new(),
             span,
         }
     }
@@ -138,25 +142,35 @@ impl Actor {
             if !requests_open && self.conn.is_stopped() {
                 return;
             }
+            self.arm_alarm();
             wakeup.set(self.conn.poll_timeout());
             let takes_requests = requests_open && self.conn.takes_requests();
             let reading = self.conn.is_reading();
             let cancellable = self.conn.accepts_cancel();
             let token = self.current.as_ref().map(|c| c.token.clone());
+            // Every branch first learns whether the timer thread SIGKILLed the tree meanwhile
+            // (`sync_alarm`): what woke it came later, and is judged after the kill.
             tokio::select! {
-                request = rx.recv(), if takes_requests => match request {
-                    Some(Request::Run { payload, options, reply }) => self.start(payload, options, reply).await,
-                    Some(Request::Shutdown { reply }) => {
-                        self.shutdown_reply = Some(reply);
-                        self.conn.handle_shutdown(Instant::now());
+                request = rx.recv(), if takes_requests => {
+                    self.sync_alarm();
+                    match request {
+                        Some(Request::Run { payload, options, reply }) => self.start(payload, options, reply).await,
+                        Some(Request::Shutdown { reply }) => {
+                            self.shutdown_reply = Some(reply);
+                            self.conn.handle_shutdown(Instant::now());
+                        }
+                        None => {
+                            requests_open = false;
+                            self.conn.handle_shutdown(Instant::now());
+                        }
                     }
-                    None => {
-                        requests_open = false;
-                        self.conn.handle_shutdown(Instant::now());
-                    }
-                },
-                event = next_event(&mut self.channel), if reading => self.on_event(event),
+                }
+                event = next_event(&mut self.channel), if reading => {
+                    self.sync_alarm();
+                    self.on_event(event);
+                }
                 status = self.tree.wait(), if self.conn.awaits_exit() => {
+                    self.sync_alarm();
                     if let Err(e) = &status {
                         // Cannot happen while we are the only reaper; never spin on it.
                         tracing::error!(parent: &self.span, error = %e, "lost track of the worker process");
@@ -164,16 +178,76 @@ impl Actor {
                     tracing::info!(parent: &self.span, status = ?status.as_ref().ok(), "worker exited");
                     self.conn.handle_exit(Instant::now(), status.ok());
                 }
-                () = cancelled(token), if cancellable => self.conn.handle_cancel(Instant::now(), CancelReason::Requested),
-                () = self.config.shutdown.cancelled(), if cancellable => self.conn.handle_cancel(Instant::now(), CancelReason::Shutdown),
-                () = reply_closed(&mut self.current), if cancellable => self.conn.handle_cancel(Instant::now(), CancelReason::Requested),
+                () = cancelled(token), if cancellable => {
+                    self.sync_alarm();
+                    self.conn.handle_cancel(Instant::now(), CancelReason::Requested);
+                }
+                () = self.config.shutdown.cancelled(), if cancellable => {
+                    self.sync_alarm();
+                    self.conn.handle_cancel(Instant::now(), CancelReason::Shutdown);
+                }
+                () = reply_closed(&mut self.current), if cancellable => {
+                    self.sync_alarm();
+                    self.conn.handle_cancel(Instant::now(), CancelReason::Requested);
+                }
                 () = self.config.kill.cancelled(), if !self.conn.kill_seen() => {
+                    self.sync_alarm();
                     tracing::warn!(parent: &self.span, "kill requested");
                     self.conn.handle_kill(Instant::now());
                 }
-                () = wakeup.fired() => self.conn.handle_timeout(Instant::now()),
-                control = self.control.recv(), if self.control_open => self.on_control(control).await,
+                () = wakeup.fired() => {
+                    self.sync_alarm();
+                    self.conn.handle_timeout(Instant::now());
+                }
+                control = self.control.recv(), if self.control_open => {
+                    self.sync_alarm();
+                    self.on_control(control).await;
+                }
             }
+        }
+    }
+
+    /// Arms the alarm for the ladder's SIGKILL deadline (disarms it when there is none): at
+    /// that instant the timer thread kills the tree itself, however busy the runtime is, unless
+    /// the worker has sent something not read yet (it could be the `Cancelled` that answers in
+    /// time: then this task decides, as it does everywhere without an alarm).
+    fn arm_alarm(&mut self) {
+        let due = self.conn.kill_deadline();
+        if due == self.alarm.armed() {
+            return;
+        }
+        let Some(at) = due else {
+            self.alarm.disarm();
+            return;
+        };
+        let Some(switch) = self.tree.kill_switch() else {
+            self.alarm.disarm();
+            return;
+        };
+        let probe = match &self.channel {
+            Some(channel) => match channel.unread_probe() {
+                Some(probe) => Some(probe),
+                // Whether the answer came could not be asked from elsewhere: no alarm.
+                None => {
+                    self.alarm.disarm();
+                    return;
+                }
+            },
+            None => None,
+        };
+        self.alarm.arm(at, move || {
+            if probe.as_ref().is_some_and(UnreadProbe::has_unread) {
+                return false;
+            }
+            switch.fire()
+        });
+    }
+
+    /// If the alarm has SIGKILLed the tree and the connection does not know it yet, tells it
+    /// now, before whatever woke this task: the deadline passed first.
+    fn sync_alarm(&mut self) {
+        if self.alarm.fired_at().is_some() && self.conn.kill_deadline().is_some() {
+            self.conn.handle_timeout(Instant::now());
         }
     }
 
@@ -258,13 +332,23 @@ impl Actor {
                 let _ = self.tree.signal_tree(libc::SIGCONT);
             }
             Action::Kill => {
+                // Also after the alarm's SIGKILL: this one sweeps for members that left the
+                // process group, which the alarm does not.
                 if let Err(e) = self.tree.kill_tree() {
                     tracing::warn!(parent: span, error = %e, "SIGKILL to the tree failed");
                 }
-                tracing::info!(parent: span, "SIGKILL sent");
+                match self.alarm.fired_at() {
+                    Some(at) => {
+                        tracing::info!(parent: span, "SIGKILL sent by the timer thread at its deadline");
+                        self.conn.kill_sent_at(at);
+                    }
+                    None => tracing::info!(parent: span, "SIGKILL sent"),
+                }
+                self.alarm.disarm();
             }
             Action::Close => self.channel = None,
             Action::Reap => {
+                self.alarm.disarm();
                 let status = self.tree.settle(self.config.deadlines.reap_timeout).await;
                 tracing::debug!(parent: span, ?status, "worker reaped");
                 // The tree is gone: what it wrote is read to EOF, bounded (a descendant that
@@ -326,6 +410,8 @@ impl Actor {
                 }
                 self.suspended = true;
                 self.conn.handle_pause(Instant::now());
+                // The ladder's clock stands still from here: so does its SIGKILL.
+                self.alarm.disarm();
                 let result = match self.tree.suspend() {
                     Err(e) => Err(JobControlError::Tree(e)),
                     Ok(()) if self.tree.wait_suspended(timeout).await => Ok(()),

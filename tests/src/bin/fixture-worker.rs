@@ -303,6 +303,18 @@ fn run(mode: &str, arg: Option<&str>) -> Result<()> {
         mode::HOST => host(usize::try_from(number(arg)?)?)?,
         mode::CATCH_TERM => catch_term()?,
         mode::ORPHAN_HOST => orphan_host(arg.ok_or("orphan-host needs a file")?)?,
+        mode::PLAIN_TELL_TERM => {
+            let fifo = arg.ok_or("plain-tell-term needs a FIFO path")?;
+            let mut term = nix::sys::signal::SigSet::empty();
+            term.add(Signal::SIGTERM);
+            term.thread_block()?;
+            let mut fifo = OpenOptions::new().write(true).open(fifo)?;
+            fifo.write_all(format!("{READY}\n").as_bytes())?;
+            term.wait()?;
+            fifo.write_all(b"term\n")?;
+            drop(fifo);
+            block_forever()
+        }
         mode::PLAIN_IGNORE_TERM => {
             let fifo = arg.ok_or("plain-ignore-term needs a FIFO path")?;
             sys::ignore_signal(Signal::SIGTERM)?;

@@ -10,6 +10,27 @@ use warden_tests::{READY, mode};
 
 use crate::support::*;
 
+/// A pidfd of `pid` (a child of this process, so its pid cannot be reused meanwhile).
+fn pidfd_of(pid: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Blocks this thread until the process behind `pidfd` has exited (true) or `limit` passed.
+fn wait_pidfd_blocking(pidfd: &std::os::fd::OwnedFd, limit: std::time::Duration) -> bool {
+    use std::os::fd::AsFd;
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0)
+}
+
 #[test]
 fn plain_program_exiting_zero_is_completed() {
     e2e("plain_program_exiting_zero_is_completed", |t| async move {
@@ -237,4 +258,72 @@ fn script_without_a_shebang_runs_under_sh() {
         );
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(4)));
     });
+}
+
+/// The ladder's SIGKILL does not wait for the runtime: with both of the test runtime's threads
+/// blocked (on purpose, until the program is gone), the `warden-timer` thread kills the tree
+/// at its deadline, and the report, read once the threads are free, says `killed` with the
+/// SIGKILL's real time.
+#[test]
+fn the_kill_lands_while_every_runtime_thread_is_busy() {
+    e2e(
+        "the_kill_lands_while_every_runtime_thread_is_busy",
+        |t| async move {
+            let deadlines = short(ms(100), ms(500));
+            let config = WorkerConfig::plain().deadlines(deadlines);
+            let fifo = t.fifo();
+            let worker = t.spawn(&[mode::PLAIN_TELL_TERM, fifo.arg()], config).await;
+            assert_eq!(fifo.line("the plain program's ready line").await, READY);
+            let pidfd = std::sync::Arc::new(pidfd_of(worker.pid()));
+            let token = CancellationToken::new();
+            let options = JobOptions::new().token(token.clone());
+            let (report, (a, b)) = tokio::join!(run_job(&worker, Vec::new(), options), async {
+                token.cancel();
+                // SIGTERM delivered: the actor has sent it and, before it awaits anything
+                // again, armed the SIGKILL for 500 ms from then.
+                assert_eq!(fifo.line("the program's SIGTERM line").await, "term");
+                // Two tasks that hold both runtime threads (neither lets go until the other
+                // holds one too, so no runtime thread is left for the worker's actor), each
+                // until the program is gone, bounded.
+                let holding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let hold = |pidfd: std::sync::Arc<std::os::fd::OwnedFd>| {
+                    let holding = std::sync::Arc::clone(&holding);
+                    tokio::spawn(async move {
+                        holding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let bound = std::time::Instant::now() + LIMIT;
+                        while holding.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                            if std::time::Instant::now() > bound {
+                                return (false, false);
+                            }
+                            std::thread::yield_now();
+                        }
+                        (true, wait_pidfd_blocking(&pidfd, LIMIT))
+                    })
+                };
+                let (a, b) = (hold(pidfd.clone()), hold(pidfd.clone()));
+                (a.await.expect("holder"), b.await.expect("holder"))
+            });
+            assert!(
+                a.0 && b.0,
+                "the two holders never held both runtime threads at once"
+            );
+            assert!(
+                a.1 && b.1,
+                "the program outlived its SIGKILL deadline while the runtime was held"
+            );
+            assert_eq!(report.outcome, Outcome::Killed, "{report:#?}");
+            assert_eq!(report.stage, Some(Stage::Kill));
+            assert_eq!(report.exit, Some(by_signal(Signal::SIGKILL)));
+            let trace = &report.trace;
+            let signal = trace.signal_sent.expect("signal_sent");
+            let killed = trace.kill_sent.expect("kill_sent");
+            assert!(
+                killed >= signal + deadlines.kill_after,
+                "killed too early: {trace:?}"
+            );
+            assert!(trace.exited.expect("exited") >= killed, "{trace:?}");
+
+            assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGKILL)));
+        },
+    );
 }
