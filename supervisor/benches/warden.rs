@@ -1258,80 +1258,79 @@ async fn timeout_sleep(n: usize) -> Result<Row, BoxError> {
 
 // Row 12 ------------------------------------------------------------------------------------
 
-/// 12b: the token against a flag shared the way any token across threads must be (behind an
-/// `Arc`, reached through the handle each time): row 12's floor saves that one dependent load.
-async fn hot_loop_shared() -> Result<Row, BoxError> {
-    tokio::task::spawn_blocking(|| {
-        const ITERS: u64 = 200_000_000;
-        let source = warden_worker::CancelSource::new();
-        let token = source.token();
-        let flag = std::sync::Arc::new(AtomicBool::new(false));
-        let (mut ours, mut floor) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let start = Instant::now();
-            let mut n = 0u64;
-            for _ in 0..ITERS {
-                n += u64::from(std::hint::black_box(&flag).load(Ordering::Acquire));
-            }
-            std::hint::black_box(n);
-            floor.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
-            let start = Instant::now();
-            let mut n = 0u64;
-            for _ in 0..ITERS {
-                n += u64::from(std::hint::black_box(&token).is_cancelled());
-            }
-            std::hint::black_box(n);
-            ours.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
+/// ns per evaluation of `$load` (a `bool`), over `$iters` iterations.
+macro_rules! ns_per_iter {
+    ($iters:expr, $load:expr) => {{
+        let start = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..$iters {
+            n += u64::from($load);
         }
-        let mut row = ratio_row(
-            "12b is_cancelled() against a shared flag",
-            &mut ours,
-            "Arc<AtomicBool> load (Acquire) through its handle",
-            &mut floor,
-            1.1,
-        );
-        row.unit = "ns/iter";
-        row.target = "indistinguishable (<= 1.1x)".into();
-        Ok(row)
-    })
-    .await?
+        std::hint::black_box(n);
+        start.elapsed().as_secs_f64() * 1e9 / $iters as f64
+    }};
 }
 
+/// Row 12: the token against a bare `AtomicBool`.
 async fn hot_loop() -> Result<Row, BoxError> {
     tokio::task::spawn_blocking(|| {
-        const ITERS: u64 = 200_000_000;
-        let source = warden_worker::CancelSource::new();
-        let token = source.token();
+        let token = warden_worker::CancelSource::new().token();
         let flag = AtomicBool::new(false);
         let (mut ours, mut floor) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            let start = Instant::now();
-            let mut n = 0u64;
-            for _ in 0..ITERS {
-                n += u64::from(std::hint::black_box(&flag).load(Ordering::Acquire));
-            }
-            std::hint::black_box(n);
-            floor.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
-            let start = Instant::now();
-            let mut n = 0u64;
-            for _ in 0..ITERS {
-                n += u64::from(std::hint::black_box(&token).is_cancelled());
-            }
-            std::hint::black_box(n);
-            ours.push(start.elapsed().as_secs_f64() * 1e9 / ITERS as f64);
+            floor.push(ns_per_iter!(
+                HOT_ITERS,
+                std::hint::black_box(&flag).load(Ordering::Acquire)
+            ));
+            ours.push(ns_per_iter!(
+                HOT_ITERS,
+                std::hint::black_box(&token).is_cancelled()
+            ));
         }
-        let mut row = ratio_row(
+        Ok(hot_row(
             "12 is_cancelled() hot loop",
             &mut ours,
             "bare AtomicBool load (Acquire)",
             &mut floor,
-            1.1,
-        );
-        row.unit = "ns/iter";
-        row.target = "indistinguishable (<= 1.1x)".into();
-        Ok(row)
+        ))
     })
     .await?
+}
+
+/// 12b: the token against a flag shared the way any token across threads must be (behind an
+/// `Arc`, reached through the handle each time): row 12's floor saves that one dependent load.
+async fn hot_loop_shared() -> Result<Row, BoxError> {
+    tokio::task::spawn_blocking(|| {
+        let token = warden_worker::CancelSource::new().token();
+        let flag = std::sync::Arc::new(AtomicBool::new(false));
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            floor.push(ns_per_iter!(
+                HOT_ITERS,
+                std::hint::black_box(&flag).load(Ordering::Acquire)
+            ));
+            ours.push(ns_per_iter!(
+                HOT_ITERS,
+                std::hint::black_box(&token).is_cancelled()
+            ));
+        }
+        Ok(hot_row(
+            "12b is_cancelled() against a shared flag",
+            &mut ours,
+            "Arc<AtomicBool> load (Acquire) through its handle",
+            &mut floor,
+        ))
+    })
+    .await?
+}
+
+const HOT_ITERS: u64 = 200_000_000;
+
+fn hot_row(name: &str, ours: &mut [f64], floor_name: &str, floor: &mut [f64]) -> Row {
+    let mut row = ratio_row(name, ours, floor_name, floor, 1.1);
+    row.unit = "ns/iter";
+    row.target = "indistinguishable (<= 1.1x)".into();
+    row
 }
 
 // Output ------------------------------------------------------------------------------------
