@@ -119,6 +119,31 @@ impl Drop for Wakeup {
     }
 }
 
+/// The timer thread's scheduling: real-time where allowed (see [`realtime::request`]).
+mod realtime {
+    /// Asks for `SCHED_FIFO` at the lowest real-time priority for the calling thread (the
+    /// `warden-timer` thread), where the process may (root, `CAP_SYS_NICE`, or an
+    /// `RLIMIT_RTPRIO` above 0): its deadlines, the ladder's SIGKILL among them, then wait for
+    /// no ordinary thread, even with every CPU busy. The thread only sleeps on a futex and runs
+    /// a few system calls per deadline, and the kernel's real-time throttling bounds it anyway.
+    /// Elsewhere it stays an ordinary thread, as it was; `WARDEN_TIMER_RT=0` keeps it so.
+    pub(super) fn request() {
+        #[cfg(target_os = "linux")]
+        {
+            if std::env::var_os("WARDEN_TIMER_RT").is_some_and(|v| v == "0") {
+                return;
+            }
+            let param = libc::sched_param { sched_priority: 1 };
+            // SAFETY: sets the calling thread's policy (pid 0: this thread); `param` is a valid
+            // sched_param that outlives the call.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+            if rc != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "the warden-timer thread stays an ordinary thread");
+            }
+        }
+    }
+}
+
 /// The `warden-timer` thread: armed deadlines in order, each with the waker of the task that
 /// awaits it.
 mod precise {
@@ -165,7 +190,10 @@ mod precise {
             }));
             match std::thread::Builder::new()
                 .name("warden-timer".into())
-                .spawn(move || run(shared))
+                .spawn(move || {
+                    super::realtime::request();
+                    run(shared)
+                })
             {
                 Ok(_) => Some(shared),
                 Err(e) => {
