@@ -128,18 +128,11 @@ mod realtime {
     /// a few system calls per deadline, and the kernel's real-time throttling bounds it anyway.
     /// Elsewhere it stays an ordinary thread, as it was; `WARDEN_TIMER_RT=0` keeps it so.
     pub(super) fn request() {
-        #[cfg(target_os = "linux")]
-        {
-            if std::env::var_os("WARDEN_TIMER_RT").is_some_and(|v| v == "0") {
-                return;
-            }
-            let param = libc::sched_param { sched_priority: 1 };
-            // SAFETY: sets the calling thread's policy (pid 0: this thread); `param` is a valid
-            // sched_param that outlives the call.
-            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-            if rc != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "the warden-timer thread stays an ordinary thread");
-            }
+        if std::env::var_os("WARDEN_TIMER_RT").is_some_and(|v| v == "0") {
+            return;
+        }
+        if let Err(error) = crate::process::set_realtime_thread() {
+            tracing::debug!(%error, "the warden-timer thread stays an ordinary thread");
         }
     }
 }

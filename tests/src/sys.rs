@@ -7,6 +7,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SigHandler, Signal, signal};
 
+/// A pidfd of `pid` (Linux 5.3+): it names that process alone, even once its pid is reused.
+#[cfg(target_os = "linux")]
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Sets `sig` to be ignored (`SIG_IGN`).
 pub fn ignore_signal(sig: Signal) -> io::Result<()> {
     // SAFETY: SIG_IGN runs no code of ours in signal context, so there is no handler whose

@@ -560,6 +560,23 @@ pub(crate) fn reset_signal_default(sig: libc::c_int) -> io::Result<()> {
     set_disposition(sig, libc::SIG_DFL)
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at the lowest real-time priority (Linux; where
+/// the process may: root, `CAP_SYS_NICE`, an `RLIMIT_RTPRIO` above 0). Elsewhere `Unsupported`.
+pub(crate) fn set_realtime_thread() -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets the calling thread's policy (pid 0: this thread); `param` is a valid
+        // sched_param that outlives the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// Sets `sig` to SIG_IGN, reporting failure (EINVAL for SIGKILL, SIGSTOP or a number that is
 /// no signal). The exec shim uses it for the signals a program must start with ignored.
 pub(crate) fn set_ignored(sig: libc::c_int) -> io::Result<()> {

@@ -10,16 +10,7 @@ use warden_tests::{READY, mode};
 
 use crate::support::*;
 
-/// A pidfd of `pid` (a child of this process, so its pid cannot be reused meanwhile).
-fn pidfd_of(pid: u32) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor was just returned to us and nothing else owns it.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
-}
-
+#[cfg(target_os = "linux")]
 /// Blocks this thread until the process behind `pidfd` has exited (true) or `limit` passed.
 fn wait_pidfd_blocking(pidfd: &std::os::fd::OwnedFd, limit: std::time::Duration) -> bool {
     use std::os::fd::AsFd;
@@ -265,6 +256,7 @@ fn script_without_a_shebang_runs_under_sh() {
 /// at its deadline, and the report, read once the threads are free, says `killed` with the
 /// SIGKILL's real time.
 #[test]
+#[cfg(target_os = "linux")]
 fn the_kill_lands_while_every_runtime_thread_is_busy() {
     e2e(
         "the_kill_lands_while_every_runtime_thread_is_busy",
@@ -274,7 +266,9 @@ fn the_kill_lands_while_every_runtime_thread_is_busy() {
             let fifo = t.fifo();
             let worker = t.spawn(&[mode::PLAIN_TELL_TERM, fifo.arg()], config).await;
             assert_eq!(fifo.line("the plain program's ready line").await, READY);
-            let pidfd = std::sync::Arc::new(pidfd_of(worker.pid()));
+            let pidfd = std::sync::Arc::new(
+                warden_tests::sys::pidfd_open(worker.pid()).expect("pidfd_open"),
+            );
             let token = CancellationToken::new();
             let options = JobOptions::new().token(token.clone());
             let (report, (a, b)) = tokio::join!(run_job(&worker, Vec::new(), options), async {
