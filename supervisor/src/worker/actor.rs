@@ -193,7 +193,16 @@ impl Actor {
                 () = self.config.kill.cancelled(), if !self.conn.kill_seen() => {
                     self.sync_alarm();
                     tracing::warn!(parent: &self.span, "kill requested");
-                    self.conn.handle_kill(Instant::now());
+                    let now = Instant::now();
+                    // A cancel that is already asked for (a shutdown before the kill, as a
+                    // second stop signal follows the first) but whose branch lost the race
+                    // to this one is the kill's reason: the kill is an escalation of it.
+                    if cancellable {
+                        if let Some(reason) = self.pending_cancel() {
+                            self.conn.handle_cancel(now, reason);
+                        }
+                    }
+                    self.conn.handle_kill(now);
                 }
                 () = wakeup.fired() => {
                     self.sync_alarm();
@@ -204,6 +213,18 @@ impl Actor {
                     self.on_control(control).await;
                 }
             }
+        }
+    }
+
+    /// The cancel the current job was asked for but this task has not handled yet, if any.
+    fn pending_cancel(&self) -> Option<CancelReason> {
+        let current = self.current.as_ref()?;
+        if current.token.is_cancelled() || current.reply.as_ref().is_some_and(Reply::is_closed) {
+            Some(CancelReason::Requested)
+        } else if self.config.shutdown.is_cancelled() {
+            Some(CancelReason::Shutdown)
+        } else {
+            None
         }
     }
 

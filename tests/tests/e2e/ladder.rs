@@ -462,3 +462,47 @@ fn shutdown_of_a_frozen_worker_gives_up_and_the_worker_is_reaped_after_thaw() {
         },
     );
 }
+
+/// A kill right after a shutdown (as `warden batch` does on its second stop signal) escalates
+/// that shutdown: the report names it, whichever of the two the actor sees first. Several
+/// rounds, since the actor's choice between two ready tokens is random.
+#[test]
+fn a_kill_right_after_a_shutdown_is_killed_for_the_shutdown() {
+    e2e(
+        "a_kill_right_after_a_shutdown_is_killed_for_the_shutdown",
+        |t| async move {
+            for round in 0..8 {
+                let shutdown_token = CancellationToken::new();
+                let kill = CancellationToken::new();
+                let config = WorkerConfig::protocol()
+                    .deadlines(patient())
+                    .shutdown_token(shutdown_token.clone())
+                    .kill_token(kill.clone());
+                let worker = t.spawn(&[mode::IGNORE_CANCEL], config).await;
+                let (options, mut progress) = watch(JobOptions::new());
+                let (report, ()) = tokio::join!(run_job(&worker, WAIT, options), async {
+                    progress.ready().await;
+                    shutdown_token.cancel();
+                    kill.cancel();
+                });
+                assert_eq!(
+                    report.outcome,
+                    Outcome::Killed,
+                    "round {round}: {report:#?}"
+                );
+                assert_eq!(
+                    report.stage,
+                    Some(Stage::Kill),
+                    "round {round}: {report:#?}"
+                );
+                assert_eq!(
+                    report.reason,
+                    Some(CancelReason::Shutdown),
+                    "round {round}: {report:#?}"
+                );
+                assert_eq!(report.exit, Some(by_signal(Signal::SIGKILL)));
+                assert_eq!(shutdown(worker).await, Some(by_signal(Signal::SIGKILL)));
+            }
+        },
+    );
+}
