@@ -399,6 +399,12 @@ impl Machine {
         self.actions.pop_front()
     }
 
+    /// Whether the serve task has something to do: an action to perform or the exit to take.
+    /// Whoever changes the machine from another thread wakes it when this holds.
+    pub fn wants_serve(&self) -> bool {
+        !self.actions.is_empty() || self.exit.is_some()
+    }
+
     /// How serving ends, once decided (returned once).
     pub fn poll_exit(&mut self) -> Option<Exit> {
         self.exit.take()

@@ -6,14 +6,15 @@ use std::any::Any;
 use std::future::{Future, pending};
 use std::io;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::oneshot;
 use tracing::{Instrument, Span, info, info_span};
 use warden_protocol::{FrameDecoder, JobId};
 
@@ -24,7 +25,7 @@ use crate::job::Job;
 use crate::machine::{self, Action, Exit, HandlerOutcome, Machine};
 use crate::progress::{self, Progress};
 use crate::token::{CancelCause, CancelSource};
-use crate::writer::Writer;
+use crate::writer::{self, Writer};
 
 /// How long the SDK waits for the supervisor's hello by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,6 +203,8 @@ impl Worker {
         let stream = channel.into_std();
         // The writer thread's copy: the same socket, written only by that thread.
         let writer_socket = stream.try_clone().map_err(configure)?;
+        // The job thread's copy, to write a job's result itself (closed when serving returns).
+        let job_socket = JobSocket::new(stream.try_clone().map_err(configure)?);
         stream.set_nonblocking(true).map_err(configure)?;
         let mut stream = tokio::net::UnixStream::from_std(stream).map_err(configure)?;
         let span = info_span!(
@@ -240,6 +243,7 @@ impl Worker {
                 job: None,
                 read_closed: false,
                 signalled: false,
+                job_socket: JobSocketGuard(job_socket),
                 writer,
             };
             serve.run(sigterm).await
@@ -279,9 +283,72 @@ where
 
 type JobFuture = Pin<Box<dyn Future<Output = HandlerOutcome> + Send>>;
 
-/// Starts handler calls; the serve loop awaits the returned future for the result.
+/// Starts handler calls; the serve loop awaits the returned future for the result, unless the
+/// runner ends the job itself through its [`JobEnd`] (then the future never resolves).
 trait Runner {
-    fn start(&mut self, job: Job, span: Span) -> JobFuture;
+    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> JobFuture;
+}
+
+/// A copy of the channel for the job thread, taken away when serving returns (so nothing is
+/// written after that, and the copy is closed with the others).
+struct JobSocket(Mutex<Option<UnixStream>>);
+
+impl JobSocket {
+    fn new(socket: UnixStream) -> Arc<JobSocket> {
+        Arc::new(JobSocket(Mutex::new(Some(socket))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnixStream>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Closes the job thread's copy of the channel when the serve task ends.
+struct JobSocketGuard(Arc<JobSocket>);
+
+impl Drop for JobSocketGuard {
+    fn drop(&mut self) {
+        self.0.lock().take();
+    }
+}
+
+/// What the job thread needs to end its job itself, so that a blocking job's end wakes no other
+/// thread: the handler's outcome goes into the machine, and its frame onto the socket as far
+/// as the socket takes it without blocking ([`writer::Shared::flush`]; the writer thread writes
+/// the rest). The serve task is woken only if the machine then has something for it (an action,
+/// the exit); it learns that the job ended from the machine when the next job starts.
+struct JobEnd {
+    id: JobId,
+    shared: Arc<writer::Shared>,
+    socket: Arc<JobSocket>,
+    progress: Arc<progress::Shared>,
+    /// Set once the handler returned: the serve task then no longer trips its token when it
+    /// lets go of the job.
+    returned: Arc<AtomicBool>,
+}
+
+impl JobEnd {
+    /// Ends the job with `outcome`. Nothing in it panics (the locks ignore poisoning).
+    fn finish(self, outcome: HandlerOutcome) {
+        self.returned.store(true, Ordering::Release);
+        let last = self.progress.close();
+        {
+            let mut machine = self.shared.lock();
+            if let Some(update) = last {
+                machine.handle_progress(self.id, update.fraction, update.text);
+            }
+            machine.handle_finished(self.id, outcome);
+        }
+        {
+            let socket = self.socket.lock();
+            if let Some(socket) = socket.as_ref() {
+                self.shared.flush(socket.as_fd());
+            }
+        }
+        if self.shared.lock().wants_serve() {
+            self.shared.wake_serve.notify_one();
+        }
+    }
 }
 
 struct AsyncRunner<F> {
@@ -293,7 +360,8 @@ where
     F: FnMut(Job) -> Fut,
     Fut: Future<Output = Result<Vec<u8>, JobError>> + Send + 'static,
 {
-    fn start(&mut self, job: Job, span: Span) -> JobFuture {
+    fn start(&mut self, job: Job, span: Span, _end: JobEnd) -> JobFuture {
+        // The serve task ends an async job: the task's end wakes it on its own runtime anyway.
         let handler = &mut self.handler;
         // The synchronous part of the handler runs here; a panic in it fails only this job.
         let future = match span.in_scope(|| catch_unwind(AssertUnwindSafe(|| handler(job)))) {
@@ -317,9 +385,10 @@ where
     }
 }
 
-type Work = (Job, Span, oneshot::Sender<HandlerOutcome>);
+type Work = (Job, Span, JobEnd);
 
-/// Runs a blocking handler on one dedicated thread, job after job.
+/// Runs a blocking handler on one dedicated thread, job after job; that thread also ends each
+/// job (`JobEnd`).
 struct BlockingRunner {
     jobs: mpsc::Sender<Work>,
 }
@@ -334,14 +403,14 @@ impl BlockingRunner {
         std::thread::Builder::new()
             .name("warden-job".into())
             .spawn(move || {
-                while let Ok((job, span, reply)) = queue.recv() {
+                while let Ok((job, span, end)) = queue.recv() {
                     let outcome = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| handler(job))));
                     let outcome = match outcome {
                         Ok(result) => HandlerOutcome::Returned(result),
                         Err(panic) => HandlerOutcome::Crashed(panic_failure(&*panic)),
                     };
-                    // The serve loop may be gone (orphaned); nobody to tell then.
-                    let _ = reply.send(outcome);
+                    // The serve loop may be gone (orphaned): the machine then ends serving.
+                    span.in_scope(|| end.finish(outcome));
                 }
             })?;
         Ok(BlockingRunner { jobs })
@@ -349,19 +418,15 @@ impl BlockingRunner {
 }
 
 impl Runner for BlockingRunner {
-    fn start(&mut self, job: Job, span: Span) -> JobFuture {
-        let (reply, result) = oneshot::channel();
-        if self.jobs.send((job, span, reply)).is_err() {
+    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> JobFuture {
+        if self.jobs.send((job, span, end)).is_err() {
             // Cannot happen while the thread loop catches panics; fail the job, not the worker.
             return Box::pin(std::future::ready(HandlerOutcome::Crashed(
                 "the job thread is gone".into(),
             )));
         }
-        Box::pin(async move {
-            result.await.unwrap_or_else(|_| {
-                HandlerOutcome::Crashed("the job thread stopped without a result".into())
-            })
-        })
+        // The job thread ends the job itself.
+        Box::pin(pending())
     }
 }
 
@@ -383,15 +448,16 @@ struct RunningJob {
     progress: Arc<progress::Shared>,
     result: JobFuture,
     span: Span,
-    /// Set once the handler returned; otherwise dropping trips the token.
-    returned: bool,
+    /// Set once the handler returned (by the serve task, or by the job thread that ended the
+    /// job itself); otherwise dropping trips the token.
+    returned: Arc<AtomicBool>,
 }
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
         // Serving stopped with the handler still running (error, or the serve future dropped):
         // its result has nowhere to go.
-        if !self.returned {
+        if !self.returned.load(Ordering::Acquire) {
             self.source.cancel(CancelCause::ChannelClosed);
         }
     }
@@ -416,6 +482,8 @@ struct Serve<R> {
     /// EOF or a read error was seen; the read branch is off.
     read_closed: bool,
     signalled: bool,
+    /// The job thread's copy of the channel, closed when the serve task ends.
+    job_socket: JobSocketGuard,
     /// Dropped last: joins the writer thread, so its copy of the socket is closed on return.
     writer: Writer,
 }
@@ -483,8 +551,8 @@ impl<R: Runner> Serve<R> {
                     shared.lock().handle_signal();
                 }
                 Event::Finished(outcome) => {
-                    if let Some(mut job) = self.job.take() {
-                        job.returned = true;
+                    if let Some(job) = self.job.take() {
+                        job.returned.store(true, Ordering::Release);
                         let _enter = job.span.enter();
                         let last = job.progress.close();
                         let mut machine = shared.lock();
@@ -542,14 +610,25 @@ impl<R: Runner> Serve<R> {
             source.token(),
             Progress::new(Arc::clone(&shared)),
         );
-        let result = self.runner.start(job, span.clone());
+        // The last job's handler has returned (the machine started this one): let go of it
+        // before the job thread can take the next.
+        self.job = None;
+        let returned = Arc::new(AtomicBool::new(false));
+        let end = JobEnd {
+            id,
+            shared: Arc::clone(self.writer.shared()),
+            socket: Arc::clone(&self.job_socket.0),
+            progress: Arc::clone(&shared),
+            returned: Arc::clone(&returned),
+        };
+        let result = self.runner.start(job, span.clone(), end);
         self.job = Some(RunningJob {
             id,
             source,
             progress: shared,
             result,
             span,
-            returned: false,
+            returned,
         });
     }
 }
