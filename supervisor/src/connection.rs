@@ -424,6 +424,20 @@ impl Connection {
         self.pump(now);
     }
 
+    /// A job that waited behind another and was cancelled before its turn: it never starts.
+    /// Returns its report (it gets a job id of its own, as if it had been started).
+    pub(crate) fn not_started(&mut self, now: Instant, reason: CancelReason) -> JobReport {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        JobReport::not_started(
+            id,
+            reason,
+            self.settings.containment,
+            self.limits.clone(),
+            now,
+        )
+    }
+
     /// The `StartJob` frame of the job just started could not be encoded (too large): the
     /// job never started.
     pub(crate) fn handle_start_rejected(&mut self, len: usize, max: u32) {

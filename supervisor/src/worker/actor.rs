@@ -8,11 +8,14 @@
 //! Caller code never runs here: progress goes through a [`ProgressSink`] (a slot and a thread
 //! of the job's own), and replies are oneshot sends.
 
-use std::future::pending;
+use std::collections::VecDeque;
+use std::future::{Future, pending, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Span;
 use warden_protocol::{CancelReason, EncodeError, SupervisorMessage};
 
@@ -52,6 +55,46 @@ pub(crate) enum Control {
     Resume { reply: ControlReply },
     /// The tree's memory in use now (see `Tree::memory_current`).
     Memory { reply: oneshot::Sender<Option<u64>> },
+}
+
+/// A request that came while the worker was busy: it waits for its turn, in order. `None`:
+/// every handle was dropped (the shutdown that follows waits its turn too).
+struct Waiting {
+    request: Option<Request>,
+    /// A waiting job's token, watched (with its caller's reply) so that a job cancelled while
+    /// it waits is answered at once, not at its turn.
+    cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Waiting {
+    fn new(request: Option<Request>) -> Waiting {
+        let cancelled = match &request {
+            Some(Request::Run { options, .. }) => {
+                Some(Box::pin(options.token.clone().cancelled_owned()))
+            }
+            _ => None,
+        };
+        Waiting { request, cancelled }
+    }
+}
+
+/// The position of the first waiting job whose caller cancelled it or went away.
+fn withdrawn(waiting: &mut VecDeque<Waiting>) -> impl Future<Output = usize> + '_ {
+    poll_fn(move |cx| {
+        for (i, w) in waiting.iter_mut().enumerate() {
+            if let Some(Request::Run { reply, .. }) = &mut w.request {
+                if reply.poll_closed(cx).is_ready() {
+                    return Poll::Ready(i);
+                }
+                if let Some(cancelled) = &mut w.cancelled
+                    && cancelled.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(i);
+                }
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// The caller's side of the running job.
@@ -95,6 +138,8 @@ pub(crate) struct Actor {
     conn: Connection,
     current: Option<Current>,
     shutdown_reply: Option<oneshot::Sender<Option<ExitStatus>>>,
+    /// What came while the worker was busy, in order.
+    waiting: VecDeque<Waiting>,
     /// The ladder's SIGKILL, sent by the timer thread at its deadline whatever the runtime's
     /// load (see [`arm_alarm`](Self::arm_alarm)).
     alarm: Alarm,
@@ -129,6 +174,7 @@ impl Actor {
             config,
             current: None,
             shutdown_reply: None,
+            waiting: VecDeque::new(),
             alarm: Alarm::new(),
             span,
         }
@@ -139,31 +185,39 @@ impl Actor {
         let mut requests_open = true;
         loop {
             self.perform_all().await;
-            if !requests_open && self.conn.is_stopped() {
+            if !requests_open && self.waiting.is_empty() && self.conn.is_stopped() {
                 return;
+            }
+            let takes_requests = self.conn.takes_requests();
+            if takes_requests && let Some(next) = self.waiting.pop_front() {
+                // Its turn: the job before it was answered in this same turn, so the next one
+                // is on the wire without waiting for anyone.
+                self.on_request(next.request).await;
+                continue;
             }
             self.arm_alarm();
             wakeup.set(self.conn.poll_timeout());
-            let takes_requests = requests_open && self.conn.takes_requests();
             let reading = self.conn.is_reading();
             let cancellable = self.conn.accepts_cancel();
             let token = self.current.as_ref().map(|c| c.token.clone());
+            let withdraws = self.config.protocol && !self.waiting.is_empty();
             // Every branch first learns whether the timer thread SIGKILLed the tree meanwhile
             // (`sync_alarm`): what woke it came later, and is judged after the kill.
             tokio::select! {
-                request = rx.recv(), if takes_requests => {
+                request = rx.recv(), if requests_open => {
                     self.sync_alarm();
-                    match request {
-                        Some(Request::Run { payload, options, reply }) => self.start(payload, options, reply).await,
-                        Some(Request::Shutdown { reply }) => {
-                            self.shutdown_reply = Some(reply);
-                            self.conn.handle_shutdown(Instant::now());
-                        }
-                        None => {
-                            requests_open = false;
-                            self.conn.handle_shutdown(Instant::now());
-                        }
+                    requests_open = request.is_some();
+                    if takes_requests {
+                        self.on_request(request).await;
+                    } else {
+                        // Received now rather than left in the channel, so that its token
+                        // is watched while it waits.
+                        self.waiting.push_back(Waiting::new(request));
                     }
+                }
+                i = withdrawn(&mut self.waiting), if withdraws => {
+                    self.sync_alarm();
+                    self.withdraw(i);
                 }
                 event = next_event(&mut self.channel), if reading => {
                     self.sync_alarm();
@@ -214,6 +268,38 @@ impl Actor {
                 }
             }
         }
+    }
+
+    async fn on_request(&mut self, request: Option<Request>) {
+        match request {
+            Some(Request::Run {
+                payload,
+                options,
+                reply,
+            }) => self.start(payload, options, reply).await,
+            Some(Request::Shutdown { reply }) => {
+                self.shutdown_reply = Some(reply);
+                self.conn.handle_shutdown(Instant::now());
+            }
+            None => self.conn.handle_shutdown(Instant::now()),
+        }
+    }
+
+    /// A job cancelled (or whose caller went away) while it waited behind another: it never
+    /// starts, and its caller has its report now.
+    fn withdraw(&mut self, i: usize) {
+        let Some(Waiting {
+            request: Some(Request::Run { reply, .. }),
+            ..
+        }) = self.waiting.remove(i)
+        else {
+            return;
+        };
+        let report = self
+            .conn
+            .not_started(Instant::now(), CancelReason::Requested);
+        tracing::info!(parent: &self.span, job = %report.job, "job cancelled before its turn");
+        let _ = reply.send(Ok(report));
     }
 
     /// The cancel the current job was asked for but this task has not handled yet, if any.

@@ -146,7 +146,10 @@ impl Worker {
     /// # Cancel safety
     /// Dropping the returned future cancels the job (reason `requested`); the ladder then runs
     /// to its end in the background. A future dropped while its job waits behind another job
-    /// cancels it before it starts: it is never sent to the worker.
+    /// cancels it before it starts: it is never sent to the worker. Jobs wait their turn in the
+    /// order of the calls; one whose token is cancelled while it waits is answered at once
+    /// (`Outcome::Cancelled`, `started: false`), and the next one is sent in the same turn of
+    /// the worker's task that answered the job before it.
     pub async fn run(&self, payload: Vec<u8>, options: JobOptions) -> Result<JobReport, RunError> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -1,6 +1,6 @@
 //! Lifecycle: dropping handles and job futures, shutdown, queued jobs.
 
-use warden::{ExitStatus, JobId, JobOptions, Outcome, WorkerConfig};
+use warden::{CancellationToken, ExitStatus, JobId, JobOptions, Outcome, WorkerConfig};
 use warden_tests::{cancelled_text, mode};
 
 use crate::support::*;
@@ -107,6 +107,57 @@ fn concurrent_runs_wait_their_turn() {
 
         assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
     });
+}
+
+#[test]
+fn a_job_cancelled_while_it_waits_its_turn_is_answered_at_once() {
+    e2e(
+        "a_job_cancelled_while_it_waits_its_turn_is_answered_at_once",
+        |t| async move {
+            let config = WorkerConfig::protocol().deadlines(patient());
+            let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+            {
+                let first_token = CancellationToken::new();
+                let (options, mut progress) = watch(JobOptions::new().token(first_token.clone()));
+                let first = worker.run(WAIT.to_vec(), options);
+                tokio::pin!(first);
+                let second_token = CancellationToken::new();
+                let second = worker.run(echo(b"b"), JobOptions::new().token(second_token.clone()));
+                tokio::pin!(second);
+                tokio::select! {
+                    report = &mut first => panic!("the first job ended on its own: {report:?}"),
+                    report = &mut second => panic!("the second job ended before its turn: {report:?}"),
+                    _ = progress.ready() => {}
+                }
+                // The first still runs: the second is answered by its cancel alone.
+                second_token.cancel();
+                let report = tokio::select! {
+                    report = &mut first => panic!("the first job ended on its own: {report:?}"),
+                    report = within(LIMIT, "the waiting job's report", &mut second) => {
+                        report.expect("the second job's report")
+                    }
+                };
+                assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+                assert_eq!(report.reason, Some(warden::CancelReason::Requested));
+                assert!(!report.started, "{report:#?}");
+
+                first_token.cancel();
+                let report = within(LIMIT, "the first job's report", first)
+                    .await
+                    .expect("the first job's report");
+                assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+                assert!(report.started, "{report:#?}");
+            }
+            // The worker goes on with the next job.
+            let report = run_job(&worker, echo(b"c"), JobOptions::new()).await;
+            assert_eq!(
+                report.outcome,
+                Outcome::Completed(b"c".to_vec()),
+                "{report:#?}"
+            );
+            assert_eq!(shutdown(worker).await, Some(ExitStatus::Code(0)));
+        },
+    );
 }
 
 #[test]
