@@ -75,6 +75,8 @@ struct Slot {
     pid: Option<u32>,
     state: WorkerState,
     jobs: u32,
+    /// The attempt handed to it early (`PoolConfig::prefetch`), waiting behind the running one.
+    next: Option<(PoolJobId, u32)>,
     tx: mpsc::Sender<Assign>,
     retire: CancellationToken,
 }
@@ -338,6 +340,7 @@ impl Dispatcher {
     ) {
         let pid = self.workers.get(&key).and_then(|s| s.pid);
         let lost = matches!(fate, Fate::Lost(_));
+        let early = matches!(fate, Fate::Told);
         let mut loss = None;
         let span = &self.span;
         if let Some(slot) = self.workers.get_mut(&key) {
@@ -345,10 +348,20 @@ impl Dispatcher {
                 slot.jobs = slot.jobs.saturating_add(1);
             }
             match fate {
-                Fate::Reuse => {
-                    slot.state = WorkerState::Idle;
-                    self.idle.push_back(key);
+                Fate::Told => {
+                    if slot.next.is_some_and(|(next, _)| next == id) {
+                        slot.next = None;
+                    }
                 }
+                Fate::Reuse if slot.state == WorkerState::Stopping => {}
+                Fate::Reuse => match slot.next.take() {
+                    // Its worker already has it: it started in the turn that answered this one.
+                    Some((job, attempt)) => slot.state = WorkerState::Busy { job, attempt },
+                    None => {
+                        slot.state = WorkerState::Idle;
+                        self.idle.push_back(key);
+                    }
+                },
                 Fate::Recycle(reason) => {
                     slot.state = WorkerState::Stopping;
                     self.counts.recycles += 1;
@@ -374,6 +387,13 @@ impl Dispatcher {
         };
         debug_assert_eq!(job.attempt, attempt);
         match result {
+            // Handed early and cancelled while it waited: reported as a job cancelled in the
+            // queue is (no attempt, no worker), since it never started.
+            Ok(report) if early && !report.started => {
+                let reason = report.reason.unwrap_or(CancelReason::Requested);
+                let report = self.not_started(job.id, reason, now);
+                resolve(job, Ok(report), &mut self.counts);
+            }
             Ok(report) => {
                 if matches!(report.outcome, Outcome::Completed(_)) {
                     self.restarts.handle_success();
@@ -432,11 +452,15 @@ impl Dispatcher {
             self.fd_wait = None;
         }
         self.idle.retain(|&k| k != key);
-        if let WorkerState::Busy { job, .. } = slot.state
-            && let Some((_, job)) = self.running.remove(&job)
-        {
-            // Only a task that panicked ends with a job: the job cannot be decided.
-            resolve(job, Err(JobError::PoolGone), &mut self.counts);
+        let busy = match slot.state {
+            WorkerState::Busy { job, .. } => Some(job),
+            _ => None,
+        };
+        for id in busy.into_iter().chain(slot.next.map(|(job, _)| job)) {
+            if let Some((_, job)) = self.running.remove(&id) {
+                // Only a task that panicked ends with a job: the job cannot be decided.
+                resolve(job, Err(JobError::PoolGone), &mut self.counts);
+            }
         }
         if slot.state != WorkerState::Stopping && slot.pid.is_some() {
             // Ended without saying why (a panic): count it as a loss.
@@ -637,7 +661,8 @@ impl Dispatcher {
     fn spawn_worker(&mut self) {
         let key = self.next_key;
         self.next_key += 1;
-        let (tx, rx) = mpsc::channel(1);
+        // Room for the attempt it runs and the one handed to it early.
+        let (tx, rx) = mpsc::channel(2);
         let retire = CancellationToken::new();
         self.workers.insert(
             key,
@@ -645,6 +670,7 @@ impl Dispatcher {
                 pid: None,
                 state: WorkerState::Starting,
                 jobs: 0,
+                next: None,
                 tx,
                 retire: retire.clone(),
             },
@@ -655,8 +681,92 @@ impl Dispatcher {
         self.task_keys.insert(task.id(), key);
     }
 
-    /// Hands queued jobs to idle workers, oldest first, until one side runs out.
+    /// Hands queued jobs to idle workers, oldest first, until one side runs out; then, with
+    /// `prefetch`, one more to each busy worker that may take it.
     fn dispatch(&mut self, now: Instant) {
+        self.dispatch_idle(now);
+        if !self.config.prefetch
+            || !self.shared.config.protocol
+            || self.shared.recycling.reads_memory()
+        {
+            return;
+        }
+        let max_jobs = self.shared.recycling.max_jobs;
+        let takers: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, slot)| {
+                matches!(slot.state, WorkerState::Busy { .. })
+                    && slot.next.is_none()
+                    // The running job and this one leave it below its recycling count.
+                    && max_jobs.is_none_or(|max| slot.jobs.saturating_add(2) <= max)
+            })
+            .map(|(&key, _)| key)
+            .collect();
+        for key in takers {
+            let Some(job) = self.take_queued(now) else {
+                return;
+            };
+            self.hand(key, job, true);
+        }
+    }
+
+    /// The oldest queued job that may run (those cancelled meanwhile are answered).
+    fn take_queued(&mut self, now: Instant) -> Option<Job> {
+        while let Some(job) = self.queue.pop_front() {
+            job.left_queue.cancel();
+            if job.options.token.is_cancelled() {
+                let report = self.not_started(job.id, CancelReason::Requested, now);
+                resolve(job, Ok(report), &mut self.counts);
+                continue;
+            }
+            return Some(job);
+        }
+        None
+    }
+
+    /// Hands `job` to the worker of `key`: to run now, or (`early`) behind its running job.
+    fn hand(&mut self, key: u64, mut job: Job, early: bool) {
+        job.permit = None;
+        // The payload is kept until the job is answered: a worker found gone when the job
+        // reached it (it died meanwhile, or the job was handed early to a worker whose running
+        // job then ended it) gives the job back to the queue, and it must go out whole.
+        let payload = job.payload.clone();
+        let assign = Assign {
+            job: job.id,
+            attempt: job.attempt,
+            payload,
+            options: job.options.clone(),
+        };
+        let Some(slot) = self.workers.get_mut(&key) else {
+            job.payload = assign.payload;
+            self.enqueue(job, true);
+            return;
+        };
+        match slot.tx.try_send(assign) {
+            Ok(()) => {
+                if early {
+                    slot.next = Some((job.id, job.attempt));
+                } else {
+                    slot.state = WorkerState::Busy {
+                        job: job.id,
+                        attempt: job.attempt,
+                    };
+                }
+                self.running.insert(job.id, (key, job));
+            }
+            Err(err) => {
+                // Its task is gone (it ends on its own only after saying why; the channel has
+                // room for both attempts a worker may hold): the job never reached it.
+                slot.state = WorkerState::Stopping;
+                job.payload = err.into_inner().payload;
+                self.enqueue(job, true);
+            }
+        }
+    }
+
+    /// Hands queued jobs to idle workers, oldest first, until one side runs out.
+    fn dispatch_idle(&mut self, now: Instant) {
         while !self.queue.is_empty() {
             let Some(key) = self.idle.pop_front() else {
                 return;
@@ -668,48 +778,11 @@ impl Dispatcher {
             {
                 continue;
             }
-            let Some(mut job) = self.queue.pop_front() else {
+            let Some(job) = self.take_queued(now) else {
+                self.idle.push_front(key);
                 return;
             };
-            job.left_queue.cancel();
-            job.permit = None;
-            if job.options.token.is_cancelled() {
-                self.idle.push_front(key);
-                let report = self.not_started(job.id, CancelReason::Requested, now);
-                resolve(job, Ok(report), &mut self.counts);
-                continue;
-            }
-            // The payload is kept only while the job may run again.
-            let payload = if job.attempt <= self.config.retries {
-                job.payload.clone()
-            } else {
-                std::mem::take(&mut job.payload)
-            };
-            let assign = Assign {
-                job: job.id,
-                attempt: job.attempt,
-                payload,
-                options: job.options.clone(),
-            };
-            let Some(slot) = self.workers.get_mut(&key) else {
-                continue;
-            };
-            match slot.tx.try_send(assign) {
-                Ok(()) => {
-                    slot.state = WorkerState::Busy {
-                        job: job.id,
-                        attempt: job.attempt,
-                    };
-                    self.running.insert(job.id, (key, job));
-                }
-                Err(err) => {
-                    // Its task is gone (it ends on its own only after saying why): the job
-                    // never reached it.
-                    slot.state = WorkerState::Stopping;
-                    job.payload = err.into_inner().payload;
-                    self.enqueue(job, true);
-                }
-            }
+            self.hand(key, job, false);
         }
     }
 

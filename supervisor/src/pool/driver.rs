@@ -3,6 +3,8 @@
 //! the worker (and its memory, for recycling), and shuts it down once it is retired, recycled
 //! or lost. It decides nothing about jobs: it tells the dispatcher.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,9 @@ pub(crate) enum Fate {
     Replace,
     /// It was lost on its own (the restart policy counts it).
     Lost(WorkerLoss),
+    /// Nothing new: a job handed early that ended before its turn (cancelled while it waited),
+    /// or after the worker's fate was told with the job before it.
+    Told,
 }
 
 /// What a worker's task tells the dispatcher.
@@ -71,6 +76,55 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// The pool's kill token (also every worker's): no spawn starts once it is cancelled.
     pub(crate) kill: CancellationToken,
+}
+
+type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<JobReport, RunError>> + Send + 'a>>;
+
+/// An attempt handed to the worker: its run future.
+struct InFlight<'a> {
+    job: PoolJobId,
+    attempt: u32,
+    run: RunFuture<'a>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(worker: &'a Worker, assign: Assign) -> InFlight<'a> {
+        let Assign {
+            job,
+            attempt,
+            payload,
+            options,
+        } = assign;
+        InFlight {
+            job,
+            attempt,
+            run: Box::pin(worker.run(payload, options)),
+        }
+    }
+}
+
+/// A job handed early ended: its fate is nothing new (`Fate::Told`).
+fn early_finished(
+    key: u64,
+    job: PoolJobId,
+    attempt: u32,
+    result: Result<JobReport, RunError>,
+) -> Event {
+    Event::Finished(Box::new(Finished {
+        key,
+        job,
+        attempt,
+        result,
+        fate: Fate::Told,
+    }))
+}
+
+/// Polls the job handed early.
+async fn in_flight(next: &mut Option<InFlight<'_>>) -> Result<JobReport, RunError> {
+    match next {
+        Some(next) => (&mut next.run).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs one worker's life; returns its key once the worker is gone (reaped, or its kill
@@ -111,22 +165,43 @@ pub(crate) async fn drive(
         });
         let liveness = shared.config.unresponsive_after.unwrap_or(Duration::ZERO);
         let mut jobs_done = 0u32;
+        // A job the dispatcher handed early (`PoolConfig::prefetch`): its run waits in the
+        // worker behind the running one, which starts it in the turn that answers that one.
+        let mut next: Option<InFlight<'_>> = None;
+        let mut open = true;
         loop {
-            let assign = tokio::select! {
-                biased;
-                assign = jobs.recv() => match assign {
-                    Some(assign) => assign,
-                    None => break,
-                },
-                () = retire.cancelled() => break,
+            let mut current = match next.take() {
+                Some(next) => next,
+                None => {
+                    let assign = tokio::select! {
+                        biased;
+                        assign = jobs.recv() => match assign {
+                            Some(assign) => assign,
+                            None => break,
+                        },
+                        () = retire.cancelled() => break,
+                    };
+                    InFlight::start(&worker, assign)
+                }
             };
-            let Assign {
-                job,
-                attempt,
-                payload,
-                options,
-            } = assign;
-            let result = worker.run(payload, options).await;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut current.run => break result,
+                    // Ended before its turn (cancelled while it waited): answered now.
+                    result = in_flight(&mut next), if next.is_some() => {
+                        if let Some(early) = next.take() {
+                            let _ = shared.events.send(early_finished(key, early.job, early.attempt, result));
+                        }
+                    }
+                    assign = jobs.recv(), if open && next.is_none() => match assign {
+                        // Polled from now on, so its run is on its way to the worker.
+                        Some(assign) => next = Some(InFlight::start(&worker, assign)),
+                        None => open = false,
+                    },
+                }
+            };
+            let InFlight { job, attempt, .. } = current;
             let fate = match &result {
                 Ok(report) => match fate::worker_end(report, pid, liveness) {
                     WorkerEnd::Survived => {
@@ -160,9 +235,16 @@ pub(crate) async fn drive(
                 fate,
             })));
             if !reuse {
+                // The worker is gone (or going): a job handed early is answered by it at once
+                // (`WorkerGone`, so the dispatcher queues it again) and its fate was told.
+                if let Some(early) = next.take() {
+                    let result = early.run.await;
+                    let _ = shared.events.send(early_finished(key, early.job, early.attempt, result));
+                }
                 break;
             }
         }
+        drop(next);
         let reaped = worker.shutdown().await.is_some();
         tracing::debug!(pid, reaped, "pool worker stopped");
         (key, reaped)

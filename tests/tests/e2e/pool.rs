@@ -624,3 +624,140 @@ fn own_usage() -> (u64, u64, u64) {
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     (field("VmRSS:"), fds, field("Threads:"))
 }
+
+#[test]
+fn with_prefetch_the_next_job_waits_in_its_worker_and_its_cancel_is_answered_at_once() {
+    e2e("pool_prefetch_cancel_while_waiting", |t| async move {
+        let pool = start(
+            &t,
+            WorkerConfig::protocol().deadlines(patient()),
+            PoolConfig::new(1).prefetch(true),
+        );
+        let (opts, mut progress) = watch(JobOptions::new());
+        let a = submit(&pool, WAIT, opts).await;
+        let a_id = a.id();
+        let b = submit(&pool, &echo(b"b"), JobOptions::new()).await;
+        let c = submit(&pool, &echo(b"c"), JobOptions::new()).await;
+        progress.ready().await;
+        // `a` runs, `b` waits in its worker, `c` in the queue.
+        let s = snapshot(&pool).await;
+        assert_eq!((s.in_flight, s.queued), (2, 1), "{s:?}");
+        assert_eq!(
+            s.workers[0].state,
+            WorkerState::Busy {
+                job: a_id,
+                attempt: 1
+            },
+            "{s:?}"
+        );
+        // A cancel of the job handed early is answered while `a` still runs.
+        b.cancel();
+        let rb = report(b).await;
+        assert_eq!(rb.report.outcome, Outcome::Cancelled, "{rb:#?}");
+        assert_eq!(rb.report.reason, Some(CancelReason::Requested));
+        assert!(!rb.report.started, "{rb:#?}");
+        assert_eq!((rb.attempt, rb.worker_pid), (0, None));
+        let s = snapshot(&pool).await;
+        assert_eq!(
+            s.workers[0].state,
+            WorkerState::Busy {
+                job: a_id,
+                attempt: 1
+            },
+            "{s:?}"
+        );
+        a.cancel();
+        let ra = report(a).await;
+        assert_eq!(ra.report.outcome, Outcome::Cancelled, "{ra:#?}");
+        assert!(ra.report.started);
+        let rc = report(c).await;
+        completed(&rc, b"c");
+        assert_eq!(
+            rc.worker_pid, ra.worker_pid,
+            "the cancels left the worker reusable"
+        );
+        let s = snapshot(&pool).await;
+        assert_eq!(
+            (s.replacements, s.restarts, s.in_flight),
+            (0, 0, 0),
+            "{s:?}"
+        );
+        stop(&pool, ShutdownMode::Drain).await;
+    });
+}
+
+#[test]
+fn with_prefetch_the_job_behind_one_whose_ladder_ended_the_worker_runs_on_a_fresh_one() {
+    e2e("pool_prefetch_behind_a_replaced_worker", |t| async move {
+        // It ignores its token: the grace runs out, SIGTERM (at its default) ends it.
+        let worker = WorkerConfig::protocol().deadlines(short(ms(100), ms(60_000)));
+        let pool = start(&t, worker, PoolConfig::new(1).prefetch(true));
+        let (options, mut progress) = watch(JobOptions::new());
+        let token = options.token.clone();
+        let a = submit(&pool, POOL_IGNORE, options).await;
+        let b = submit(&pool, &echo(b"b"), JobOptions::new()).await;
+        progress.ready().await;
+        assert_eq!(snapshot(&pool).await.in_flight, 2);
+        token.cancel();
+        let ra = report(a).await;
+        assert_eq!(ra.report.outcome, Outcome::Terminated, "{ra:#?}");
+        let first = ra.worker_pid.expect("a worker ran it");
+        // The job handed early never reached the dying worker: it runs, once, on the next.
+        let rb = report(b).await;
+        completed(&rb, b"b");
+        assert_eq!(rb.attempt, 1, "{rb:#?}");
+        assert_ne!(rb.worker_pid, Some(first), "{rb:#?}");
+        let s = snapshot(&pool).await;
+        assert_eq!((s.replacements, s.restarts, s.retries), (1, 0, 0), "{s:?}");
+        stop(&pool, ShutdownMode::Drain).await;
+        t.wait_reaped(first, "the replaced worker").await;
+    });
+}
+
+#[test]
+fn with_prefetch_every_job_completes_once_and_max_jobs_still_holds() {
+    e2e("pool_prefetch_many_jobs_and_max_jobs", |t| async move {
+        let config = PoolConfig::new(2).prefetch(true).queue_capacity(300);
+        let pool = start(&t, WorkerConfig::protocol(), config);
+        let mut handles = Vec::new();
+        for i in 0..200u32 {
+            handles.push(submit(&pool, &echo(&i.to_le_bytes()), JobOptions::new()).await);
+        }
+        let mut pids = std::collections::BTreeSet::new();
+        for (i, handle) in (0..200u32).zip(handles) {
+            let r = report(handle).await;
+            completed(&r, &i.to_le_bytes());
+            assert_eq!(r.attempt, 1);
+            pids.insert(r.worker_pid.expect("a worker ran it"));
+        }
+        assert_eq!(pids.len(), 2, "{pids:?}");
+        let s = snapshot(&pool).await;
+        assert_eq!((s.completed, s.in_flight, s.queued), (200, 0, 0), "{s:?}");
+        stop(&pool, ShutdownMode::Drain).await;
+
+        // Recycled after 3 jobs: nothing is handed early to a worker about to be recycled.
+        let config = PoolConfig::new(1).prefetch(true).max_jobs_per_worker(3);
+        let pool = start(&t, WorkerConfig::protocol(), config);
+        let mut handles = Vec::new();
+        for i in 0..7u8 {
+            handles.push(submit(&pool, &echo(&[i]), JobOptions::new()).await);
+        }
+        let mut runs: Vec<u32> = Vec::new();
+        for (i, handle) in (0..7u8).zip(handles) {
+            let r = report(handle).await;
+            completed(&r, &[i]);
+            runs.push(r.worker_pid.expect("a worker ran it"));
+        }
+        let mut per_worker = std::collections::BTreeMap::new();
+        for pid in &runs {
+            *per_worker.entry(*pid).or_insert(0) += 1;
+        }
+        assert!(per_worker.values().all(|&n| n <= 3), "{runs:?}");
+        let s = snapshot(&pool).await;
+        assert_eq!((s.recycles, s.restarts, s.replacements), (2, 0, 0), "{s:?}");
+        stop(&pool, ShutdownMode::Drain).await;
+        for pid in per_worker.keys() {
+            t.wait_reaped(*pid, "a recycled worker").await;
+        }
+    });
+}
