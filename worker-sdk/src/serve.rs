@@ -339,13 +339,20 @@ impl JobEnd {
             }
             machine.handle_finished(self.id, outcome);
         }
-        {
+        let transmitted = {
             let socket = self.socket.lock();
-            if let Some(socket) = socket.as_ref() {
-                self.shared.flush(socket.as_fd());
-            }
-        }
-        if self.shared.lock().wants_serve() {
+            socket
+                .as_ref()
+                .is_some_and(|socket| self.shared.flush(socket.as_fd()))
+        };
+        // The serve task decides what to wait for when it wakes. It may have woken for the next
+        // job's start while this thread was writing, seen the writer busy, and so not waited
+        // for that job's progress: it is woken now that the writer is free.
+        let wake = {
+            let machine = self.shared.lock();
+            machine.wants_serve() || (transmitted && machine.wants_progress().is_some())
+        };
+        if wake {
             self.shared.wake_serve.notify_one();
         }
     }
@@ -495,6 +502,7 @@ impl<R: Runner> Serve<R> {
         loop {
             // Whatever the last event queued goes out (written here as far as the socket takes
             // it), and new timers are taken into account; then what it decided is done.
+            // It looks at the machine right after; nobody else needs waking for what it wrote.
             shared.flush(self.rd.as_fd());
             let (actions, exit, progress_for) = {
                 let mut machine = shared.lock();

@@ -87,9 +87,14 @@ impl Shared {
     /// the frames queued now as far as the socket takes them without blocking, and wakes the
     /// writer thread only if that leaves it work (the rest of a frame, or a timer earlier than
     /// the one it sleeps until).
-    pub(crate) fn flush(&self, socket: BorrowedFd<'_>) {
+    ///
+    /// Returns whether it wrote a whole frame: the writer was then busy for a while, and a
+    /// caller other than the serve task must wake it if the machine now wants progress (the
+    /// serve task looks only when it is woken, and it may have looked while this wrote).
+    pub(crate) fn flush(&self, socket: BorrowedFd<'_>) -> bool {
         let mut state = self.lock();
         let mut wake = false;
+        let mut transmitted = false;
         while !state.machine.is_writing() {
             let Some(frame) = state.machine.poll_transmit() else {
                 break;
@@ -98,7 +103,10 @@ impl Shared {
             let written = send_now(socket, &frame);
             state = self.lock();
             match written {
-                Ok(n) if n >= frame.len() => state.machine.handle_transmitted(),
+                Ok(n) if n >= frame.len() => {
+                    state.machine.handle_transmitted();
+                    transmitted = true;
+                }
                 Ok(n) => {
                     state.tail = Some(frame.get(n..).unwrap_or_default().to_vec());
                     wake = true;
@@ -118,6 +126,7 @@ impl Shared {
         if wake {
             self.writer.notify_one();
         }
+        transmitted
     }
 }
 

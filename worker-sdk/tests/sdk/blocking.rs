@@ -141,3 +141,48 @@ fn serve_blocking_builds_its_own_runtime() {
         }
     );
 }
+
+/// A blocking job's end is written by its own thread, and the supervisor may start the next job
+/// while that thread is still inside the write. The serve task, woken by the start, then sees
+/// the writer busy and must still be woken for the new job's progress when the write is done
+/// (it once was not: with no heartbeats to wake it, the progress waited for the next event).
+/// A race, so many jobs back to back; each progress report is awaited, bounded.
+#[tokio::test]
+async fn progress_of_a_job_started_while_the_last_result_is_written_is_sent() {
+    const JOBS: u64 = 2_000;
+    let (mut sup, channel) = pair();
+    let serving = spawn_blocking(channel, |job| {
+        job.progress().set_text("started");
+        while !job.is_cancelled() {
+            // Bounded by the test's own waits: the supervisor cancels once it saw the progress.
+            std::thread::yield_now();
+        }
+        job.check()?;
+        Ok(Vec::new())
+    });
+    sup.accept_default().await;
+    for id in 1..=JOBS {
+        sup.send(&start(id, b"")).await;
+        assert_eq!(
+            sup.recv("progress").await,
+            WorkerMessage::Progress {
+                job: JobId(id),
+                fraction: None,
+                text: Some("started".into())
+            },
+            "job {id}"
+        );
+        sup.send(&SupervisorMessage::Cancel {
+            job: JobId(id),
+            reason: CancelReason::Requested,
+        })
+        .await;
+        assert_eq!(
+            sup.recv("result").await,
+            WorkerMessage::Cancelled { job: JobId(id) },
+            "job {id}"
+        );
+    }
+    sup.send(&SupervisorMessage::Shutdown).await;
+    finished(serving).await.expect("ok");
+}
