@@ -124,7 +124,10 @@ fn a_job_cancelled_while_it_waits_its_turn_is_answered_at_once() {
                 let second_token = CancellationToken::new();
                 let second = worker.run(echo(b"b"), JobOptions::new().token(second_token.clone()));
                 tokio::pin!(second);
+                // Biased: the first is polled (and so asked for) before the second, so the
+                // second is the one that waits.
                 tokio::select! {
+                    biased;
                     report = &mut first => panic!("the first job ended on its own: {report:?}"),
                     report = &mut second => panic!("the second job ended before its turn: {report:?}"),
                     _ = progress.ready() => {}
