@@ -20,6 +20,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden::{
     CancellationToken, Containment, Deadlines, JobOptions, Outcome, Progress, Tree, TreeOptions,
     Worker, WorkerConfig,
@@ -215,6 +216,17 @@ async fn run_all(quick: bool) -> Vec<Row> {
     row!("2 spawn after a tree was killed", spawn_after_kill(n / 2));
     row!("3 cancel() -> token flips", cancel_flip(n));
     row!("4 cancel() -> cooperative outcome", cancel_outcome(n));
+    if only
+        .as_deref()
+        .is_none_or(|o| "3b 4b cancel through tokio parts".contains(o))
+    {
+        eprint!("3b 4b cancel through tokio parts ... ");
+        match cancel_tokio_shape(n).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(Row::skipped("3b 4b", "", format!("failed: {e}"))),
+        }
+        eprintln!("done");
+    }
     if only.as_deref().is_none_or(|o| "5a 5b stage-3".contains(o)) {
         for r in stage3(if quick { 10 } else { 100 }).await {
             rows.push(r);
@@ -462,6 +474,72 @@ async fn cancel_outcome(n: usize) -> Result<Row, BoxError> {
         &mut floor,
         2.0,
     ))
+}
+
+/// Rows 3b and 4b: warden's cancel path built from the same parts with no warden code in it.
+/// The caller (here, on the `block_on` thread, as in rows 3 and 4) trips a token; a task on a
+/// runtime thread wakes and writes one byte through tokio; the child, a current-thread runtime,
+/// reads it through its reactor and stamps it (3b); for the ack (4b) it hands the byte to a
+/// thread of its own that writes 8 bytes back, which the task reads and sends to the caller
+/// through a oneshot. So each row's ratio to these is what warden's own code costs on top.
+async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut child = raw_child("raw-tokio-echo", &theirs)?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    let mut ours = tokio::net::UnixStream::from_std(ours)?;
+    let (mut one_way, mut round) = (Vec::new(), Vec::new());
+    for _ in 0..n * 5 {
+        let token = CancellationToken::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, std::io::Error>>();
+        let waiting = token.clone();
+        let task = tokio::spawn(async move {
+            waiting.cancelled().await;
+            let mut ack = [0u8; 8];
+            let sent = async {
+                ours.write_all(b"p").await?;
+                ours.read_exact(&mut ack).await?;
+                Ok(u64::from_le_bytes(ack))
+            }
+            .await;
+            let _ = done_tx.send(sent);
+            ours
+        });
+        // The task is parked on the token before the clock starts, as warden's actor is.
+        tokio::task::yield_now().await;
+        let t0 = mono_ns();
+        token.cancel();
+        let t1 = tokio::time::timeout(WAIT, done_rx).await???;
+        let t2 = mono_ns();
+        ours = task.await?;
+        one_way.push(t1.saturating_sub(t0) as f64 / 1e6);
+        round.push(t2.saturating_sub(t0) as f64 / 1e6);
+    }
+    drop(ours);
+    tokio::task::spawn_blocking(move || child.wait()).await??;
+    let informative = |mut row: Row| {
+        row.target = "informative".into();
+        row.met = None;
+        row
+    };
+    let mut flip = flips(n).await?;
+    let mut outcome = cooperative(n).await?;
+    Ok(vec![
+        informative(ratio_row(
+            "3b cancel() -> token flips, against tokio parts",
+            &mut flip,
+            "token -> task on a runtime thread -> tokio write -> current-thread reader (stamp)",
+            &mut one_way,
+            2.0,
+        )),
+        informative(ratio_row(
+            "4b cancel() -> cooperative outcome, against tokio parts",
+            &mut outcome,
+            "the same, the reader's thread acks, the task reads it and answers a oneshot",
+            &mut round,
+            2.0,
+        )),
+    ])
 }
 
 // Row 5 -------------------------------------------------------------------------------------
@@ -1480,6 +1558,47 @@ mod roles {
                     s.write_all(&t1.to_le_bytes())?;
                 }
                 Ok(())
+            }),
+            "raw-tokio-echo" => raw(|stream| {
+                // Rows 3b/4b: the SDK's shape without the SDK. A current-thread runtime reads
+                // each byte through its reactor and stamps it; a thread of its own (the job
+                // thread's place) writes the stamp back.
+                let writer = stream.try_clone()?;
+                let (tx, rx) = std::sync::mpsc::channel::<u64>();
+                let acks = std::thread::spawn(move || -> std::io::Result<()> {
+                    let writer = &writer;
+                    for t1 in rx {
+                        let bytes = t1.to_le_bytes();
+                        let mut sent = 0;
+                        while sent < bytes.len() {
+                            match (&*writer).write(&bytes[sent..]) {
+                                Ok(n) => sent += n,
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                    std::thread::yield_now();
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    stream.set_nonblocking(true)?;
+                    let mut stream = tokio::net::UnixStream::from_std(stream)?;
+                    let mut b = [0u8; 1];
+                    while stream.read(&mut b).await? == 1 {
+                        if tx.send(mono_ns()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<(), std::io::Error>(())
+                })?;
+                drop(runtime);
+                acks.join()
+                    .map_err(|_| std::io::Error::other("ack thread panicked"))?
             }),
             "sleeper" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
