@@ -4,7 +4,7 @@
 
 use std::any::Any;
 use std::future::{Future, pending};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{Instrument, Span, info, info_span};
 use warden_protocol::{FrameDecoder, JobId};
@@ -236,9 +237,19 @@ impl Worker {
             );
             let writer = Writer::start(machine, writer_socket, Span::current())
                 .map_err(ServeError::WriterThread)?;
+            // From here the serve task only reads (frames go out by `send` with MSG_DONTWAIT,
+            // or from the writer thread), so the socket is registered for readability alone:
+            // registered for writability too, it would wake this thread each time the
+            // supervisor reads a frame.
+            let std = stream.into_std().map_err(configure)?;
+            // SAFETY: the stream is owned by the AsyncFd from here until it is dropped, and a
+            // UnixStream's descriptor stays open and the same for as long as it lives. (This
+            // runs inside the runtime, as registering needs.)
+            let rd = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
+                .map_err(|e| configure(e.into()))?;
             let serve = Serve {
                 decoder: FrameDecoder::new(session.max_frame_len),
-                rd: stream,
+                rd,
                 runner,
                 job: None,
                 read_closed: false,
@@ -482,7 +493,8 @@ enum Event {
 /// The serve task: reads and decodes, runs handlers, and feeds the machine; the writer thread
 /// writes what the machine queues.
 struct Serve<R> {
-    rd: tokio::net::UnixStream,
+    /// Registered for readability only: the serve task never waits to write.
+    rd: AsyncFd<UnixStream>,
     decoder: FrameDecoder,
     runner: R,
     job: Option<RunningJob>,
@@ -503,7 +515,7 @@ impl<R: Runner> Serve<R> {
             // Whatever the last event queued goes out (written here as far as the socket takes
             // it), and new timers are taken into account; then what it decided is done.
             // It looks at the machine right after; nobody else needs waking for what it wrote.
-            shared.flush(self.rd.as_fd());
+            shared.flush(self.rd.get_ref().as_fd());
             let (actions, exit, progress_for) = {
                 let mut machine = shared.lock();
                 let actions: Vec<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
@@ -522,7 +534,7 @@ impl<R: Runner> Serve<R> {
                 .map(|job| Arc::clone(&job.progress));
             let event = tokio::select! {
                 biased;
-                r = self.rd.read(&mut buf), if !self.read_closed => Event::Read(r),
+                r = read_some(&self.rd, &mut buf), if !self.read_closed => Event::Read(r),
                 () = recv_signal(&mut sigterm), if !self.signalled => Event::Signal,
                 outcome = job_result(self.job.as_mut()) => Event::Finished(outcome),
                 () = progress_ready(progress.as_deref()) => Event::Progress,
@@ -658,6 +670,22 @@ fn exit_result(exit: Exit) -> Result<(), ServeError> {
         Exit::Protocol(e) => Err(ServeError::Protocol(e)),
         // The writer thread exits too when it sees this first; whichever is first wins.
         Exit::Orphaned => std::process::exit(ORPHAN_EXIT_CODE),
+    }
+}
+
+/// One read of what the socket holds, once the reactor says it is readable.
+///
+/// # Cancel safety
+/// Cancel-safe: the read happens inside a single poll, so a dropped call has read nothing.
+async fn read_some(rd: &AsyncFd<UnixStream>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut ready = rd.readable().await?;
+        match ready.try_io(|socket| socket.get_ref().read(buf)) {
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(result) => return result,
+            // Spurious readiness: cleared by `try_io`; wait for the next.
+            Err(_would_block) => {}
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! Framed, non-blocking I/O on the supervisor's end of the socketpair.
 //!
-//! Writes go out from the caller's task with `try_write` (no writer task, so a cancel costs no
-//! extra wake-up); what the socket does not take is kept and flushed when it becomes writable.
+//! Writes go out from the caller's task with a non-blocking write (no writer task, so a cancel
+//! costs no extra wake-up); what the socket does not take is kept and flushed when it becomes
+//! writable. The socket is registered with the reactor for readability alone, and a copy of it
+//! for writability only while bytes wait: registered for writability, a socket wakes the
+//! reactor's thread each time the worker reads, which is after every message sent to it.
 //! Reads are bounded per call and decoded at once, so memory stays within one read chunk plus
 //! one maximal frame whatever the worker sends. The read chunk belongs to the thread, not the
 //! channel (it is only used between a readiness event and the decoder, with no await between):
@@ -16,11 +19,14 @@
 //! peer that writes faster than we read is held back by the socket buffer, not by our memory,
 //! and the actor wakes once per read, not once per frame.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::net::UnixStream;
+use std::time::Duration;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -45,7 +51,12 @@ pub(crate) enum Event {
 }
 
 pub(crate) struct Channel {
-    stream: UnixStream,
+    /// Registered for readability only: a socket registered for writability wakes its reactor
+    /// each time the worker reads a frame, which is after every message sent to it.
+    stream: AsyncFd<UnixStream>,
+    /// A copy of the socket registered for writability alone, only while queued bytes wait
+    /// for room (rare: the socket takes a whole frame almost always).
+    write_wait: Option<AsyncFd<OwnedFd>>,
     decoder: FrameDecoder,
     max_frame_len: u32,
     outbox: Vec<u8>,
@@ -87,10 +98,15 @@ impl UnreadProbe {
 
 impl Channel {
     pub(crate) fn new(fd: OwnedFd, max_frame_len: u32) -> io::Result<Self> {
-        let std = std::os::unix::net::UnixStream::from(fd);
+        let std = UnixStream::from(fd);
         std.set_nonblocking(true)?;
+        // SAFETY: the stream is owned by the AsyncFd until it is dropped, and a UnixStream's
+        // descriptor stays open and the same for as long as it lives.
+        let stream = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(Channel {
-            stream: UnixStream::from_std(std)?,
+            stream,
+            write_wait: None,
             decoder: FrameDecoder::new(max_frame_len),
             max_frame_len,
             outbox: Vec::new(),
@@ -106,7 +122,7 @@ impl Channel {
     /// A probe of what is unread, for another thread; `None` if the socket cannot be copied.
     pub(crate) fn unread_probe(&self) -> Option<UnreadProbe> {
         Some(UnreadProbe {
-            socket: self.stream.as_fd().try_clone_to_owned().ok()?,
+            socket: self.stream.get_ref().as_fd().try_clone_to_owned().ok()?,
             unread: Arc::clone(&self.unread),
         })
     }
@@ -127,7 +143,7 @@ impl Channel {
 
     fn flush_now(&mut self) {
         while !self.write_closed && self.sent < self.outbox.len() {
-            match self.stream.try_write(&self.outbox[self.sent..]) {
+            match self.stream.get_ref().write(&self.outbox[self.sent..]) {
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -137,6 +153,8 @@ impl Channel {
         if self.sent == self.outbox.len() || self.write_closed {
             self.outbox.clear();
             self.sent = 0;
+            // Nothing waits for room any more: deregister the copy.
+            self.write_wait = None;
         }
     }
 
@@ -197,40 +215,35 @@ impl Channel {
             if self.eof {
                 return Event::Eof;
             }
+            let wants_write = self.wants_write();
             tokio::select! {
-                ready = self.stream.readable() => {
-                    if ready.is_err() {
-                        self.eof = true;
-                        continue;
+                ready = self.stream.readable() => match ready {
+                    Ok(mut ready) => {
+                        // One non-blocking read into the thread's chunk, pushed to the decoder
+                        // at once (no await in between).
+                        READ_BUF.with_borrow_mut(|buf| {
+                            match ready.try_io(|socket| socket.get_ref().read(buf)) {
+                                Ok(Ok(0)) => self.eof = true,
+                                Ok(Ok(n)) => {
+                                    self.decoder.push(&buf[..n]);
+                                    // Before any await: a caller that drops this call now
+                                    // leaves them unread.
+                                    self.unread.store(true, Ordering::Release);
+                                }
+                                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                                Ok(Err(_)) => self.eof = true,
+                                // Spurious readiness, cleared by `try_io`.
+                                Err(_would_block) => {}
+                            }
+                        });
                     }
-                    self.read_once();
-                }
-                ready = self.stream.writable(), if self.wants_write() => {
-                    if ready.is_err() {
-                        self.write_closed = true;
-                    }
+                    Err(_) => self.eof = true,
+                },
+                () = room(&mut self.write_wait, &self.stream), if wants_write => {
                     self.flush_now();
                 }
             }
         }
-    }
-
-    /// One non-blocking read into the thread's chunk, pushed to the decoder at once.
-    fn read_once(&mut self) {
-        READ_BUF.with_borrow_mut(|buf| match self.stream.try_read(buf) {
-            Ok(0) => self.eof = true,
-            Ok(n) => {
-                self.decoder.push(&buf[..n]);
-                // Before any await: a caller that drops this call now leaves them unread.
-                self.unread.store(true, Ordering::Release);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => self.eof = true,
-        });
     }
 
     /// The event for a decoded message, with what is coalesced into it.
@@ -270,6 +283,35 @@ impl Channel {
             }
         }
         msg
+    }
+}
+
+/// Waits until the socket may take more of the queued bytes (or may have: the caller retries
+/// and comes back on `WouldBlock`). The copy registered for writability is made on first need;
+/// if it cannot be made (no descriptor left, say), this waits a millisecond instead, so
+/// nothing queued is ever given up for it.
+///
+/// # Cancel safety
+/// Cancel-safe: it only waits.
+async fn room(slot: &mut Option<AsyncFd<OwnedFd>>, stream: &AsyncFd<UnixStream>) {
+    if slot.is_none() {
+        let copy = stream.get_ref().as_fd().try_clone_to_owned();
+        // SAFETY: the copy is owned by the AsyncFd until it is dropped; an OwnedFd stays open
+        // and the same for as long as it lives.
+        *slot = copy
+            .ok()
+            .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok());
+    }
+    match slot.as_ref() {
+        Some(copy) => match copy.writable().await {
+            // The flush that follows finds out; a WouldBlock there waits for the next edge.
+            Ok(mut ready) => ready.clear_ready(),
+            Err(_) => {
+                *slot = None;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        },
+        None => tokio::time::sleep(Duration::from_millis(1)).await,
     }
 }
 
@@ -396,5 +438,65 @@ mod tests {
             events(&mut channel).await,
             ["invalid: unknown message or enum tag"]
         );
+    }
+
+    /// Frames larger than the socket takes wait in the outbox and go out as the worker reads,
+    /// through the copy registered for writability alone; then it is deregistered.
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_goes_out_as_the_peer_reads() {
+        const FRAMES: usize = 8;
+        let (ours, theirs) = StdStream::pair().expect("socketpair");
+        let mut channel = Channel::new(ours.into(), DEFAULT_MAX_FRAME_LEN).expect("channel");
+        let payload = vec![7u8; 900 * 1024];
+        for job in 0..FRAMES as u64 {
+            channel
+                .send(&SupervisorMessage::StartJob {
+                    job: JobId(job),
+                    payload: payload.clone(),
+                    deadline_ms: None,
+                })
+                .expect("encode");
+        }
+        assert!(channel.wants_write(), "7 MiB cannot fit in a socket buffer");
+        // The peer reads every frame, then answers.
+        let peer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            theirs.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = 0;
+            while seen < FRAMES {
+                let n = theirs.read(&mut buf).expect("read within the wait");
+                assert!(n > 0, "EOF before every frame");
+                decoder.push(&buf[..n]);
+                while let Some(msg) = decoder.next::<SupervisorMessage>().expect("a valid frame") {
+                    assert!(
+                        matches!(&msg, SupervisorMessage::StartJob { payload, .. } if payload.len() == 900 * 1024)
+                    );
+                    seen += 1;
+                }
+            }
+            let mut answer = Vec::new();
+            encode_frame_into(
+                &WorkerMessage::Heartbeat,
+                DEFAULT_MAX_FRAME_LEN,
+                &mut answer,
+            )
+            .expect("encode");
+            theirs.write_all(&answer).expect("answer");
+        });
+        let event = tokio::time::timeout(WAIT, channel.next_event())
+            .await
+            .expect("the answer within the wait");
+        assert!(
+            matches!(event, Event::Message(WorkerMessage::Heartbeat)),
+            "{event:?}"
+        );
+        assert!(!channel.wants_write());
+        assert!(
+            channel.write_wait.is_none(),
+            "the writability copy is dropped once drained"
+        );
+        peer.join().expect("peer");
     }
 }
