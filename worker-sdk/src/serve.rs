@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{Instrument, Span, info, info_span};
@@ -241,12 +240,10 @@ impl Worker {
             // or from the writer thread), so the socket is registered for readability alone:
             // registered for writability too, it would wake this thread each time the
             // supervisor reads a frame.
-            let std = stream.into_std().map_err(configure)?;
-            // SAFETY: the stream is owned by the AsyncFd from here until it is dropped, and a
-            // UnixStream's descriptor stays open and the same for as long as it lives. (This
-            // runs inside the runtime, as registering needs.)
-            let rd = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
-                .map_err(|e| configure(e.into()))?;
+            let rd = stream
+                .into_std()
+                .and_then(crate::sys::register_readable)
+                .map_err(configure)?;
             let serve = Serve {
                 decoder: FrameDecoder::new(session.max_frame_len),
                 rd,

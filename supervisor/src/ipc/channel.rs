@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+use crate::process::register;
 use warden_protocol::{DecodeError, EncodeError, FrameDecoder, SupervisorMessage, WorkerMessage};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -100,10 +102,7 @@ impl Channel {
     pub(crate) fn new(fd: OwnedFd, max_frame_len: u32) -> io::Result<Self> {
         let std = UnixStream::from(fd);
         std.set_nonblocking(true)?;
-        // SAFETY: the stream is owned by the AsyncFd until it is dropped, and a UnixStream's
-        // descriptor stays open and the same for as long as it lives.
-        let stream = unsafe { AsyncFd::register_with_interest(std, Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        let stream = register(std, Interest::READABLE)?;
         Ok(Channel {
             stream,
             write_wait: None,
@@ -295,12 +294,12 @@ impl Channel {
 /// Cancel-safe: it only waits.
 async fn room(slot: &mut Option<AsyncFd<OwnedFd>>, stream: &AsyncFd<UnixStream>) {
     if slot.is_none() {
-        let copy = stream.get_ref().as_fd().try_clone_to_owned();
-        // SAFETY: the copy is owned by the AsyncFd until it is dropped; an OwnedFd stays open
-        // and the same for as long as it lives.
-        *slot = copy
-            .ok()
-            .and_then(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok());
+        *slot = stream
+            .get_ref()
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|copy| register(copy, Interest::WRITABLE))
+            .ok();
     }
     match slot.as_ref() {
         Some(copy) => match copy.writable().await {

@@ -784,3 +784,28 @@ pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A descriptor's owner whose descriptor stays open and the same for as long as it lives, as
+/// registering it with the reactor needs.
+pub(crate) trait OwnsFd: AsRawFd {}
+impl OwnsFd for std::os::unix::net::UnixStream {}
+impl OwnsFd for OwnedFd {}
+
+/// Registers `owner` with the current runtime's reactor for `interest` alone. tokio's own
+/// `UnixStream` registers for reading and writing both, and a unix socket registered for
+/// writability wakes its reactor's thread each time the peer reads.
+///
+/// # Errors
+/// The registration's (`epoll_ctl`); `owner` is dropped then.
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled.
+pub(crate) fn register<T: OwnsFd>(
+    owner: T,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T: OwnsFd` owns its descriptor, open and the same for its whole life; the
+    // AsyncFd owns `owner` from here until it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(owner, interest) }
+        .map_err(io::Error::from)
+}

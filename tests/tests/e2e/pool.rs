@@ -625,6 +625,15 @@ fn own_usage() -> (u64, u64, u64) {
     (field("VmRSS:"), fds, field("Threads:"))
 }
 
+/// The pool's only worker runs the first attempt of `job`.
+fn assert_runs_first_attempt(s: &warden::PoolSnapshot, job: warden::PoolJobId) {
+    assert_eq!(
+        s.workers[0].state,
+        WorkerState::Busy { job, attempt: 1 },
+        "{s:?}"
+    );
+}
+
 #[test]
 fn with_prefetch_the_next_job_waits_in_its_worker_and_its_cancel_is_answered_at_once() {
     e2e("pool_prefetch_cancel_while_waiting", |t| async move {
@@ -642,14 +651,7 @@ fn with_prefetch_the_next_job_waits_in_its_worker_and_its_cancel_is_answered_at_
         // `a` runs, `b` waits in its worker, `c` in the queue.
         let s = snapshot(&pool).await;
         assert_eq!((s.in_flight, s.queued), (2, 1), "{s:?}");
-        assert_eq!(
-            s.workers[0].state,
-            WorkerState::Busy {
-                job: a_id,
-                attempt: 1
-            },
-            "{s:?}"
-        );
+        assert_runs_first_attempt(&s, a_id);
         // A cancel of the job handed early is answered while `a` still runs.
         b.cancel();
         let rb = report(b).await;
@@ -657,15 +659,7 @@ fn with_prefetch_the_next_job_waits_in_its_worker_and_its_cancel_is_answered_at_
         assert_eq!(rb.report.reason, Some(CancelReason::Requested));
         assert!(!rb.report.started, "{rb:#?}");
         assert_eq!((rb.attempt, rb.worker_pid), (0, None));
-        let s = snapshot(&pool).await;
-        assert_eq!(
-            s.workers[0].state,
-            WorkerState::Busy {
-                job: a_id,
-                attempt: 1
-            },
-            "{s:?}"
-        );
+        assert_runs_first_attempt(&snapshot(&pool).await, a_id);
         a.cancel();
         let ra = report(a).await;
         assert_eq!(ra.report.outcome, Outcome::Cancelled, "{ra:#?}");

@@ -5,9 +5,11 @@
 //!   stream socket, and only then takes ownership of it as an `OwnedFd`.
 //! - `set_cloexec(fd)`: marks a descriptor close-on-exec so the worker's own children never
 //!   inherit the channel.
+//! - `register_readable(stream)`: registers the channel with the runtime's reactor for
+//!   readability alone.
 
 #[cfg(unix)]
 #[path = "unix.rs"]
 mod imp;
 
-pub(crate) use imp::{ClaimError, claim_inherited_socket, set_cloexec};
+pub(crate) use imp::{ClaimError, claim_inherited_socket, register_readable, set_cloexec};

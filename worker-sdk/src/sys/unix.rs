@@ -83,3 +83,23 @@ pub(crate) fn set_cloexec(fd: impl AsFd) -> io::Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(io::Error::from)?;
     Ok(())
 }
+
+/// Registers `stream` with the current runtime's reactor for readability alone. tokio's own
+/// `UnixStream` registers for writability too, and a unix socket registered for writability
+/// wakes its reactor's thread each time the peer reads, which is after every frame.
+///
+/// # Errors
+/// The registration's (`epoll_ctl`); `stream` is closed then.
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled.
+pub(crate) fn register_readable(
+    stream: std::os::unix::net::UnixStream,
+) -> io::Result<tokio::io::unix::AsyncFd<std::os::unix::net::UnixStream>> {
+    // SAFETY: a UnixStream owns its descriptor, which stays open and the same for as long as
+    // it lives; the AsyncFd owns the stream from here until it is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(stream, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}
