@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::stream::Stream;
 use super::{OutputCapture, OutputSink, OutputTail, StreamTail};
-use crate::process::{child_pipe, register_readable, without_sigpipe};
+use crate::process::{child_pipe, register, without_sigpipe};
 use crate::time::{deadline_after, sleep_until};
 
 /// The read buffer of each stream: the most the supervisor holds of unforwarded output
@@ -94,7 +94,7 @@ impl Output {
             ("stdout", out, &capture.stdout),
             ("stderr", err, &capture.stderr),
         ] {
-            let fd = register_readable(fd)?;
+            let fd = register(fd, tokio::io::Interest::READABLE)?;
             let state = Arc::new(Mutex::new(Stream::new(name, capture.cap)));
             let (ctl, rx) = mpsc::unbounded_channel();
             let writer = Writer::new(name, sink);

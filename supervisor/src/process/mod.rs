@@ -54,6 +54,5 @@ pub use limits::{
 };
 pub use sweep::{claim_all_children, start_orphan_reaper};
 pub use tree::{Containment, ContainmentMode, OrphanLadder, Tree, TreeOptions, TreeReport};
-pub(crate) use unix::register;
 pub use unix::without_sigpipe;
-pub(crate) use unix::{child_pipe, register_readable, set_realtime_thread, socketpair};
+pub(crate) use unix::{child_pipe, register, set_realtime_thread, socketpair};

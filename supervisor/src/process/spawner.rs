@@ -404,7 +404,7 @@ fn shim_error(program: OsString, step: Step, errno: i32) -> SpawnError {
 /// Cancel-safe in the sense that matters: dropping it loses only the report, and the caller
 /// then drops the child, which kills and reaps it.
 async fn read_report(fd: OwnedFd) -> io::Result<Option<(Step, i32)>> {
-    let fd = unix::register_readable(fd)?;
+    let fd = unix::register(fd, tokio::io::Interest::READABLE)?;
     let mut buf = [0u8; REPORT_LEN];
     let mut len = 0;
     loop {

@@ -356,15 +356,6 @@ pub(crate) fn child_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
-/// Registers a non-blocking descriptor with tokio's reactor for reading (the shim's report).
-pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: `OwnedFd` owns an open descriptor and always returns the same number from
-    // `as_raw_fd`; the AsyncFd takes ownership, so it stays open for the AsyncFd's lifetime.
-    Ok(unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }?)
-}
-
 /// Marks a descriptor this process inherited at a known number close-on-exec (the shim's
 /// report pipe, so that only the shim and never the program holds it). `Err` if `fd` is not
 /// open.
@@ -791,9 +782,10 @@ pub(crate) trait OwnsFd: AsRawFd {}
 impl OwnsFd for std::os::unix::net::UnixStream {}
 impl OwnsFd for OwnedFd {}
 
-/// Registers `owner` with the current runtime's reactor for `interest` alone. tokio's own
-/// `UnixStream` registers for reading and writing both, and a unix socket registered for
-/// writability wakes its reactor's thread each time the peer reads.
+/// Registers `owner` (non-blocking) with the current runtime's reactor for `interest` alone:
+/// the shim's report pipe, output pipes, the channel. tokio's own `UnixStream` registers for
+/// reading and writing both, and a unix socket registered for writability wakes its
+/// reactor's thread each time the peer reads.
 ///
 /// # Errors
 /// The registration's (`epoll_ctl`); `owner` is dropped then.
