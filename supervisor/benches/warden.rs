@@ -79,6 +79,31 @@ impl Row {
         (floor > 0.0 && self.skipped.is_none()).then(|| self.median / floor)
     }
 
+    /// The same row, shown for what its ratio says and judged against no target.
+    fn informative(self) -> Row {
+        Row {
+            target: "informative".into(),
+            met: None,
+            ..self
+        }
+    }
+
+    /// An informative throughput row: one rate against one floor rate.
+    fn rate(name: String, rate: f64, floor_name: &str, floor: f64) -> Row {
+        Row {
+            name,
+            unit: "jobs/s",
+            median: rate,
+            p99: rate,
+            floor_name: floor_name.into(),
+            floor_median: Some(floor),
+            target: String::new(),
+            met: None,
+            skipped: None,
+        }
+        .informative()
+    }
+
     fn skipped(name: &str, target: &str, why: impl Into<String>) -> Row {
         Row {
             name: name.into(),
@@ -517,28 +542,25 @@ async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
     }
     drop(ours);
     tokio::task::spawn_blocking(move || child.wait()).await??;
-    let informative = |mut row: Row| {
-        row.target = "informative".into();
-        row.met = None;
-        row
-    };
     let mut flip = flips(n).await?;
     let mut outcome = cooperative(n).await?;
     Ok(vec![
-        informative(ratio_row(
+        ratio_row(
             "3b cancel() -> token flips, against tokio parts",
             &mut flip,
             "token -> task on a runtime thread -> tokio write -> current-thread reader (stamp)",
             &mut one_way,
             2.0,
-        )),
-        informative(ratio_row(
+        )
+        .informative(),
+        ratio_row(
             "4b cancel() -> cooperative outcome, against tokio parts",
             &mut outcome,
             "the same, the reader's thread acks, the task reads it and answers a oneshot",
             &mut round,
             2.0,
-        )),
+        )
+        .informative(),
     ])
 }
 
@@ -909,28 +931,18 @@ async fn pool_throughput(n: usize) -> Result<Vec<Row>, BoxError> {
     let rate = pool_rate(n, true).await?;
     let plain_rate = pool_rate(n, false).await?;
     let raw = tokio::task::spawn_blocking(move || raw_pool_floor(n)).await??;
-    let raw_row = Row {
-        name: format!("7b {n} empty jobs, pool of 2, against raw children"),
-        unit: "jobs/s",
-        median: rate,
-        p99: rate,
-        floor_name: "2 raw children, one job in flight each, driven from one thread".into(),
-        floor_median: Some(raw),
-        target: "informative".into(),
-        met: None,
-        skipped: None,
-    };
-    let default_row = Row {
-        name: format!("7c {n} empty jobs, pool of 2, without prefetch"),
-        unit: "jobs/s",
-        median: plain_rate,
-        p99: plain_rate,
-        floor_name: "row 7 (with prefetch), same run".into(),
-        floor_median: Some(rate),
-        target: "informative".into(),
-        met: None,
-        skipped: None,
-    };
+    let raw_row = Row::rate(
+        format!("7b {n} empty jobs, pool of 2, against raw children"),
+        rate,
+        "2 raw children, one job in flight each, driven from one thread",
+        raw,
+    );
+    let default_row = Row::rate(
+        format!("7c {n} empty jobs, pool of 2, without prefetch"),
+        plain_rate,
+        "row 7 (with prefetch), same run",
+        rate,
+    );
     Ok(vec![
         Row {
             name: format!("7 {n} empty jobs, pool of 2 (prefetch)"),
@@ -1087,15 +1099,14 @@ async fn many_workers(n: usize) -> Result<Vec<Row>, BoxError> {
         .map(|w| async move { w.shutdown().await });
     futures_join_all(shutdowns).await;
     let took = ms(start.elapsed());
-    let mut with_hello = ratio_row(
+    let with_hello = ratio_row(
         &format!("8b {n} workers against raw children with a handshake"),
         &mut [took],
         &format!("raw spawn (vfork path) of {n} children, read each hello frame, EOF, reap"),
         &mut hello_floor,
         1.5,
-    );
-    with_hello.target = "informative".into();
-    with_hello.met = None;
+    )
+    .informative();
     Ok(vec![
         ratio_row(
             &format!("8 {n} workers: spawn, cancel all, reaped"),
