@@ -530,7 +530,8 @@ async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
             let _ = done_tx.send(sent);
             ours
         });
-        // The task is parked on the token before the clock starts, as warden's actor is.
+        // Give the task a turn to park on the token before the clock starts, as warden's actor
+        // is parked (a yield lets it run; it does not prove it did).
         tokio::task::yield_now().await;
         let t0 = mono_ns();
         token.cancel();

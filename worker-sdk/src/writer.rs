@@ -88,9 +88,10 @@ impl Shared {
     /// writer thread only if that leaves it work (the rest of a frame, or a timer earlier than
     /// the one it sleeps until).
     ///
-    /// Returns whether it wrote a whole frame: the writer was then busy for a while, and a
-    /// caller other than the serve task must wake it if the machine now wants progress (the
-    /// serve task looks only when it is woken, and it may have looked while this wrote).
+    /// Returns whether it wrote a whole frame. The machine counted the writer busy meanwhile,
+    /// so a caller other than the serve task must wake the serve task if the machine now wants
+    /// progress: it decides what to wait for only when woken, and may have decided while this
+    /// wrote.
     pub(crate) fn flush(&self, socket: BorrowedFd<'_>) -> bool {
         let mut state = self.lock();
         let mut wake = false;

@@ -731,15 +731,13 @@ impl Dispatcher {
         // The payload is kept until the job is answered: a worker found gone when the job
         // reached it (it died meanwhile, or the job was handed early to a worker whose running
         // job then ended it) gives the job back to the queue, and it must go out whole.
-        let payload = job.payload.clone();
         let assign = Assign {
             job: job.id,
             attempt: job.attempt,
-            payload,
+            payload: job.payload.clone(),
             options: job.options.clone(),
         };
         let Some(slot) = self.workers.get_mut(&key) else {
-            job.payload = assign.payload;
             self.enqueue(job, true);
             return;
         };
@@ -755,11 +753,10 @@ impl Dispatcher {
                 }
                 self.running.insert(job.id, (key, job));
             }
-            Err(err) => {
+            Err(_) => {
                 // Its task is gone (it ends on its own only after saying why; the channel has
                 // room for both attempts a worker may hold): the job never reached it.
                 slot.state = WorkerState::Stopping;
-                job.payload = err.into_inner().payload;
                 self.enqueue(job, true);
             }
         }
