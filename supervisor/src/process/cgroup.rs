@@ -94,21 +94,21 @@ fn probe() -> io::Result<PathBuf> {
     Ok(base)
 }
 
-/// Starts the guard that kills and removes `base` once this process is gone (see the module
-/// docs). Without an exec shim there is no binary to run it: then a SIGKILLed supervisor's
-/// leaves are only killed by the next supervisor's stale sweep.
 /// Our end of the guard's socketpair (its EOF is our death; orphan ladders are sent on it).
 static GUARD: OnceLock<std::os::fd::OwnedFd> = OnceLock::new();
 
+/// Up to this resident size a single-threaded supervisor forks its guard rather than exec it.
+const FORK_GUARD_MAX_RSS: u64 = 32 << 20;
+
+/// Starts the guard that kills and removes `base` once this process is gone (see the module
+/// docs): forked where that is sound, else exec'd. A threaded supervisor without an exec shim
+/// has no binary to exec: then a SIGKILLed supervisor's leaves are only killed by the next
+/// supervisor's stale sweep.
 fn start_guard(base: &Path) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     if GUARD.get().is_some() {
-        return;
-    }
-    if !super::shim::available() {
-        tracing::debug!("no exec shim: no guard for the cgroups of a supervisor that is killed");
         return;
     }
     // A socketpair rather than a pipe: sends use MSG_NOSIGNAL, so a guard that died can never
@@ -120,6 +120,28 @@ fn start_guard(base: &Path) {
             return;
         }
     };
+    // A small single-threaded supervisor (the CLI's) forks its guard: no exec, no dynamic
+    // loading, no start-up of a 27 MB binary, whose millisecond of CPU on a small machine
+    // would be spent right when the command starts. Anything else execs it, since a fork of
+    // a threaded process may not run Rust code, and a large one's page tables take long to copy.
+    if super::unix::single_threaded_and_small(FORK_GUARD_MAX_RSS) {
+        let base_owned = base.to_path_buf();
+        match super::unix::fork_helper(&theirs, super::shim::GUARD_NAME, move || {
+            super::shim::guard_serve(&base_owned)
+        }) {
+            Ok(_guard) => {
+                let _ = GUARD.set(ours);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not fork the cgroup guard; starting it by exec")
+            }
+        }
+    }
+    if !super::shim::available() {
+        tracing::debug!("no exec shim: no guard for the cgroups of a supervisor that is killed");
+        return;
+    }
     let exe = super::shim::executable();
     // The command (holding the guard's end) is dropped at the end of the statement, so our
     // process keeps no copy of it.

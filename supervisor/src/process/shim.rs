@@ -345,7 +345,6 @@ pub fn run_if_shim() {
 /// SIGTERM meant for the supervisor must not take its guard first.
 #[cfg(target_os = "linux")]
 fn guard_main(base: &std::path::Path) -> i32 {
-    use std::io::Read;
     // The guard is started with std's `Command`, which passes on every descriptor the host
     // had not marked close-on-exec at that moment: one end of a pipe or socket the host meant
     // for a child of its own would be held open for the supervisor's whole life, and whoever
@@ -353,6 +352,20 @@ fn guard_main(base: &std::path::Path) -> i32 {
     if let Err(e) = super::unix::close_from(3) {
         super::unix::close_listed_from(3, e);
     }
+    // The name a forked guard has too: `ps` and tests find either by it.
+    super::unix::set_thread_name(GUARD_NAME);
+    guard_serve(base)
+}
+
+/// The name (/proc/PID/comm) of every cgroup guard, exec'd or forked.
+#[cfg(target_os = "linux")]
+pub(crate) const GUARD_NAME: &std::ffi::CStr = c"warden-guard";
+
+/// The guard's life once its descriptors are 0 (the order socket), 1 and 2: ignore the stop
+/// signals, read orders until EOF, then end and remove what is left. Returns its exit status.
+#[cfg(target_os = "linux")]
+pub(crate) fn guard_serve(base: &std::path::Path) -> i32 {
+    use std::io::Read;
     for sig in [
         libc::SIGINT,
         libc::SIGTERM,

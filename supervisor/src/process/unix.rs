@@ -733,6 +733,118 @@ pub(crate) fn close_from(first: RawFd) -> io::Result<()> {
     }
 }
 
+/// Whether a fork without exec is both safe and cheap here: this process has one thread (no
+/// other thread can hold a lock, malloc's or std's, that the child would wait on for ever) and
+/// at most `max_rss` bytes resident (the page tables fork copies, and the pages the child keeps
+/// alive once the parent writes them, stay small). Read from /proc/self/stat; `false` when it
+/// cannot be read.
+#[cfg(target_os = "linux")]
+pub(crate) fn single_threaded_and_small(max_rss: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    // After the command name (which may hold spaces and parentheses): field 3 (state) on.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // num_threads is field 20 and rss (in pages) field 24: indexes 17 and 21 from field 3.
+    let threads = fields.get(17).and_then(|f| f.parse::<u64>().ok());
+    let rss_pages = fields.get(21).and_then(|f| f.parse::<u64>().ok());
+    matches!((threads, rss_pages), (Some(1), Some(pages)) if pages.saturating_mul(page_size()) <= max_rss)
+}
+
+/// Forks a detached helper that runs `run` in a copy of this process and exits with its
+/// status; returns its pid. Call it only where [`single_threaded_and_small`] holds: the child
+/// runs ordinary Rust code (it allocates), which is sound after fork only when the forking
+/// thread was the only one.
+///
+/// The child starts as a fresh exec would leave it, so that it behaves like the same helper
+/// started through exec: `stdin` at fd 0, /dev/null at 1 and 2 and nothing above (a shell
+/// reading our output must not wait for it), an empty signal mask, every handler of ours back
+/// to SIG_DFL (ignored signals stay ignored), a process group of its own, and `name` as its
+/// thread name (what `ps` and /proc/PID/comm show; its command line stays ours). It never
+/// returns into the caller's frames: it ends with `_exit`, after `run` or a panic (status 125).
+#[cfg(target_os = "linux")]
+pub(crate) fn fork_helper(
+    stdin: &OwnedFd,
+    name: &CStr,
+    run: impl FnOnce() -> i32,
+) -> io::Result<libc::pid_t> {
+    // Opened before the fork: the child then needs no path lookup to have its 1 and 2.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: fork has no memory-safety preconditions; the child only continues in the branch
+    // below, which never returns into the caller's frames (it ends in `_exit`), and the caller
+    // guarantees the process is single-threaded, so no lock the child takes can be held by a
+    // thread that does not exist in it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        helper_start(stdin.as_raw_fd(), null.as_raw_fd(), name);
+        run()
+    }))
+    .unwrap_or(125);
+    // SAFETY: ends the child at once, without running the parent's atexit handlers or
+    // destructors (which own descriptors and state that are the parent's).
+    unsafe { libc::_exit(code) }
+}
+
+/// The forked helper's start: its descriptors, signals, group and name (see [`fork_helper`]).
+#[cfg(target_os = "linux")]
+fn helper_start(stdin: RawFd, null: RawFd, name: &CStr) {
+    // SAFETY: fcntl(F_DUPFD) and dup2 only make and replace descriptors of this (child)
+    // process. Both are first copied above 2, so that neither is closed by a dup2 onto its
+    // own number (a host with fd 0 closed may have either there); no Rust object of the
+    // child's is used after this except through 0, 1 and 2.
+    unsafe {
+        let stdin = libc::fcntl(stdin, libc::F_DUPFD, 3);
+        let null = libc::fcntl(null, libc::F_DUPFD, 3);
+        libc::dup2(stdin, 0);
+        libc::dup2(null, 1);
+        libc::dup2(null, 2);
+    }
+    if let Err(e) = close_from(3) {
+        close_listed_from(3, e);
+    }
+    // SAFETY: sigemptyset initialises the set before sigprocmask reads it; only this thread's
+    // mask changes.
+    unsafe {
+        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+    }
+    for sig in 1..=libc::SIGRTMAX() {
+        // SAFETY: a zeroed sigaction is a valid value to receive the current disposition.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers; a null new action only reads the disposition (numbers glibc
+        // refuses fail with EINVAL and are skipped).
+        let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+        if read && old.sa_sigaction != libc::SIG_IGN && old.sa_sigaction != libc::SIG_DFL {
+            let _ = reset_signal_default(sig);
+        }
+    }
+    // SAFETY: setpgid(0, 0) makes the calling process a group leader; no memory is involved.
+    unsafe { libc::setpgid(0, 0) };
+    set_thread_name(name);
+}
+
+/// Names the calling thread (`PR_SET_NAME`: /proc/PID/comm for a single-threaded process);
+/// the kernel keeps the first 15 bytes.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_thread_name(name: &CStr) {
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string that outlives
+    // the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
 /// Closes every descriptor from `first` up that `/proc/self/fd` lists: the fallback for a
 /// kernel without `close_range` (`why` is its error, logged if the listing fails too).
 #[cfg(target_os = "linux")]

@@ -288,7 +288,7 @@ while :; do sleep 1; done"#,
     }
     let guard = crate::support::marked(&mark)
         .into_iter()
-        .find(|s| s.cmdline.contains("__warden_guard"))
+        .find(|s| s.comm == "warden-guard")
         .expect("warden's cgroup guard is running");
     let guard_fd = pidfd_open(guard.pid);
     proc.signal(nix::sys::signal::Signal::SIGKILL);
@@ -299,4 +299,81 @@ while :; do sleep 1; done"#,
     wait_pidfd(&guard_fd, 20_000, "the guard's end");
     let done = proc.finish();
     assert_eq!(done.ended, Ended::Signal(libc::SIGKILL), "{}", done.stderr);
+}
+
+/// `warden timeout` is a small single-threaded process, so it forks its cgroup guard rather
+/// than exec it. The forked guard must start as an exec'd one would: only its order socket
+/// (0) and /dev/null (1, 2) open, though warden inherited an fd 7 and holds its own runtime's
+/// descriptors; no signal handler of warden's left (a forwarded USR1 would run warden's code
+/// in it); an empty signal mask; a process group of its own; and the name `warden-guard`.
+#[test]
+fn a_forked_guard_holds_nothing_of_warden() {
+    if !crate::escape::Mode::Cgroup.available() {
+        eprintln!("skipping: no cgroup containment here (the guard needs it)");
+        return;
+    }
+    let mark = new_mark();
+    let mut cmd = command(
+        "sh",
+        &[
+            "-c",
+            r#"exec 7</dev/null; exec "$@""#,
+            "sh",
+            WARDEN,
+            "timeout",
+            "60",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 60",
+        ],
+        &mark,
+    );
+    cmd.env("WARDEN_CONTAINMENT", "cgroup");
+    let mut proc = Proc::start("warden timeout with an inherited fd 7", cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    let guard = crate::support::marked(&mark)
+        .into_iter()
+        .find(|s| s.comm == "warden-guard")
+        .expect("warden's cgroup guard is running");
+    let fds: std::collections::BTreeMap<String, String> =
+        std::fs::read_dir(format!("/proc/{}/fd", guard.pid))
+            .expect("the guard's fds")
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    target.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+    let names: Vec<&str> = fds.keys().map(String::as_str).collect();
+    assert_eq!(names, ["0", "1", "2"], "{fds:?}");
+    assert!(fds["0"].starts_with("socket:"), "{fds:?}");
+    assert_eq!(
+        (fds["1"].as_str(), fds["2"].as_str()),
+        ("/dev/null", "/dev/null")
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", guard.pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(field("SigBlk:"), "0000000000000000", "{status}");
+    // glibc's own handlers (signals 32 and 33) are all a forked child may keep.
+    let caught = u64::from_str_radix(&field("SigCgt:"), 16).unwrap();
+    assert_eq!(caught & !(0b11 << 31), 0, "{status}");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", guard.pid)).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let pgid: i32 = after_name.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(pgid, guard.pid, "{stat}");
+    let guard_fd = pidfd_open(guard.pid);
+    proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let done = proc.finish();
+    assert_eq!(done.ended, Ended::Signal(libc::SIGTERM), "{}", done.stderr);
+    wait_pidfd(&guard_fd, 20_000, "the guard's end");
 }

@@ -330,6 +330,8 @@ pub struct Survivor {
     pub pid: i32,
     /// Its command line, NULs as spaces.
     pub cmdline: String,
+    /// Its name (/proc/PID/comm): `warden-guard` for a cgroup guard, forked or exec'd.
+    pub comm: String,
     /// Its fixture role (`WARDEN_CLI_FIXTURE`), if any.
     pub role: Option<String>,
     /// State, parent and signal lines of /proc/PID/status, for diagnosis.
@@ -378,6 +380,9 @@ pub fn marked(mark: &str) -> Vec<Survivor> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
             .unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map(|s| {
                 s.lines()
@@ -395,6 +400,7 @@ pub fn marked(mark: &str) -> Vec<Survivor> {
         out.push(Survivor {
             pid,
             cmdline,
+            comm,
             role,
             status,
         });
