@@ -733,6 +733,18 @@ pub(crate) fn close_from(first: RawFd) -> io::Result<()> {
     }
 }
 
+/// Whether the calling thread is the process's main thread (the one whose exit is the
+/// process's, in Rust). Only Linux can tell cheaply; elsewhere `false`.
+pub(crate) fn on_main_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and getpid take no arguments and cannot fail.
+        unsafe { libc::gettid() == libc::getpid() }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// Whether a fork without exec is both safe and cheap here: this process has one thread (no
 /// other thread can hold a lock, malloc's or std's, that the child would wait on for ever) and
 /// at most `max_rss` bytes resident (the page tables fork copies, and the pages the child keeps
