@@ -13,6 +13,11 @@
 //!   so the shell sees the job stopped) and returns once continued.
 //! - [`reraise`] ends the process with the signal a command died of, with core dumps disabled,
 //!   as GNU `timeout` does; it returns only if the signal did not end the process.
+//! - [`signal_pipe`] and [`deliver_to`]: warden's own handler for the signals it listens to
+//!   (one byte, the signal's number, written to the pipe of the [`SignalSet`] that listens to
+//!   it), so that 48 listeners cost 96 `sigaction` calls rather than tokio's registrations.
+//!
+//! [`SignalSet`]: super::signal_set::SignalSet
 //! - [`Locale`]: the locale the environment selects, as GNU's `setlocale (LC_ALL, "")` would
 //!   load it, queried for its character set and printable characters. It changes no
 //!   process-wide state (nothing calls `setlocale`), so it is safe from any thread.
@@ -273,4 +278,114 @@ impl Drop for Locale {
         // SAFETY: `self.0` came from newlocale and is freed exactly once, here.
         unsafe { libc::freelocale(self.0) };
     }
+}
+
+/// Where each signal's handler writes: the write end of a listening set's pipe, or -1.
+static SIGNAL_PIPES: [std::sync::atomic::AtomicI32; 65] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; 65];
+
+/// The handler of every signal a [`SignalSet`](super::signal_set::SignalSet) listens to:
+/// writes the signal's number (one byte) to its set's pipe, without blocking (a full pipe
+/// drops it: hundreds are already waiting to be read), and keeps `errno` as it found it.
+/// Only async-signal-safe calls.
+extern "C" fn on_signal(sig: c_int) {
+    let Some(slot) = usize::try_from(sig).ok().and_then(|i| SIGNAL_PIPES.get(i)) else {
+        return;
+    };
+    let fd = slot.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    let byte = u8::try_from(sig).unwrap_or(0);
+    // SAFETY: errno is this thread's; it is read and put back around one write(2) of a byte
+    // from a local to a descriptor that is never closed once stored (see `deliver_to`).
+    unsafe {
+        let errno = errno_location();
+        let saved = *errno;
+        libc::write(fd, std::ptr::from_ref(&byte).cast(), 1);
+        *errno = saved;
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn errno_location() -> *mut c_int {
+    // SAFETY: returns this thread's errno slot; no preconditions.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(target_vendor = "apple")]
+unsafe fn errno_location() -> *mut c_int {
+    // SAFETY: returns this thread's errno slot; no preconditions.
+    unsafe { libc::__error() }
+}
+
+/// A non-blocking, close-on-exec pipe for a signal set: (read end, write end).
+pub(crate) fn signal_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (read, write) = nix::unistd::pipe()?;
+    for fd in [&read, &write] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+    }
+    Ok((read, write))
+}
+
+/// From now on `sig` is written to `write` (a [`signal_pipe`]'s write end, which must stay
+/// open for the rest of the process: a handler may be writing to it at any moment) and its
+/// disposition is warden's handler (an inherited `SIG_IGN` included), for the rest of the
+/// process's life. Refuses what cannot or must not be caught: 0, KILL, STOP, and the
+/// synchronous faults ILL, FPE and SEGV (as tokio does).
+///
+/// # Errors
+/// `EINVAL` for those, and whatever `sigaction` says (glibc refuses its own 32 and 33).
+pub(crate) fn deliver_to(sig: c_int, write: std::os::fd::RawFd) -> std::io::Result<()> {
+    let refused = [
+        0,
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGSEGV,
+    ];
+    let slot = usize::try_from(sig)
+        .ok()
+        .and_then(|i| SIGNAL_PIPES.get(i))
+        .filter(|_| !refused.contains(&sig))
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    slot.store(write, Ordering::Release);
+    // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C" fn(c_int)` that makes
+    // only async-signal-safe calls; the mask is emptied before use.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Registers `fd` (non-blocking) with the current runtime's reactor for reading alone.
+///
+/// # Errors
+/// The registration's (`epoll_ctl`); `fd` is closed then.
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled.
+pub(crate) fn register_readable(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an OwnedFd owns its descriptor, open and the same for its whole life; the
+    // AsyncFd owns it from here until it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
 }
