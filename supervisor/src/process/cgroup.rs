@@ -600,12 +600,18 @@ pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> io::Result<()> {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if self.populated() {
-            let _ = self.kill();
-        }
         let counted = self.counted;
         if counted {
             LIVE.fetch_sub(1, Ordering::AcqRel);
+        }
+        // An empty leaf (the usual case) is removed at once; a populated one refuses (EBUSY)
+        // and is killed first.
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            remove_base_if_idle(counted);
+            return;
+        }
+        if self.populated() {
+            let _ = self.kill();
         }
         if std::fs::remove_dir(&self.dir).is_ok() {
             remove_base_if_idle(counted);

@@ -746,6 +746,14 @@ impl Tree {
     async fn settle_tree(&mut self, reap_timeout: Duration) -> Option<ExitStatus> {
         /// While awaiting a killed cgroup's emptiness, how often the kill is repeated.
         const RE_KILL_EVERY: Duration = Duration::from_millis(50);
+        // The program has exited and its cgroup is empty (a process leaves its cgroup when it
+        // exits, not when it is reaped): nothing is left that could fork, so nothing to kill,
+        // note or wait for. Spares every `warden timeout` a kill and four cgroupfs reads.
+        if self.child.exit_status().is_some()
+            && self.cgroup.as_ref().is_some_and(|cg| !cg.populated())
+        {
+            return self.child.reap().ok();
+        }
         let _ = self.kill_tree();
         let deadline = Instant::now().checked_add(reap_timeout);
         let status = match tokio::time::timeout(reap_timeout, self.child.wait_exit()).await {
