@@ -539,13 +539,9 @@ impl Cgroup {
     /// registered with the reactor (the caller then polls).
     pub(crate) fn watch_events(&self) -> Option<EventsWatch> {
         let file = std::fs::File::open(self.dir.join("cgroup.events")).ok()?;
-        // SAFETY: a `File` owns an open descriptor and always returns the same number from
-        // `as_raw_fd`; the AsyncFd takes ownership, so it stays open for the AsyncFd's lifetime.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY)
-        }
-        .ok()
-        .map(|fd| EventsWatch { fd })
+        super::unix::register(file, tokio::io::Interest::PRIORITY)
+            .ok()
+            .map(|fd| EventsWatch { fd })
     }
 
     /// Freezes (`true`) or thaws the leaf; see [`set_frozen`].

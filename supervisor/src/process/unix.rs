@@ -905,9 +905,10 @@ pub(crate) fn is_root() -> bool {
 pub(crate) trait OwnsFd: AsRawFd {}
 impl OwnsFd for std::os::unix::net::UnixStream {}
 impl OwnsFd for OwnedFd {}
+impl OwnsFd for std::fs::File {}
 
 /// Registers `owner` (non-blocking) with the current runtime's reactor for `interest` alone:
-/// the shim's report pipe, output pipes, the channel. tokio's own `UnixStream` registers for
+/// the shim's report pipe, output pipes, the channel, a cgroup's `cgroup.events`. tokio's own `UnixStream` registers for
 /// reading and writing both, and a unix socket registered for writability wakes its
 /// reactor's thread each time the peer reads.
 ///
