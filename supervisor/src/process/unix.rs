@@ -799,9 +799,13 @@ pub(crate) fn fork_helper(
     if pid > 0 {
         return Ok(pid);
     }
+    // A child whose descriptors could not be set up ends at once, without `run`: a guard
+    // with no order socket would read its failure as the supervisor's end.
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        helper_start(stdin.as_raw_fd(), null.as_raw_fd(), name);
-        run()
+        match helper_start(stdin.as_raw_fd(), null.as_raw_fd(), name) {
+            Ok(()) => run(),
+            Err(_) => 125,
+        }
     }))
     .unwrap_or(125);
     // SAFETY: ends the child at once, without running the parent's atexit handlers or
@@ -810,18 +814,26 @@ pub(crate) fn fork_helper(
 }
 
 /// The forked helper's start: its descriptors, signals, group and name (see [`fork_helper`]).
+///
+/// # Errors
+/// When 0, 1 and 2 could not be made (`EMFILE` for the copies, say).
 #[cfg(target_os = "linux")]
-fn helper_start(stdin: RawFd, null: RawFd, name: &CStr) {
+fn helper_start(stdin: RawFd, null: RawFd, name: &CStr) -> io::Result<()> {
     // SAFETY: fcntl(F_DUPFD) and dup2 only make and replace descriptors of this (child)
     // process. Both are first copied above 2, so that neither is closed by a dup2 onto its
     // own number (a host with fd 0 closed may have either there); no Rust object of the
     // child's is used after this except through 0, 1 and 2.
-    unsafe {
+    let placed = unsafe {
         let stdin = libc::fcntl(stdin, libc::F_DUPFD, 3);
         let null = libc::fcntl(null, libc::F_DUPFD, 3);
-        libc::dup2(stdin, 0);
-        libc::dup2(null, 1);
-        libc::dup2(null, 2);
+        stdin >= 3
+            && null >= 3
+            && libc::dup2(stdin, 0) == 0
+            && libc::dup2(null, 1) == 1
+            && libc::dup2(null, 2) == 2
+    };
+    if !placed {
+        return Err(io::Error::last_os_error());
     }
     if let Err(e) = close_from(3) {
         close_listed_from(3, e);
@@ -846,6 +858,7 @@ fn helper_start(stdin: RawFd, null: RawFd, name: &CStr) {
     // SAFETY: setpgid(0, 0) makes the calling process a group leader; no memory is involved.
     unsafe { libc::setpgid(0, 0) };
     set_thread_name(name);
+    Ok(())
 }
 
 /// Names the calling thread (`PR_SET_NAME`: /proc/PID/comm for a single-threaded process);
