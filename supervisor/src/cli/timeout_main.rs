@@ -132,12 +132,14 @@ async fn supervise(invocation: &Invocation, containment: Containment) -> Ending 
         containment = tree.containment().as_str(),
         "command started"
     );
+    // DURATION counts from the command's creation, as GNU's counts from its fork: the exec
+    // (which a vfork-style spawn waits for) is the command's time.
     let mut ladder = GnuLadder::new(
         invocation.duration,
         invocation.kill_after,
         invocation.signal,
         invocation.foreground,
-        Instant::now(),
+        tree.started_at(),
     );
     let mut wakeup = Wakeup::new();
     let status = loop {

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 
@@ -29,11 +30,17 @@ pub(crate) struct Child {
     group_via_pidfd: bool,
     exited: Option<ExitStatus>,
     reaped: bool,
+    created: Instant,
 }
 
 impl Child {
-    /// Wraps a freshly spawned child. Must be called inside a tokio runtime.
-    pub(crate) fn new(pid: libc::pid_t, pidfd: Option<OwnedFd>) -> io::Result<Self> {
+    /// Wraps a freshly spawned child, created at `created` (just before its clone). Must be
+    /// called inside a tokio runtime.
+    pub(crate) fn new(
+        pid: libc::pid_t,
+        pidfd: Option<OwnedFd>,
+        created: Instant,
+    ) -> io::Result<Self> {
         let (watch, group_via_pidfd) = match pidfd {
             Some(fd) => {
                 let group = pidfd::group_signal_supported(&fd);
@@ -47,7 +54,13 @@ impl Child {
             group_via_pidfd,
             exited: None,
             reaped: false,
+            created,
         })
+    }
+
+    /// When the process was created: taken just before its clone.
+    pub(crate) fn created(&self) -> Instant {
+        self.created
     }
 
     /// A copy of the child's pidfd, and whether it can signal the child's whole process group

@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -72,17 +73,20 @@ struct Spawned {
     new_group: bool,
     /// The read end of the shim's report pipe.
     report: Option<OwnedFd>,
+    /// Taken just before the clone: when the process came to be.
+    created: Instant,
     taken: bool,
 }
 
 impl Spawned {
-    fn take(mut self) -> (libc::pid_t, Option<OwnedFd>, bool, Option<OwnedFd>) {
+    fn take(mut self) -> (libc::pid_t, Option<OwnedFd>, bool, Option<OwnedFd>, Instant) {
         self.taken = true;
         (
             self.pid,
             self.pidfd.take(),
             self.new_group,
             self.report.take(),
+            self.created,
         )
     }
 }
@@ -209,6 +213,9 @@ fn spawn_now(p: &Prepared) -> Reply {
     };
     // Registered under the lock the orphan sweeper takes, so it can never reap this pid.
     let mut owned = super::sweep::owned();
+    // GNU timeout's clock starts when fork returns; a vfork-style spawn returns only once the
+    // program is exec'd, so the moment is taken here, before the clone.
+    let created = Instant::now();
     let pid = match &p.direct {
         Some(setup) => match direct::spawn(&args, setup)? {
             Ok(pid) => pid,
@@ -234,6 +241,7 @@ fn spawn_now(p: &Prepared) -> Reply {
         pidfd: fd,
         new_group: p.new_group,
         report,
+        created,
         taken: false,
     }))
 }
@@ -486,11 +494,11 @@ pub(crate) async fn spawn(cmd: &Command, opts: SpawnOptions) -> Result<Child, Sp
         rx.await.map_err(|_| gone())?
     }
     .map_err(|e| classify(display.clone(), e))?;
-    let (pid, fd, new_group, report) = match started {
+    let (pid, fd, new_group, report, created) = match started {
         Started::Child(spawned) => spawned.take(),
         Started::Failed(step, errno) => return Err(shim_error(display, step, errno)),
     };
-    let mut child = Child::new(pid, fd).map_err(|source| {
+    let mut child = Child::new(pid, fd, created).map_err(|source| {
         abandon(pid, new_group);
         SpawnError::Launch {
             program: display.clone(),

@@ -546,6 +546,13 @@ impl Tree {
         self.child.pid()
     }
 
+    /// When the program's process was created: taken just before its clone, so a vfork-style
+    /// spawn's wait for the exec is not in it. A deadline for the program counts from here,
+    /// as GNU `timeout`'s counts from its `fork`.
+    pub fn started_at(&self) -> Instant {
+        self.child.created()
+    }
+
     /// The containment this tree got.
     pub fn containment(&self) -> ContainmentMode {
         self.mode

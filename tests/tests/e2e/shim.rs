@@ -136,9 +136,12 @@ fn listed_signals_start_ignored_and_the_rest_at_default() {
             // signals that its posix_spawn leaves ignored.
             (TreeOptions::new(), Vec::new()),
         ] {
+            let before = std::time::Instant::now();
             let mut tree = within(LIMIT, "spawn sleep", Tree::spawn(&cmd, options))
                 .await
                 .expect("spawn sleep");
+            // The moment the process was created is taken during the spawn.
+            assert!(before <= tree.started_at() && tree.started_at() <= std::time::Instant::now());
             // Tree::spawn returns once the program is exec'd: its dispositions are final.
             assert_eq!(ignored_by(tree.pid()), want);
             let _ = tree.kill_tree();
