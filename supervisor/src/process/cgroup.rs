@@ -405,12 +405,7 @@ impl Identity {
 
 /// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
 pub(super) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split(' ')
-        .nth(19)?
-        .parse()
-        .ok()
+    super::sweep::with_stat(pid as i32, |rest| rest.split(' ').nth(19)?.parse().ok())
 }
 
 /// Removes the base directories of supervisors of our pid namespace that no longer run

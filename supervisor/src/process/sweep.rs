@@ -50,19 +50,88 @@ pub(crate) struct Stat {
 }
 
 pub(crate) fn stat(pid: i32) -> Option<Stat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
-    let mut f = rest.split(' ');
-    let state = f.next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some(Stat {
-        ppid,
-        pgrp,
-        zombie: state == "Z" || state == "X",
-        stopped: state == "T" || state == "t",
+    with_stat(pid, |rest| {
+        let mut f = rest.split(' ');
+        let state = f.next()?;
+        let ppid = f.next()?.parse().ok()?;
+        let pgrp = f.next()?.parse().ok()?;
+        Some(Stat {
+            ppid,
+            pgrp,
+            zombie: state == "Z" || state == "X",
+            stopped: state == "T" || state == "t",
+        })
     })
+}
+
+/// Calls `f` with /proc/<pid>/stat from its third field on (the command name may hold spaces
+/// and parentheses: the fields start after the last `)`).
+///
+/// One `open` and one `read` into a buffer on the stack: `read_to_string` costs a `statx` and
+/// several reads more per file, and a scan of /proc reads one file per process. A stat line
+/// is a few hundred bytes; a longer one is cut at the buffer's end, far past the 22nd field
+/// (the start time), which is the last one read here.
+pub(crate) fn with_stat<R>(pid: i32, f: impl FnOnce(&str) -> Option<R>) -> Option<R> {
+    let mut buf = [0u8; 1024];
+    let n = read_once(&format!("/proc/{pid}/stat"), &mut buf)?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    f(line.get(line.rfind(')')? + 2..)?)
+}
+
+/// One `read` of a /proc file into `buf`: how many bytes it gave.
+fn read_once(path: &str, buf: &mut [u8]) -> Option<usize> {
+    use std::io::Read;
+    std::fs::File::open(path).ok()?.read(buf).ok()
+}
+
+/// Whether this kernel lists each task's children in /proc/<pid>/task/<tid>/children
+/// (`CONFIG_PROC_CHILDREN`, which most distributions' kernels set).
+fn has_children_files() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    // `thread-self` is Linux 3.17; an older kernel reads every process, as one without
+    // `children` files does.
+    *HAS.get_or_init(|| std::fs::metadata("/proc/thread-self/children").is_ok())
+}
+
+/// The children (live and zombies) of every thread of `pid`, from its `children` files: a
+/// child is listed under the thread that forked it, and an adopted orphan under whichever
+/// thread adopted it. Empty if `pid` is gone; `None` without [`has_children_files`].
+///
+/// The kernel documents a race: a child that moves between parents while the files are read
+/// (re-parented when its parent exits) can be missed. Callers treat a missed child as a
+/// delay, never as an answer that the child is gone.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    use std::io::Read;
+    if !has_children_files() {
+        return None;
+    }
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(out);
+    };
+    let mut buf = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A thread that ended meanwhile has no file: it has no children either.
+        let Ok(mut file) = std::fs::File::open(format!("/proc/{pid}/task/{tid}/children")) else {
+            continue;
+        };
+        buf.clear();
+        if file.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        out.extend(
+            buf.split(|b| b.is_ascii_whitespace())
+                .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
 }
 
 fn all_pids() -> Vec<i32> {
@@ -93,6 +162,36 @@ impl Snapshot {
             }
         }
         Snapshot { stats, children }
+    }
+
+    /// The live descendants of `root` (and nothing else), read by walking the `children` files
+    /// down from it: O(the subtree), where [`take`](Self::take) reads every process on the
+    /// machine. `None` without `children` files.
+    ///
+    /// A member that moves to a new parent during the walk can be missed (see
+    /// [`children_of`]): a snapshot with members is good enough to signal them, but one
+    /// without must be confirmed by [`take`](Self::take) before it is believed.
+    pub(crate) fn take_under(root: i32) -> Option<Snapshot> {
+        let mut stats = HashMap::new();
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        let mut stack = vec![root];
+        while let Some(parent) = stack.pop() {
+            for pid in children_of(parent)? {
+                // Bounded by the pids that exist: a pid seen twice (recycled while the walk ran)
+                // is walked once.
+                if stats.contains_key(&pid) {
+                    continue;
+                }
+                if let Some(st) = stat(pid)
+                    && !st.zombie
+                {
+                    children.entry(parent).or_default().push(pid);
+                    stats.insert(pid, st);
+                    stack.push(pid);
+                }
+            }
+        }
+        Some(Snapshot { stats, children })
     }
 
     /// What the snapshot saw of `pid` (`None`: gone or a zombie by then).
@@ -158,12 +257,19 @@ pub(crate) fn has_env(pid: i32, entry: &str) -> bool {
 /// Reaps zombies among our children that no `Child` owns (orphans adopted while we are a
 /// child subreaper, or PID 1). Returns how many were reaped.
 pub(crate) fn reap_orphans() -> usize {
+    // The common case, nothing to reap, costs one system call.
+    if !super::unix::any_zombie_child() {
+        return 0;
+    }
     let me = std::process::id() as i32;
     // The scan reads every /proc/<pid>/stat: do it without the lock, which the spawner holds
     // across posix_spawn (a scan under it delayed every spawn by a scan). A zombie child of ours
     // stays ours until someone reaps it, and a pid is registered as owned before its process
     // can exit, so checking ownership under the lock just before the reap is enough.
-    let zombies: Vec<i32> = all_pids()
+    // Our own `children` files list our children only (a missed one waits for the next
+    // sweep); without them, every process is read.
+    let candidates = children_of(me).unwrap_or_else(all_pids);
+    let zombies: Vec<i32> = candidates
         .into_iter()
         .filter(|&pid| stat(pid).is_some_and(|st| st.ppid == me && st.zombie))
         .collect();
@@ -219,4 +325,96 @@ pub fn start_orphan_reaper() {
             tracing::warn!(error = %e, "could not start the orphan reaper");
         }
     });
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn a_stat_line_parses_past_a_command_name_with_parentheses_and_spaces() {
+        let me = std::process::id() as i32;
+        let parent = stat(me).expect("our own stat");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        // The thread's name is its comm: the stat line's second field.
+        let thread = std::thread::Builder::new()
+            .name("a) 1 2 (b".into())
+            .spawn(move || {
+                let _ = tx.send(nix::unistd::gettid().as_raw());
+                let _ = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+            })
+            .expect("thread");
+        let tid = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("tid");
+        let st = stat(tid).expect("the thread's stat");
+        assert_eq!((st.ppid, st.pgrp), (parent.ppid, parent.pgrp));
+        assert!(!st.zombie && !st.stopped);
+        // The 22nd field, the start time, is within the one read too.
+        assert!(with_stat(tid, |rest| rest.split(' ').nth(19)?.parse::<u64>().ok()).is_some());
+        drop(done_tx);
+        thread.join().expect("join");
+    }
+
+    #[test]
+    fn the_walk_down_from_us_finds_what_a_full_read_finds() {
+        assert!(
+            has_children_files(),
+            "this kernel lists children (CONFIG_PROC_CHILDREN)"
+        );
+        let me = std::process::id() as i32;
+        // A child that forks a grandchild and says its pid: both are ours to find.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the grandchild's pid");
+        let grandchild: i32 = line.trim().parse().expect("a pid");
+        let pid = child.id() as i32;
+        // Whatever the asserts do, both are killed by pid (sh reaps the grandchild).
+        struct Kill(i32, i32);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                for p in [self.0, self.1] {
+                    let _ = super::super::unix::kill_pid(p, libc::SIGKILL);
+                }
+            }
+        }
+        let kill = Kill(grandchild, pid);
+        let walked = Snapshot::take_under(me).expect("children files");
+        let full = Snapshot::take();
+        let found = walked.descendants(me);
+        assert!(
+            found.contains(&pid) && found.contains(&grandchild),
+            "{found:?}"
+        );
+        assert_eq!(walked.descendants(pid), [grandchild]);
+        assert_eq!(walked.stat(grandchild).map(|s| s.ppid), Some(pid));
+        for p in [pid, grandchild] {
+            assert!(full.descendants(me).contains(&p));
+        }
+        // Nothing outside our subtree is in the walk.
+        assert!(walked.stat(1).is_none());
+        // The grandchild is killed and reaped by sh's `wait`, then sh exits: once sh is reaped,
+        // neither survives.
+        super::super::unix::kill_pid(grandchild, libc::SIGKILL).expect("kill the grandchild");
+        let status = child.wait().expect("reap sh");
+        std::mem::forget(kill);
+        assert!(status.success(), "sh waited for its job: {status:?}");
+        assert!(stat(grandchild).is_none_or(|s| s.ppid != pid));
+        assert!(
+            Snapshot::take_under(me)
+                .expect("children files")
+                .stat(pid)
+                .is_none()
+        );
+    }
 }

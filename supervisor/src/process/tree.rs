@@ -816,11 +816,21 @@ impl Tree {
             return cg.populated();
         }
         // One read of /proc answers both questions.
-        let snapshot = sweep::Snapshot::take();
-        !self.outside_group(Some(&snapshot)).is_empty()
-            || (self.new_group
-                && !self.child.is_reaped()
-                && snapshot.group_has_members(self.child.pid() as i32))
+        let any = |snapshot: &sweep::Snapshot| {
+            !self.outside_group(Some(snapshot)).is_empty()
+                || (self.new_group
+                    && !self.child.is_reaped()
+                    && snapshot.group_has_members(self.child.pid() as i32))
+        };
+        // As our subreaper's, every member descends from us: the walk down from us finds them
+        // without reading every process. It can miss one that moves to us while it runs (its
+        // parent exiting, as a killed tree's do), so only the full read may say "none".
+        if self.mode == ContainmentMode::Subreaper
+            && sweep::Snapshot::take_under(std::process::id() as i32).is_some_and(|s| any(&s))
+        {
+            return true;
+        }
+        any(&sweep::Snapshot::take())
     }
 
     fn is_member(&self, pid: i32) -> bool {
@@ -855,7 +865,11 @@ impl Tree {
         let snapshot = match snapshot {
             Some(s) => s,
             None => {
-                taken = sweep::Snapshot::take();
+                // To signal members, the walk down from us is enough (every member descends
+                // from us): one it misses is found by the next sweep, and `has_members`
+                // confirms "none" with a full read before the tree counts as empty.
+                let me = std::process::id() as i32;
+                taken = sweep::Snapshot::take_under(me).unwrap_or_else(sweep::Snapshot::take);
                 &taken
             }
         };

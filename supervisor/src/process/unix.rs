@@ -513,6 +513,34 @@ pub(crate) fn peek_exit(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
     waitid(pid, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
 }
 
+/// Whether any child of ours has exited and waits to be reaped: one `waitid` that reaps
+/// nothing. Errors other than "no children at all" count as yes (the caller then looks).
+pub(crate) fn any_zombie_child() -> bool {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t; P_ALL ignores the id; WNOWAIT leaves
+        // whatever it finds unreaped.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return false,
+                _ => return true,
+            }
+        }
+        return siginfo_parts(&info).0 != 0;
+    }
+}
+
 /// Blocks until `pid` has exited, without reaping it.
 pub(crate) fn wait_exit_unreaped(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
     waitid(pid, libc::WEXITED | libc::WNOWAIT)
