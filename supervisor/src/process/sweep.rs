@@ -247,6 +247,16 @@ pub(crate) fn descends_from(pid: i32, root: i32) -> bool {
     false
 }
 
+/// The value of `key` in /proc/<pid>/environ (the environment it was started with), if any.
+pub(crate) fn env_value(pid: i32, key: &str) -> Option<Vec<u8>> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|e| {
+        e.strip_prefix(key.as_bytes())?
+            .strip_prefix(b"=")
+            .map(<[u8]>::to_vec)
+    })
+}
+
 /// Whether /proc/<pid>/environ holds `entry` (`KEY=VALUE`).
 pub(crate) fn has_env(pid: i32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))

@@ -565,13 +565,24 @@ impl Tree {
 
     /// Signals every process of the tree: the program's process group, plus descendants that
     /// left it (found through the cgroup or, as a subreaper, through /proc). Without a process
-    /// group of its own (`new_process_group: false`) only the program is signalled.
+    /// group of its own (`new_process_group: false`) only the program is signalled. Members
+    /// outside the group that another warden tree started (a nested supervisor's, whose
+    /// environment names its own tree) get only SIGKILL, SIGSTOP and SIGCONT: any other
+    /// signal is the nested supervisor's to pass on, as GNU `timeout` leaves a nested one's
+    /// process group alone.
     pub fn signal_tree(&mut self, sig: i32) -> io::Result<()> {
         if !self.new_group {
             return self.child.signal(sig);
         }
         let result = self.child.signal_group(sig);
+        // A member that another warden tree started (a nested `warden timeout`: its
+        // environment names that tree) is that supervisor's to stop politely, as a nested
+        // cgroup keeps it out of this tree's `cgroup.procs`; SIGKILL and job control reach it.
+        let spare_nested = !matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGCONT);
         for pid in self.outside_group(None) {
+            if spare_nested && self.in_nested_tree(pid) {
+                continue;
+            }
             if signal_member(pid, sig, |p| self.is_member(p)) {
                 self.escaped.insert(pid as u32);
             }
@@ -831,6 +842,11 @@ impl Tree {
             return true;
         }
         any(&sweep::Snapshot::take())
+    }
+
+    /// Whether `pid` was started in another warden tree (nested in this one).
+    fn in_nested_tree(&self, pid: i32) -> bool {
+        sweep::env_value(pid, TREE_TAG_ENV).is_some_and(|tag| tag != self.tag.as_bytes())
     }
 
     fn is_member(&self, pid: i32) -> bool {

@@ -457,3 +457,61 @@ fn effective_uid() -> u32 {
         })
         .unwrap_or(u32::MAX)
 }
+
+/// Nested timeouts (GNU's `timeout-group.sh`, "cascaded timeouts"): the outer's timer signal
+/// reaches the inner `warden timeout`, which times out and sends its own signal to its
+/// command. The outer leaves the inner's command alone, though that command left the inner's
+/// process group: it belongs to the inner tree (a nested cgroup, or an environment naming that
+/// tree), whose supervisor passes signals on. Before, a subreaper outer sent its SIGALRM
+/// straight to the inner's command (in GNU's test the command died of it before it could
+/// handle the inner's USR1). Here the command traps both and lives on, so a stray ALRM is
+/// seen, not raced; a second signal to the outer then ends it all through the inner.
+fn nested_timeouts(mode: Mode) {
+    if !mode.available() {
+        return;
+    }
+    let mark = new_mark();
+    let script = "trap 'echo got-alrm' ALRM; trap 'echo got-usr1' USR1; sleep 30 & echo ready; \
+                  while kill -0 $! 2>/dev/null; do wait $!; done";
+    let args = [
+        "timeout", "-s", "ALRM", "30", WARDEN, "timeout", "-s", "USR1", "25", "sh", "-c", script,
+    ];
+    let mut cmd = command(WARDEN, &args, &mark);
+    cmd.env("WARDEN_CONTAINMENT", mode.arg());
+    let what = format!("nested timeouts under {}", mode.arg());
+    let mut proc = Proc::start(&what, cmd, &mark);
+    proc.wait_line("ready", |l| l == "ready");
+    // An external SIGALRM is the outer's timeout; the inner times out on it and sends USR1.
+    proc.signal(Signal::SIGALRM);
+    proc.wait_line("got-usr1", |l| l == "got-usr1");
+    // Forwarded by both supervisors, it ends the command (which does not trap it).
+    proc.signal(Signal::SIGTERM);
+    // Nothing marked survives (`finish` proves it).
+    let done = proc.finish();
+    assert_eq!(
+        done.ended,
+        Ended::Code(124),
+        "{what}: stderr: {}",
+        done.stderr
+    );
+    assert!(
+        !done.stdout.contains("got-alrm"),
+        "{what}: the outer signalled the inner's command: {}",
+        done.stdout
+    );
+}
+
+#[test]
+fn nested_timeouts_cgroup() {
+    nested_timeouts(Mode::Cgroup);
+}
+
+#[test]
+fn nested_timeouts_subreaper() {
+    nested_timeouts(Mode::Subreaper);
+}
+
+#[test]
+fn nested_timeouts_process_group() {
+    nested_timeouts(Mode::ProcessGroup);
+}
