@@ -42,7 +42,10 @@ mod handshake;
 mod message;
 
 pub use codec::{DecodeError, EncodeError, FrameDecoder, encode_frame, encode_frame_into};
-pub use handshake::{HandshakeError, PROTOCOL_VERSION, check_version};
+pub use handshake::{
+    HandshakeError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, QUEUED_JOBS_VERSION, check_version,
+    negotiate, queues_jobs,
+};
 pub use message::{CancelReason, JobId, ParseCancelReasonError, SupervisorMessage, WorkerMessage};
 
 /// Length of the frame header: a little-endian `u32` body length.

@@ -112,7 +112,8 @@ pub enum SupervisorMessage {
         /// 0 means never.
         heartbeat_interval_ms: u32,
     },
-    /// Tag 1. Run a job. At most one job runs on a connection at a time.
+    /// Tag 1. Run a job. At most one job runs on a connection at a time; from protocol version
+    /// 2 ([`crate::QUEUED_JOBS_VERSION`]) more may wait behind it, run in the order sent.
     StartJob {
         /// The job's id; every later message about the job carries it.
         job: JobId,

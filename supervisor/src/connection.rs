@@ -36,6 +36,17 @@
 //!   ([`Violation::Unresponsive`]).
 //! - **Before start.** A job whose caller already cancelled (its token, the shutdown token, a
 //!   dropped `run` future, a zero timeout) is never sent to the worker.
+//! - **Queued jobs** (protocol version 2, [`Settings::queue_depth`] above 1). While a job runs
+//!   that nothing has doomed or asked to stop, more jobs go on the wire behind it, up to the
+//!   depth; each has its own [`Action::Reply`]. None of a queued job's deadlines runs: it
+//!   becomes the running job, with its timeout, progress bound and ladder armed, in the turn
+//!   that answers the job before it (the worker starts it at the same point of the stream).
+//!   Its caller's cancel sends its `Cancel` at once ([`Connection::handle_cancel_queued`]):
+//!   the worker answers `Cancelled` before its turn (`cancelled`, not started), or, if it had
+//!   started, the ladder runs from its turn without a second `Cancel`. A message naming a
+//!   queued job otherwise is a violation. Once the worker is doomed (signalled, killed, exited,
+//!   hung up, in violation) the queued jobs are answered at once: not started, `cancelled` if
+//!   their cancel had been asked for, else [`RunError::WorkerGone`].
 
 mod timer;
 
@@ -48,7 +59,7 @@ use warden_protocol::{
 };
 
 use crate::error::RunError;
-use crate::escalation::{self, Deadlines, Escalation};
+use crate::escalation::{self, Deadlines, Escalation, Stage};
 use crate::outcome::{Facts, JobReport, Trace, Violation, WorkerResult, classify, deciding_limit};
 use crate::process::{ContainmentMode, ExitStatus, LimitReport};
 use crate::worker::{Progress, TimeoutExtension};
@@ -69,6 +80,9 @@ pub(crate) struct Settings {
     pub(crate) unresponsive_after: Option<Duration>,
     /// How the tree is contained, for reports.
     pub(crate) containment: ContainmentMode,
+    /// How many jobs may be on the wire at once: the running one and those queued behind it
+    /// (protocol version 2, PROTOCOL.md section 5, "Queued jobs"). 1: none is queued.
+    pub(crate) queue_depth: usize,
 }
 
 /// A job to start.
@@ -106,8 +120,10 @@ pub(crate) enum Action {
     Reap,
     /// Progress for the running job's caller (never blocks the actor: see the actor).
     Progress(Progress),
-    /// The answer to the last [`Connection::handle_start`]: exactly one per call.
-    Reply(Box<Result<JobReport, RunError>>),
+    /// The answer to the [`Connection::handle_start`] that returned this job id: exactly one
+    /// per call, not necessarily in the order of the calls (a queued job cancelled before its
+    /// turn is answered before the job it waited behind).
+    Reply(JobId, Box<Result<JobReport, RunError>>),
     /// The answer to [`Connection::handle_shutdown`]: how the worker ended (`None`: not
     /// reaped, the kill is pending).
     ShutdownDone(Option<ExitStatus>),
@@ -134,6 +150,8 @@ struct Job {
     violation: Option<Violation>,
     /// The `Cancel` frame was handed out: a `Cancelled` acknowledges it.
     cancel_sent: bool,
+    /// That `Cancel` went out while the job was queued: the ladder must not send another.
+    cancel_on_wire: bool,
     reaped_at: Option<Instant>,
     /// The report went out (kill pending): the job still waits for the reap.
     replied: bool,
@@ -160,6 +178,17 @@ impl Job {
     }
 }
 
+/// A job sent behind the running one (protocol version 2). None of its deadlines runs yet:
+/// they start when it becomes the running job, as the job before it ends.
+#[derive(Debug)]
+struct Queued {
+    id: JobId,
+    /// Its settings (the payload is on the wire already).
+    start: JobStart,
+    /// The `Cancel` sent for it, if any, and when it was asked for.
+    cancel: Option<(CancelReason, Instant)>,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// No job: the worker waits for one (or is gone, see `gone`).
@@ -178,6 +207,8 @@ pub(crate) struct Connection {
     timers: TimerTable,
     actions: VecDeque<Action>,
     phase: Phase,
+    /// Jobs on the wire behind the running one, oldest first (never with `Phase::Idle`).
+    queued: VecDeque<Queued>,
     next_job: u64,
     /// The channel exists (protocol, not closed by us).
     channel: bool,
@@ -218,6 +249,7 @@ impl Connection {
             timers,
             actions: VecDeque::new(),
             phase: Phase::Idle,
+            queued: VecDeque::new(),
             next_job: 1,
             eof: false,
             exited: None,
@@ -291,6 +323,32 @@ impl Connection {
         matches!(self.phase, Phase::Idle | Phase::Stopped)
     }
 
+    /// The actor may start the next job: nothing runs, or (queueing) one runs that nothing
+    /// has doomed yet and the queue behind it has room. A job whose cancel is under way gets
+    /// nothing queued behind it: its ladder may end the worker.
+    pub(crate) fn takes_jobs(&self) -> bool {
+        let healthy = match &self.phase {
+            Phase::Job(job) => {
+                !job.held()
+                    && job.result.is_none()
+                    && job.esc.reason().is_none()
+                    && job.esc.stage().is_none()
+                    && job.violation.is_none()
+            }
+            _ => false,
+        };
+        self.takes_requests()
+            || (healthy
+                && self.settings.protocol
+                && self.queued.len() + 1 < self.settings.queue_depth
+                && !self.doomed())
+    }
+
+    /// Job `id` waits behind the running one and no cancel was sent for it yet.
+    pub(crate) fn accepts_cancel_queued(&self, id: JobId) -> bool {
+        self.queued.iter().any(|q| q.id == id && q.cancel.is_none())
+    }
+
     /// The running job can still be cancelled (so its caller's token matters).
     pub(crate) fn accepts_cancel(&self) -> bool {
         match &self.phase {
@@ -302,6 +360,14 @@ impl Connection {
                         && job.violation.is_none())
             }
             _ => false,
+        }
+    }
+
+    /// The running job, if one runs.
+    pub(crate) fn running_job(&self) -> Option<JobId> {
+        match &self.phase {
+            Phase::Job(job) => Some(job.id),
+            _ => None,
         }
     }
 
@@ -317,41 +383,69 @@ impl Connection {
 
     // ---- inputs ----
 
-    /// Starts a job (the actor calls it only when [`takes_requests`](Self::takes_requests)).
-    /// Exactly one [`Action::Reply`] follows, now or when the job ends.
-    pub(crate) fn handle_start(&mut self, now: Instant, start: JobStart) {
+    /// Starts a job (the actor calls it only when [`takes_jobs`](Self::takes_jobs)): it runs
+    /// now, or, while another runs, is queued behind it on the wire. Exactly one
+    /// [`Action::Reply`] with the returned id follows, now or when the job ends.
+    pub(crate) fn handle_start(&mut self, now: Instant, mut start: JobStart) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
         let protocol = self.settings.protocol;
         if !protocol && !start.payload.is_empty() {
-            return self.reply(Err(RunError::PayloadForPlainProgram));
+            self.reply(id, Err(RunError::PayloadForPlainProgram));
+            return id;
         }
-        let deadlines = start.deadlines.unwrap_or(self.settings.deadlines);
-        let mut esc = Escalation::new(deadlines, protocol);
-        if let Some(at) = self.paused_at {
-            esc.pause(at);
+        if protocol && matches!(self.phase, Phase::Job(_)) {
+            self.enqueue(now, id, start);
+            return id;
         }
-        let mut job = Job {
+        let payload = std::mem::take(&mut start.payload);
+        if self.refuses(now, id, &start) {
+            return id;
+        }
+        if protocol {
+            self.send_start(id, &start, payload);
+        } else {
+            self.plain_run_taken = true;
+        }
+        self.begin(now, id, start, None);
+        self.pump(now);
+        id
+    }
+
+    /// A job behind the running one: on the wire now, its deadlines armed at its turn.
+    fn enqueue(&mut self, now: Instant, id: JobId, mut start: JobStart) {
+        let payload = std::mem::take(&mut start.payload);
+        if self.refuses(now, id, &start) {
+            return;
+        }
+        self.send_start(id, &start, payload);
+        self.queued.push_back(Queued {
             id,
-            started: now,
-            esc,
-            result: None,
-            violation: None,
-            cancel_sent: false,
-            reaped_at: None,
-            replied: false,
-            wants_progress: start.wants_progress,
-            no_progress: start.no_progress.filter(|_| protocol),
-            extension: None,
-            deadline: None,
-            stray_at: None,
-            attributed: None,
-            stray_exit: false,
-        };
+            start,
+            cancel: None,
+        });
+    }
+
+    fn send_start(&mut self, id: JobId, start: &JobStart, payload: Vec<u8>) {
+        self.actions
+            .push_back(Action::Send(SupervisorMessage::StartJob {
+                job: id,
+                deadline_ms: start
+                    .timeout
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                payload,
+            }));
+    }
+
+    /// Answers a job that must not start (the worker is gone, or its caller cancelled it
+    /// already); `false` if it may.
+    fn refuses(&mut self, now: Instant, id: JobId, start: &JobStart) -> bool {
+        let protocol = self.settings.protocol;
         if !protocol && !self.plain_run_taken && self.gone.is_some() {
             // A plain program's run is its job: one that ended before the caller asked for
             // it still has its report to give.
             self.plain_run_taken = true;
+            let mut job = self.new_job(id, start, now);
             if self.killed_idle {
                 job.esc.handle_kill(now);
                 while job.esc.poll_action().is_some() {}
@@ -359,7 +453,8 @@ impl Connection {
             job.esc.handle_exit(now);
             job.reaped_at = Some(now);
             let report = self.report(&job, now);
-            return self.reply(Ok(report));
+            self.reply(id, Ok(report));
+            return true;
         }
         if self.gone.is_some()
             || (protocol && !self.is_reading())
@@ -368,7 +463,9 @@ impl Connection {
         {
             // The worker broke the protocol, hung up, or is gone: it will never answer a job,
             // and starting one would report its death as the job's outcome.
-            return self.reply(Err(self.gone_error()));
+            let error = self.gone_error();
+            self.reply(id, Err(error));
+            return true;
         }
         let early = start.cancelled.or_else(|| {
             start
@@ -385,20 +482,50 @@ impl Connection {
                 now,
             );
             report.trace.deadline = start.timeout;
-            return self.reply(Ok(report));
+            self.reply(id, Ok(report));
+            return true;
         }
-        if protocol {
-            self.actions
-                .push_back(Action::Send(SupervisorMessage::StartJob {
-                    job: id,
-                    deadline_ms: start
-                        .timeout
-                        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                    payload: start.payload,
-                }));
-        } else {
-            self.plain_run_taken = true;
+        false
+    }
+
+    /// A job record, started at `now`, with no deadline armed yet.
+    fn new_job(&self, id: JobId, start: &JobStart, now: Instant) -> Job {
+        let protocol = self.settings.protocol;
+        let deadlines = start.deadlines.unwrap_or(self.settings.deadlines);
+        let mut esc = Escalation::new(deadlines, protocol);
+        if let Some(at) = self.paused_at {
+            esc.pause(at);
         }
+        Job {
+            id,
+            started: now,
+            esc,
+            result: None,
+            violation: None,
+            cancel_sent: false,
+            cancel_on_wire: false,
+            reaped_at: None,
+            replied: false,
+            wants_progress: start.wants_progress,
+            no_progress: start.no_progress.filter(|_| protocol),
+            extension: None,
+            deadline: None,
+            stray_at: None,
+            attributed: None,
+            stray_exit: false,
+        }
+    }
+
+    /// Makes `id` the running job at `now` and arms its deadlines; `cancel`: the `Cancel` that
+    /// went out for it while it was queued (its ladder runs from here, without a second one).
+    fn begin(
+        &mut self,
+        now: Instant,
+        id: JobId,
+        start: JobStart,
+        cancel: Option<(CancelReason, Instant)>,
+    ) {
+        let mut job = self.new_job(id, &start, now);
         if let Some(timeout) = start.timeout {
             self.timers.arm(Timer::JobTimeout, now, timeout);
             job.deadline = self.timers.deadline(Timer::JobTimeout);
@@ -413,6 +540,11 @@ impl Connection {
         if let Some(after) = job.no_progress {
             self.timers.arm(Timer::NoProgress, now, after);
         }
+        if let Some((reason, _)) = cancel {
+            job.cancel_on_wire = true;
+            job.cancel_sent = true;
+            job.esc.handle_cancel(now, reason);
+        }
         if self.kill_seen {
             job.esc.handle_kill(now);
         }
@@ -421,7 +553,6 @@ impl Connection {
             job.esc.handle_exit(now);
         }
         self.phase = Phase::Job(Box::new(job));
-        self.pump(now);
     }
 
     /// A job that waited behind another and was cancelled before its turn: it never starts.
@@ -438,15 +569,21 @@ impl Connection {
         )
     }
 
-    /// The `StartJob` frame of the job just started could not be encoded (too large): the
-    /// job never started.
-    pub(crate) fn handle_start_rejected(&mut self, len: usize, max: u32) {
-        if matches!(self.phase, Phase::Job(_)) {
+    /// The `StartJob` frame of job `id` could not be encoded (too large): the job never
+    /// started.
+    pub(crate) fn handle_start_rejected(&mut self, id: JobId, len: usize, max: u32) {
+        let error = RunError::PayloadTooLarge { len, max };
+        if let Some(i) = self.queued.iter().position(|q| q.id == id) {
+            self.queued.remove(i);
+            self.reply(id, Err(error));
+            return;
+        }
+        if matches!(&self.phase, Phase::Job(job) if job.id == id) {
             self.phase = Phase::Idle;
             self.timers.stop(Timer::JobTimeout);
             self.timers.stop(Timer::NoProgress);
             self.actions.clear();
-            self.reply(Err(RunError::PayloadTooLarge { len, max }));
+            self.reply(id, Err(error));
         }
     }
 
@@ -460,6 +597,19 @@ impl Connection {
             && self.timers.is_armed(Timer::Liveness)
         {
             self.timers.arm(Timer::Liveness, now, after);
+        }
+        if let WorkerMessage::Cancelled { job: id } = &msg
+            && let Some(i) = self
+                .queued
+                .iter()
+                .position(|q| q.id == *id && q.cancel.is_some())
+        {
+            // A queued job's cancel, answered before its turn: it never ran.
+            if let Some(q) = self.queued.remove(i) {
+                self.reply_queued(now, q);
+            }
+            self.pump(now);
+            return;
         }
         match &mut self.phase {
             Phase::Stopping(_) | Phase::Stopped => {} // what an exiting worker says no longer matters
@@ -640,7 +790,7 @@ impl Connection {
                     self.phase = Phase::Job(job);
                 } else if !job.replied {
                     let report = self.report(&job, now);
-                    self.reply(Ok(report));
+                    self.reply(job.id, Ok(report));
                 }
             }
             Phase::Stopping(_) => {
@@ -650,6 +800,7 @@ impl Connection {
             Phase::Stopped => self.phase = Phase::Stopped,
             Phase::Idle => {}
         }
+        self.settle_queue(now);
     }
 
     /// The caller cancelled the running job (its token, its dropped future), or the shutdown
@@ -657,6 +808,38 @@ impl Connection {
     pub(crate) fn handle_cancel(&mut self, now: Instant, reason: CancelReason) {
         self.cancel_running(now, reason);
         self.pump(now);
+    }
+
+    /// The caller cancelled job `id`, which waits behind the running one: its `Cancel` goes
+    /// out now, and the worker answers it before its turn (or, if it started meanwhile, as a
+    /// running job). Ignored unless [`accepts_cancel_queued`](Self::accepts_cancel_queued).
+    pub(crate) fn handle_cancel_queued(&mut self, now: Instant, id: JobId, reason: CancelReason) {
+        let channel = self.channel;
+        let Some(q) = self
+            .queued
+            .iter_mut()
+            .find(|q| q.id == id && q.cancel.is_none())
+        else {
+            return;
+        };
+        q.cancel = Some((reason, now));
+        if channel {
+            self.actions
+                .push_back(Action::Send(SupervisorMessage::Cancel {
+                    job: id,
+                    reason: reason.on_wire_v1(),
+                }));
+        }
+    }
+
+    /// Every job queued behind the running one that no cancel was sent for yet (the shutdown
+    /// token cancels them all).
+    pub(crate) fn queued_uncancelled(&self) -> Vec<JobId> {
+        self.queued
+            .iter()
+            .filter(|q| q.cancel.is_none())
+            .map(|q| q.id)
+            .collect()
     }
 
     /// SIGKILL now, job or no job (the kill token).
@@ -777,8 +960,60 @@ impl Connection {
 
     // ---- internals ----
 
-    fn reply(&mut self, result: Result<JobReport, RunError>) {
-        self.actions.push_back(Action::Reply(Box::new(result)));
+    fn reply(&mut self, id: JobId, result: Result<JobReport, RunError>) {
+        self.actions.push_back(Action::Reply(id, Box::new(result)));
+    }
+
+    /// The report of a queued job that never ran: cancelled before its turn (acknowledged by
+    /// the worker, or with the worker gone) is `cancelled`, not started; otherwise the worker
+    /// is gone without having started it.
+    fn reply_queued(&mut self, now: Instant, q: Queued) {
+        let result = match q.cancel {
+            Some((reason, at)) => {
+                let mut report = JobReport::not_started(
+                    q.id,
+                    reason,
+                    self.settings.containment,
+                    self.limits.clone(),
+                    at,
+                );
+                report.trace.ended = now.saturating_duration_since(at);
+                report.trace.deadline = q.start.timeout;
+                Ok(report)
+            }
+            None => Err(self.gone_error()),
+        };
+        self.reply(q.id, result);
+    }
+
+    /// The worker will run nothing more it was sent: it exited, hung up, broke the protocol,
+    /// or is being signalled or killed.
+    fn doomed(&self) -> bool {
+        let head = match &self.phase {
+            Phase::Job(job) => {
+                job.violation.is_some()
+                    || matches!(job.esc.stage(), Some(Stage::Signal | Stage::Kill))
+                    || (job.esc.is_finished() && !job.esc.worker_reusable())
+            }
+            Phase::Idle => false,
+            Phase::Stopping(_) | Phase::Stopped => true,
+        };
+        head || self.gone.is_some()
+            || self.exited.is_some()
+            || self.eof
+            || !self.channel
+            || self.kill_seen
+            || self.kill_sent
+    }
+
+    /// Answers the queued jobs once the worker will not run them.
+    fn settle_queue(&mut self, now: Instant) {
+        if self.queued.is_empty() || !self.doomed() {
+            return;
+        }
+        while let Some(q) = self.queued.pop_front() {
+            self.reply_queued(now, q);
+        }
     }
 
     fn gone_error(&self) -> RunError {
@@ -903,7 +1138,7 @@ impl Connection {
             && !job.replied
         {
             let report = self.report(&job, now);
-            self.reply(Ok(report));
+            self.reply(job.id, Ok(report));
         }
     }
 
@@ -916,10 +1151,21 @@ impl Connection {
 
     /// Turns the ladder's decisions into actions, and ends the job when its facts are in.
     fn pump(&mut self, now: Instant) {
-        let (esc, job) = match &mut self.phase {
-            Phase::Job(job) => (&mut job.esc, Some((job.id, &mut job.cancel_sent))),
+        // A queued job that became the running one has its ladder's first actions to give.
+        while self.pump_phase(now) {}
+        self.settle_queue(now);
+    }
+
+    /// [`pump`](Self::pump) for the running job or the shutdown; `true` when the job ended,
+    /// the worker is reused and the next queued job became the running one.
+    fn pump_phase(&mut self, now: Instant) -> bool {
+        let (esc, mut job) = match &mut self.phase {
+            Phase::Job(job) => (
+                &mut job.esc,
+                Some((job.id, &mut job.cancel_sent, &mut job.cancel_on_wire)),
+            ),
             Phase::Stopping(esc) => (&mut **esc, None),
-            Phase::Idle | Phase::Stopped => return,
+            Phase::Idle | Phase::Stopped => return false,
         };
         let mut pending = false;
         let mut cancel_sent = false;
@@ -927,9 +1173,13 @@ impl Connection {
             match action {
                 escalation::Action::SendCancel(reason) => {
                     cancel_sent = true;
-                    if self.channel {
+                    // Sent while the job was queued: once per job.
+                    let on_wire = job
+                        .as_mut()
+                        .is_some_and(|(_, _, on_wire)| std::mem::take(*on_wire));
+                    if self.channel && !on_wire {
                         let msg = match &job {
-                            Some((id, _)) => SupervisorMessage::Cancel {
+                            Some((id, _, _)) => SupervisorMessage::Cancel {
                                 job: *id,
                                 reason: reason.on_wire_v1(),
                             },
@@ -956,7 +1206,7 @@ impl Connection {
                 escalation::Action::KillPending => pending = true,
             }
         }
-        if let Some((_, sent)) = job {
+        if let Some((_, sent, _)) = job {
             *sent |= cancel_sent;
         }
         match std::mem::replace(&mut self.phase, Phase::Idle) {
@@ -968,22 +1218,29 @@ impl Connection {
                 // Report now rather than hang the caller; the reap goes on.
                 job.replied = true;
                 let report = self.report(&job, now);
-                self.reply(Ok(report));
+                self.reply(job.id, Ok(report));
                 self.phase = Phase::Job(job);
             }
             Phase::Job(job) if job.result.is_some() && job.esc.worker_reusable() => {
                 self.timers.stop(Timer::JobTimeout);
                 self.timers.stop(Timer::NoProgress);
                 let report = self.report(&job, now);
-                self.reply(Ok(report));
+                self.reply(job.id, Ok(report));
                 if let Some(after) = self.settings.unresponsive_after
                     && self.is_reading()
                 {
                     self.timers.arm(Timer::Liveness, now, after);
                 }
+                // The worker starts the next queued job as it sends this one's result: so
+                // does its clock here.
+                if let Some(q) = self.queued.pop_front() {
+                    self.begin(now, q.id, q.start, q.cancel);
+                    return true;
+                }
             }
             other => self.phase = other,
         }
+        false
     }
 
     /// The job's report from the facts in now: the one place the outcome is decided and the

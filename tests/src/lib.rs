@@ -71,8 +71,9 @@ pub const POOL_STOP: &[u8] = b"stop";
 /// Payload that makes a [`mode::POOL`] worker report ready and ignore its token forever.
 pub const POOL_IGNORE: &[u8] = b"ignore";
 
-/// The protocol version a `bad-version` worker announces.
-pub const BAD_VERSION: u16 = 999;
+/// The protocol version a `bad-version` worker announces: older than any warden speaks (a
+/// newer one is not refused: it is offered warden's newest, PROTOCOL.md section 7).
+pub const BAD_VERSION: u16 = 0;
 
 /// Fixture modes: the first argument of `fixture-worker`.
 pub mod mode {

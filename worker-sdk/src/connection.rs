@@ -22,6 +22,8 @@ pub(crate) const MIN_MAX_FRAME_LEN: u32 = 16;
 /// What the supervisor's hello settled.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
+    /// The version both sides speak from now on (the supervisor's answer, checked).
+    pub(crate) protocol_version: u16,
     /// Largest frame body either side may send.
     pub(crate) max_frame_len: u32,
     /// `None` when the supervisor wants no heartbeats.
@@ -30,6 +32,10 @@ pub(crate) struct Session {
 }
 
 /// Sends the worker's hello and waits for the supervisor's answer, at most `timeout`.
+///
+/// The hello names the newest protocol version the SDK speaks ([`PROTOCOL_VERSION`]); the
+/// supervisor answers with the version both will speak, which must be one the SDK speaks
+/// ([`check_version`]; version 1 is a supervisor that never queues jobs).
 ///
 /// Reads exactly one frame, so bytes the supervisor sends after its hello stay in the socket for
 /// the serve loop's decoder (which uses the negotiated frame limit).
@@ -62,7 +68,8 @@ async fn exchange_hellos(stream: &mut UnixStream) -> Result<Session, ConnectErro
             max_frame_len,
             heartbeat_interval_ms,
         } => {
-            check_version(protocol_version).map_err(ConnectError::Version)?;
+            let protocol_version =
+                check_version(protocol_version).map_err(ConnectError::Version)?;
             if max_frame_len < MIN_MAX_FRAME_LEN {
                 return Err(ConnectError::FrameLimitTooSmall {
                     max: max_frame_len,
@@ -72,6 +79,7 @@ async fn exchange_hellos(stream: &mut UnixStream) -> Result<Session, ConnectErro
             let heartbeat_interval = (heartbeat_interval_ms > 0)
                 .then(|| Duration::from_millis(u64::from(heartbeat_interval_ms)));
             Ok(Session {
+                protocol_version,
                 max_frame_len,
                 heartbeat_interval,
                 supervisor_version,

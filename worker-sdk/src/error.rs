@@ -106,13 +106,21 @@ pub enum ProtocolError {
     /// A frame could not be decoded (over the limit, truncated, unknown tag, ...).
     #[error("undecodable frame from the supervisor")]
     Decode(#[source] DecodeError),
-    /// A `StartJob` arrived while another job was running.
+    /// A `StartJob` arrived while another job was running, on a connection whose protocol
+    /// version does not queue jobs (version 1).
     #[error("start of {started} while {running} is running")]
     StartWhileRunning {
         /// The job that is running.
         running: JobId,
         /// The job the supervisor tried to start.
         started: JobId,
+    },
+    /// A `StartJob` named a job that is running or queued (protocol version 2, where jobs may
+    /// queue; ids are unique on a connection).
+    #[error("start of {job}, which is already running or queued")]
+    DuplicateJob {
+        /// The job id the supervisor used twice.
+        job: JobId,
     },
     /// A `StartJob` arrived after `Shutdown`.
     #[error("start of {started} after shutdown")]

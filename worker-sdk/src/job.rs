@@ -90,8 +90,9 @@ impl Job {
     }
 
     /// When the supervisor will stop waiting for this job, computed from the `deadline_ms` it
-    /// sent when the job was received. `None` when the job has no deadline (or one too far away
-    /// to represent).
+    /// sent, counted from the job's start: when it was received, or, for a job that waited
+    /// behind others (protocol version 2), when the job before it ended. `None` when the job has
+    /// no deadline (or one too far away to represent).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }

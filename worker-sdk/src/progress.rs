@@ -21,22 +21,27 @@ struct State {
     closed: bool,
 }
 
-/// Shared between the handler's [`Progress`] handles and the SDK's writer.
+/// One job's reports, shared between the handler's [`Progress`] handles and the SDK.
 #[derive(Default)]
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Holds a permit when an update is pending, so the writer never misses one.
-    ready: Notify,
+    /// Holds a permit when an update may be pending, so the serve task never misses one. One
+    /// for every job of a connection: the serve task waits on it for whichever job runs,
+    /// including one that the job thread started without waking it.
+    ready: Arc<Notify>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A job's reports, announced on `ready` (the connection's).
+    pub(crate) fn new(ready: Arc<Notify>) -> Shared {
+        Shared {
+            state: Mutex::default(),
+            ready,
+        }
     }
 
-    /// Completes when an update may be pending.
-    pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes the pending update, if any.

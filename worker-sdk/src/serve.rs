@@ -1,6 +1,15 @@
-//! The serve loop: one task reads the channel and runs one job at a time, feeding the protocol
-//! machine (`machine.rs`) and writing what it queues as far as the socket takes it; the writer
-//! thread (`writer.rs`) writes the rest and heartbeats, and keeps the machine's clock.
+//! The serve loop: one task reads the channel, starts jobs and trips their tokens, feeding the
+//! protocol machine (`machine.rs`) and writing what it queues as far as the socket takes it;
+//! the writer thread (`writer.rs`) writes the rest and heartbeats, and keeps the machine's
+//! clock.
+//!
+//! One job runs at a time; in protocol version 2 more may wait in the machine, each started
+//! the moment the one before it ends. An async job is ended, and the next started, by the serve
+//! task (the task's end wakes it anyway). A blocking job is ended by the `warden-job` thread
+//! itself (`JobEnd`), which in the same critical section takes the next job's start from the
+//! machine and runs it: queued blocking jobs run back to back with no thread hop. Whoever starts
+//! a job registers its token and progress in the machine's lock (`JobSlot`), so the serve task
+//! trips the right token whichever thread started the job.
 
 use std::any::Any;
 use std::future::{Future, pending};
@@ -15,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Notify;
 use tracing::{Instrument, Span, info, info_span};
-use warden_protocol::{FrameDecoder, JobId};
+use warden_protocol::{FrameDecoder, JobId, queues_jobs};
 
 use crate::bootstrap::Channel;
 use crate::connection::handshake;
@@ -24,8 +34,8 @@ use crate::error::{BootstrapError, JobError, ServeError};
 use crate::job::Job;
 use crate::machine::{self, Action, Exit, HandlerOutcome, Machine};
 use crate::progress::{self, Progress};
-use crate::token::{CancelCause, CancelSource};
-use crate::writer::{self, Writer};
+use crate::token::{CancelCause, CancelSource, CancelToken};
+use crate::writer::{self, State, Writer};
 
 /// How long the SDK waits for the supervisor's hello by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,7 +231,10 @@ impl Worker {
                 }
             };
             Span::current().record("supervisor", session.supervisor_version.as_str());
+            let queued_jobs = queues_jobs(session.protocol_version);
             info!(
+                protocol_version = session.protocol_version,
+                queued_jobs,
                 max_frame_len = session.max_frame_len,
                 heartbeat_ms = session.heartbeat_interval.map(|d| d.as_millis()),
                 "connected"
@@ -231,6 +244,7 @@ impl Worker {
                     max_frame_len: session.max_frame_len,
                     heartbeat_interval: session.heartbeat_interval,
                     orphan_grace,
+                    queued_jobs,
                 },
                 Instant::now(),
             );
@@ -244,14 +258,20 @@ impl Worker {
                 .into_std()
                 .and_then(crate::sys::register_readable)
                 .map_err(configure)?;
+            let jobs = Arc::new(Jobs {
+                shared: Arc::clone(writer.shared()),
+                socket: job_socket,
+                progress_ready: Arc::new(Notify::new()),
+                span: Span::current(),
+            });
             let serve = Serve {
                 decoder: FrameDecoder::new(session.max_frame_len),
                 rd,
                 runner,
-                job: None,
+                awaited: None,
                 read_closed: false,
                 signalled: false,
-                job_socket: JobSocketGuard(job_socket),
+                jobs: ServeEnd(jobs),
                 writer,
             };
             serve.run(sigterm).await
@@ -291,10 +311,10 @@ where
 
 type JobFuture = Pin<Box<dyn Future<Output = HandlerOutcome> + Send>>;
 
-/// Starts handler calls; the serve loop awaits the returned future for the result, unless the
-/// runner ends the job itself through its [`JobEnd`] (then the future never resolves).
+/// Starts handler calls. Returns the future the serve task awaits for the outcome, or `None`
+/// when the runner ends the job itself through its [`JobEnd`].
 trait Runner {
-    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> JobFuture;
+    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> Option<JobFuture>;
 }
 
 /// A copy of the channel for the job thread, taken away when serving returns (so nothing is
@@ -311,58 +331,192 @@ impl JobSocket {
     }
 }
 
-/// Closes the job thread's copy of the channel when the serve task ends.
-struct JobSocketGuard(Arc<JobSocket>);
+/// The serve side's view of the running job, kept under the machine's lock
+/// ([`State::slot`]), whichever thread starts the job.
+///
+/// # Invariants
+/// - `current` is the last job started whose end has not been reported to the machine yet (the
+///   machine's running job, or one it let go of on a violation while its handler still runs),
+///   or nothing. A job is registered in the critical section that took its start from the
+///   machine, so a trip the machine decides for a job finds that job's token, and never
+///   another job's (a trip names its job, and ids are unique on a connection).
+#[derive(Default)]
+pub(crate) struct JobSlot {
+    current: Option<Current>,
+    /// Whether the serve task, when it last looked, waited for progress reports (the machine
+    /// wanted progress then). If not, whoever frees the writer for the running job's progress
+    /// wakes it; if so, the job's first report does (every job's reports announce themselves
+    /// on one `Notify`).
+    progress_armed: bool,
+    /// Serving returned: no job starts any more.
+    over: bool,
+}
 
-impl Drop for JobSocketGuard {
-    fn drop(&mut self) {
-        self.0.lock().take();
+impl JobSlot {
+    /// `job`'s end was reported to the machine: let go of it.
+    fn finished(&mut self, job: JobId) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.id == job)
+        {
+            self.current = None;
+        }
+    }
+}
+
+/// What the serve task needs of the running job: its token to trip, its progress to take.
+struct Current {
+    id: JobId,
+    source: CancelSource,
+    progress: Arc<progress::Shared>,
+    /// Set once the handler returned; until then the end of serving trips the token.
+    returned: Arc<AtomicBool>,
+}
+
+/// What every job of a connection shares: whoever starts a job (the serve task, or the job
+/// thread starting the next queued job itself) makes it from this.
+struct Jobs {
+    shared: Arc<writer::Shared>,
+    socket: Arc<JobSocket>,
+    /// Every job's progress reports announce themselves here.
+    progress_ready: Arc<Notify>,
+    /// The connection's span, the parent of every job's (the job thread starts jobs inside the
+    /// span of the one before).
+    span: Span,
+}
+
+/// A job the machine started and [`Jobs::register`] registered; its handler is not called yet.
+struct Started {
+    id: JobId,
+    payload: Vec<u8>,
+    deadline: Option<Instant>,
+    deadline_ms: Option<u64>,
+    token: CancelToken,
+    progress: Arc<progress::Shared>,
+    returned: Arc<AtomicBool>,
+}
+
+impl Jobs {
+    /// Registers the job that `start` (an [`Action::StartJob`]) starts as the running one, with
+    /// a token of its own. Call it under the machine's lock, in the critical section that took
+    /// the action from the machine (see [`JobSlot`]). `None` once serving is over.
+    fn register(&self, state: &mut State, start: Action) -> Option<Started> {
+        let Action::StartJob {
+            job,
+            payload,
+            deadline,
+            deadline_ms,
+        } = start
+        else {
+            return None;
+        };
+        if state.slot.over {
+            return None;
+        }
+        let source = CancelSource::new();
+        let token = source.token();
+        let progress = Arc::new(progress::Shared::new(Arc::clone(&self.progress_ready)));
+        let returned = Arc::new(AtomicBool::new(false));
+        state.slot.current = Some(Current {
+            id: job,
+            source,
+            progress: Arc::clone(&progress),
+            returned: Arc::clone(&returned),
+        });
+        Some(Started {
+            id: job,
+            payload,
+            deadline,
+            deadline_ms,
+            token,
+            progress,
+            returned,
+        })
+    }
+}
+
+impl Started {
+    /// The handler's job, its span and what ends it (outside the machine's lock).
+    fn into_work(self, jobs: &Arc<Jobs>) -> Work {
+        let span = info_span!(parent: &jobs.span, "job", job = %self.id);
+        span.in_scope(|| {
+            info!(
+                payload_len = self.payload.len(),
+                deadline_ms = self.deadline_ms,
+                "job started"
+            );
+        });
+        let job = Job::new(
+            self.id,
+            self.payload,
+            self.deadline,
+            self.token,
+            Progress::new(Arc::clone(&self.progress)),
+        );
+        let end = JobEnd {
+            id: self.id,
+            jobs: Arc::clone(jobs),
+            progress: self.progress,
+            returned: self.returned,
+        };
+        (job, span, end)
     }
 }
 
 /// What the job thread needs to end its job itself, so that a blocking job's end wakes no other
 /// thread: the handler's outcome goes into the machine, and its frame onto the socket as far
 /// as the socket takes it without blocking ([`writer::Shared::flush`]; the writer thread writes
-/// the rest). The serve task is woken only if the machine then has something for it (an action,
-/// the exit); it learns that the job ended from the machine when the next job starts.
+/// the rest). If the machine then starts the next queued job, this thread takes its start in
+/// the same critical section and runs it next: queued jobs run back to back with no hop
+/// through the serve task. The serve task is woken only if the machine then has something for
+/// it (an action, the exit) or a report of the running job's progress it would not wait for.
 struct JobEnd {
     id: JobId,
-    shared: Arc<writer::Shared>,
-    socket: Arc<JobSocket>,
+    jobs: Arc<Jobs>,
     progress: Arc<progress::Shared>,
-    /// Set once the handler returned: the serve task then no longer trips its token when it
-    /// lets go of the job.
+    /// Set once the handler returned: the end of serving then no longer trips its token.
     returned: Arc<AtomicBool>,
 }
 
 impl JobEnd {
-    /// Ends the job with `outcome`. Nothing in it panics (the locks ignore poisoning).
-    fn finish(self, outcome: HandlerOutcome) {
+    /// Ends the job with `outcome`; returns the next job if the machine started one (this
+    /// thread runs it). Nothing in it panics (the locks ignore poisoning).
+    fn finish(self, outcome: HandlerOutcome) -> Option<Work> {
         self.returned.store(true, Ordering::Release);
         let last = self.progress.close();
-        {
-            let mut machine = self.shared.lock();
+        let jobs = &*self.jobs;
+        let now = Instant::now();
+        let next = {
+            let mut state = jobs.shared.lock();
             if let Some(update) = last {
-                machine.handle_progress(self.id, update.fraction, update.text);
+                state.handle_progress(self.id, update.fraction, update.text);
             }
-            machine.handle_finished(self.id, outcome);
-        }
+            state.handle_finished(now, self.id, outcome);
+            state.slot.finished(self.id);
+            match state.poll_start() {
+                Some(start) => jobs.register(&mut state, start),
+                None => None,
+            }
+        };
         let transmitted = {
-            let socket = self.socket.lock();
+            let socket = jobs.socket.lock();
             socket
                 .as_ref()
-                .is_some_and(|socket| self.shared.flush(socket.as_fd()))
+                .is_some_and(|socket| jobs.shared.flush(socket.as_fd()))
         };
-        // The serve task decides what to wait for when it wakes. It may have woken for the next
-        // job's start while this thread was writing, seen the writer busy, and so not waited
-        // for that job's progress: it is woken now that the writer is free.
+        // The serve task decides what to wait for when it wakes. It may have woken (for a
+        // start, a cancel) while this thread was writing, seen the writer busy, and so not
+        // waited for the running job's progress: it is woken now that the writer is free.
         let wake = {
-            let machine = self.shared.lock();
-            machine.wants_serve() || (transmitted && machine.wants_progress().is_some())
+            let state = jobs.shared.lock();
+            state.wants_serve()
+                || (transmitted && !state.slot.progress_armed && state.wants_progress().is_some())
         };
         if wake {
-            self.shared.wake_serve.notify_one();
+            jobs.shared.wake_serve.notify_one();
         }
+        next.map(|started| started.into_work(&self.jobs))
     }
 }
 
@@ -375,20 +529,21 @@ where
     F: FnMut(Job) -> Fut,
     Fut: Future<Output = Result<Vec<u8>, JobError>> + Send + 'static,
 {
-    fn start(&mut self, job: Job, span: Span, _end: JobEnd) -> JobFuture {
-        // The serve task ends an async job: the task's end wakes it on its own runtime anyway.
+    fn start(&mut self, job: Job, span: Span, _end: JobEnd) -> Option<JobFuture> {
+        // The serve task ends an async job (the task's end wakes it on its own runtime anyway)
+        // and starts the next queued one.
         let handler = &mut self.handler;
         // The synchronous part of the handler runs here; a panic in it fails only this job.
         let future = match span.in_scope(|| catch_unwind(AssertUnwindSafe(|| handler(job)))) {
             Ok(future) => future,
             Err(panic) => {
-                return Box::pin(std::future::ready(HandlerOutcome::Crashed(panic_failure(
-                    &*panic,
+                return Some(Box::pin(std::future::ready(HandlerOutcome::Crashed(
+                    panic_failure(&*panic),
                 ))));
             }
         };
         let task = tokio::spawn(future.instrument(span));
-        Box::pin(async move {
+        Some(Box::pin(async move {
             match task.await {
                 Ok(result) => HandlerOutcome::Returned(result),
                 Err(e) if e.is_panic() => HandlerOutcome::Crashed(panic_failure(&*e.into_panic())),
@@ -396,14 +551,15 @@ where
                     HandlerOutcome::Crashed("the job's task was cancelled by the runtime".into())
                 }
             }
-        })
+        }))
     }
 }
 
 type Work = (Job, Span, JobEnd);
 
 /// Runs a blocking handler on one dedicated thread, job after job; that thread also ends each
-/// job (`JobEnd`).
+/// job and starts the next queued one (`JobEnd`). The serve task hands it only a job that
+/// starts while none runs.
 struct BlockingRunner {
     jobs: mpsc::Sender<Work>,
 }
@@ -414,18 +570,23 @@ impl BlockingRunner {
         F: FnMut(Job) -> Result<Vec<u8>, JobError> + Send + 'static,
     {
         let (jobs, queue) = mpsc::channel::<Work>();
-        // The thread ends when the runner (the only sender) is dropped, after its current job.
+        // The thread ends when the runner (the only sender) is dropped, after its current job
+        // (serving is over then, so no queued job follows it).
         std::thread::Builder::new()
             .name("warden-job".into())
             .spawn(move || {
-                while let Ok((job, span, end)) = queue.recv() {
-                    let outcome = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| handler(job))));
-                    let outcome = match outcome {
-                        Ok(result) => HandlerOutcome::Returned(result),
-                        Err(panic) => HandlerOutcome::Crashed(panic_failure(&*panic)),
-                    };
-                    // The serve loop may be gone (orphaned): the machine then ends serving.
-                    span.in_scope(|| end.finish(outcome));
+                while let Ok(work) = queue.recv() {
+                    let mut next = Some(work);
+                    while let Some((job, span, end)) = next {
+                        let outcome =
+                            span.in_scope(|| catch_unwind(AssertUnwindSafe(|| handler(job))));
+                        let outcome = match outcome {
+                            Ok(result) => HandlerOutcome::Returned(result),
+                            Err(panic) => HandlerOutcome::Crashed(panic_failure(&*panic)),
+                        };
+                        // The serve loop may be gone (orphaned): the machine then ends serving.
+                        next = span.in_scope(|| end.finish(outcome));
+                    }
                 }
             })?;
         Ok(BlockingRunner { jobs })
@@ -433,15 +594,15 @@ impl BlockingRunner {
 }
 
 impl Runner for BlockingRunner {
-    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> JobFuture {
+    fn start(&mut self, job: Job, span: Span, end: JobEnd) -> Option<JobFuture> {
         if self.jobs.send((job, span, end)).is_err() {
             // Cannot happen while the thread loop catches panics; fail the job, not the worker.
-            return Box::pin(std::future::ready(HandlerOutcome::Crashed(
+            return Some(Box::pin(std::future::ready(HandlerOutcome::Crashed(
                 "the job thread is gone".into(),
-            )));
+            ))));
         }
         // The job thread ends the job itself.
-        Box::pin(pending())
+        None
     }
 }
 
@@ -456,26 +617,42 @@ fn panic_failure(panic: &(dyn Any + Send)) -> String {
     format!("handler panicked: {message}")
 }
 
-/// The job being run.
-struct RunningJob {
+/// A job whose outcome the serve task awaits (an async one).
+struct Awaited {
     id: JobId,
-    source: CancelSource,
-    progress: Arc<progress::Shared>,
     result: JobFuture,
-    span: Span,
-    /// Set once the handler returned (by the serve task, or by the job thread that ended the
-    /// job itself); otherwise dropping trips the token.
+    progress: Arc<progress::Shared>,
     returned: Arc<AtomicBool>,
+    span: Span,
 }
 
-impl Drop for RunningJob {
+/// Ends serving for the other threads when the serve task ends: no job starts any more, the
+/// running job's token trips if its handler has not returned (serving stopped with an error,
+/// or the serve future was dropped: its result has nowhere to go), and the job thread's copy
+/// of the channel is closed.
+struct ServeEnd(Arc<Jobs>);
+
+impl Drop for ServeEnd {
     fn drop(&mut self) {
-        // Serving stopped with the handler still running (error, or the serve future dropped):
-        // its result has nowhere to go.
-        if !self.returned.load(Ordering::Acquire) {
-            self.source.cancel(CancelCause::ChannelClosed);
+        let current = {
+            let mut state = self.0.shared.lock();
+            state.slot.over = true;
+            state.slot.current.take()
+        };
+        // Outside the lock: the token's callbacks are the handler's code.
+        if let Some(current) = current
+            && !current.returned.load(Ordering::Acquire)
+        {
+            current.source.cancel(CancelCause::ChannelClosed);
         }
+        self.0.socket.lock().take();
     }
+}
+
+/// What the serve task does with an action, decided under the machine's lock and done outside.
+enum Todo {
+    Start(Started),
+    Trip(CancelSource, CancelCause),
 }
 
 enum Event {
@@ -483,23 +660,25 @@ enum Event {
     Signal,
     Finished(HandlerOutcome),
     Progress,
-    /// The writer thread changed the machine.
+    /// Another thread changed the machine.
     Woken,
 }
 
-/// The serve task: reads and decodes, runs handlers, and feeds the machine; the writer thread
-/// writes what the machine queues.
+/// The serve task: reads and decodes, starts handlers (a blocking runner's thread starts the
+/// queued ones itself), trips tokens and feeds the machine; the writer thread writes what the
+/// machine queues.
 struct Serve<R> {
     /// Registered for readability only: the serve task never waits to write.
     rd: AsyncFd<UnixStream>,
     decoder: FrameDecoder,
     runner: R,
-    job: Option<RunningJob>,
+    /// The async job's outcome (a blocking job ends itself).
+    awaited: Option<Awaited>,
     /// EOF or a read error was seen; the read branch is off.
     read_closed: bool,
     signalled: bool,
-    /// The job thread's copy of the channel, closed when the serve task ends.
-    job_socket: JobSocketGuard,
+    /// What every job shares; dropped before the writer.
+    jobs: ServeEnd,
     /// Dropped last: joins the writer thread, so its copy of the socket is closed on return.
     writer: Writer,
 }
@@ -507,34 +686,49 @@ struct Serve<R> {
 impl<R: Runner> Serve<R> {
     async fn run(mut self, mut sigterm: Option<Signal>) -> Result<(), ServeError> {
         let shared = Arc::clone(self.writer.shared());
+        let jobs = Arc::clone(&self.jobs.0);
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             // Whatever the last event queued goes out (written here as far as the socket takes
             // it), and new timers are taken into account; then what it decided is done.
             // It looks at the machine right after; nobody else needs waking for what it wrote.
             shared.flush(self.rd.get_ref().as_fd());
-            let (actions, exit, progress_for) = {
-                let mut machine = shared.lock();
-                let actions: Vec<Action> = std::iter::from_fn(|| machine.poll_action()).collect();
-                (actions, machine.poll_exit(), machine.wants_progress())
+            let (todo, exit, progress_wanted) = {
+                let mut state = shared.lock();
+                let mut todo = Vec::new();
+                while let Some(action) = state.poll_action() {
+                    match action {
+                        Action::Trip { job, cause } => {
+                            // A trip for a job that has ended since is moot.
+                            if let Some(current) =
+                                state.slot.current.as_ref().filter(|c| c.id == job)
+                            {
+                                todo.push(Todo::Trip(current.source.clone(), cause));
+                            }
+                        }
+                        start @ Action::StartJob { .. } => {
+                            if let Some(started) = jobs.register(&mut state, start) {
+                                todo.push(Todo::Start(started));
+                            }
+                        }
+                    }
+                }
+                let progress_wanted = state.wants_progress().is_some();
+                state.slot.progress_armed = progress_wanted;
+                (todo, state.poll_exit(), progress_wanted)
             };
-            for action in actions {
-                self.perform(action);
+            for todo in todo {
+                self.perform(todo);
             }
             if let Some(exit) = exit {
                 return exit_result(exit);
             }
-            let progress = self
-                .job
-                .as_ref()
-                .filter(|job| Some(job.id) == progress_for)
-                .map(|job| Arc::clone(&job.progress));
             let event = tokio::select! {
                 biased;
                 r = read_some(&self.rd, &mut buf), if !self.read_closed => Event::Read(r),
                 () = recv_signal(&mut sigterm), if !self.signalled => Event::Signal,
-                outcome = job_result(self.job.as_mut()) => Event::Finished(outcome),
-                () = progress_ready(progress.as_deref()) => Event::Progress,
+                outcome = job_result(self.awaited.as_mut()) => Event::Finished(outcome),
+                () = jobs.progress_ready.notified(), if progress_wanted => Event::Progress,
                 () = shared.wake_serve.notified() => Event::Woken,
             };
             let now = Instant::now();
@@ -568,24 +762,26 @@ impl<R: Runner> Serve<R> {
                     shared.lock().handle_signal();
                 }
                 Event::Finished(outcome) => {
-                    if let Some(job) = self.job.take() {
-                        job.returned.store(true, Ordering::Release);
-                        let _enter = job.span.enter();
-                        let last = job.progress.close();
-                        let mut machine = shared.lock();
+                    if let Some(done) = self.awaited.take() {
+                        done.returned.store(true, Ordering::Release);
+                        let _enter = done.span.enter();
+                        let last = done.progress.close();
+                        let mut state = shared.lock();
                         if let Some(update) = last {
-                            machine.handle_progress(job.id, update.fraction, update.text);
+                            state.handle_progress(done.id, update.fraction, update.text);
                         }
-                        machine.handle_finished(job.id, outcome);
+                        // The next queued job, if any, is started at the top of the loop.
+                        state.handle_finished(now, done.id, outcome);
+                        state.slot.finished(done.id);
                     }
                 }
                 Event::Progress => {
-                    if let Some(job) = &self.job {
-                        if let Some(update) = job.progress.take() {
-                            shared
-                                .lock()
-                                .handle_progress(job.id, update.fraction, update.text);
-                        }
+                    let mut state = shared.lock();
+                    let update = state.slot.current.as_ref().and_then(|current| {
+                        current.progress.take().map(|update| (current.id, update))
+                    });
+                    if let Some((job, update)) = update {
+                        state.handle_progress(job, update.fraction, update.text);
                     }
                 }
                 Event::Woken => {}
@@ -593,60 +789,27 @@ impl<R: Runner> Serve<R> {
         }
     }
 
-    fn perform(&mut self, action: Action) {
-        match action {
-            Action::StartJob {
-                job,
-                payload,
-                deadline,
-                deadline_ms,
-            } => self.start_job(job, payload, deadline, deadline_ms),
-            Action::Trip { job, cause } => {
-                if let Some(running) = self.job.as_ref().filter(|running| running.id == job) {
-                    running.source.cancel(cause);
+    fn perform(&mut self, todo: Todo) {
+        match todo {
+            Todo::Start(started) => {
+                let id = started.id;
+                let progress = Arc::clone(&started.progress);
+                let returned = Arc::clone(&started.returned);
+                let (job, span, end) = started.into_work(&self.jobs.0);
+                if let Some(result) = self.runner.start(job, span.clone(), end) {
+                    self.awaited = Some(Awaited {
+                        id,
+                        result,
+                        progress,
+                        returned,
+                        span,
+                    });
                 }
             }
+            Todo::Trip(source, cause) => {
+                source.cancel(cause);
+            }
         }
-    }
-
-    fn start_job(
-        &mut self,
-        id: JobId,
-        payload: Vec<u8>,
-        deadline: Option<Instant>,
-        deadline_ms: Option<u64>,
-    ) {
-        let source = CancelSource::new();
-        let shared = Arc::new(progress::Shared::default());
-        let span = info_span!("job", job = %id);
-        span.in_scope(|| info!(payload_len = payload.len(), deadline_ms, "job started"));
-        let job = Job::new(
-            id,
-            payload,
-            deadline,
-            source.token(),
-            Progress::new(Arc::clone(&shared)),
-        );
-        // The last job's handler has returned (the machine started this one): let go of it
-        // before the job thread can take the next.
-        self.job = None;
-        let returned = Arc::new(AtomicBool::new(false));
-        let end = JobEnd {
-            id,
-            shared: Arc::clone(self.writer.shared()),
-            socket: Arc::clone(&self.job_socket.0),
-            progress: Arc::clone(&shared),
-            returned: Arc::clone(&returned),
-        };
-        let result = self.runner.start(job, span.clone(), end);
-        self.job = Some(RunningJob {
-            id,
-            source,
-            progress: shared,
-            result,
-            span,
-            returned,
-        });
     }
 }
 
@@ -697,16 +860,9 @@ async fn recv_signal(signal: &mut Option<Signal>) {
     }
 }
 
-async fn job_result(job: Option<&mut RunningJob>) -> HandlerOutcome {
+async fn job_result(job: Option<&mut Awaited>) -> HandlerOutcome {
     match job {
         Some(job) => (&mut job.result).await,
-        None => pending().await,
-    }
-}
-
-async fn progress_ready(progress: Option<&progress::Shared>) {
-    match progress {
-        Some(progress) => progress.ready().await,
         None => pending().await,
     }
 }

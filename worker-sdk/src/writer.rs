@@ -7,8 +7,12 @@
 //! A handler that hogs the serve task's thread (an async handler that never yields on a
 //! current-thread runtime) therefore stops neither heartbeats nor the orphan exit.
 //!
+//! A blocking job's thread is a third writer: it ends its job and writes the terminal frame
+//! itself the same way, and starts the next queued job under the same lock (`serve.rs`).
+//!
 //! # Invariants
-//! - The machine is only touched under `Shared::state`; no I/O happens under that lock.
+//! - The machine is only touched under `Shared::state`; no I/O happens under that lock, and no
+//!   cancel token is tripped under it (a token's callbacks are the handler's code).
 //! - One frame is written at a time: a frame is taken from the machine only while it says no
 //!   write is in flight ([`Machine::is_writing`]), and whoever took it writes it whole (or hands
 //!   the rest to the writer thread as `State::tail`) before it reports it transmitted. So frames
@@ -35,7 +39,7 @@ use tokio::sync::Notify;
 use tracing::Span;
 
 use crate::machine::Machine;
-use crate::serve::ORPHAN_EXIT_CODE;
+use crate::serve::{JobSlot, ORPHAN_EXIT_CODE};
 
 /// How long one wait for a full socket to drain lasts before the thread checks whether serving
 /// stopped (bounds how long dropping a [`Writer`] can block).
@@ -52,9 +56,14 @@ pub(crate) struct Shared {
     stop: AtomicBool,
 }
 
-/// The machine, and who writes what (under one lock). Derefs to the machine.
+/// The machine, who writes what, and the running job's handles (under one lock). Derefs to the
+/// machine.
 pub(crate) struct State {
     machine: Machine,
+    /// The serve side's view of the running job (`serve.rs`), under the machine's lock so that
+    /// a job's start, its token's registration and the trips decided for it are ordered by one
+    /// lock, whichever thread starts it.
+    pub(crate) slot: JobSlot,
     /// The rest of a frame the serve task began and the socket did not take; the writer thread
     /// writes it (the machine counts it in flight until then).
     tail: Option<Vec<u8>>,
@@ -143,6 +152,7 @@ impl Writer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 machine,
+                slot: JobSlot::default(),
                 tail: None,
                 asleep: None,
             }),

@@ -57,6 +57,7 @@ pub(super) fn settings() -> Settings {
         drain_timeout: ms(30),
         unresponsive_after: None,
         containment: ContainmentMode::Cgroup,
+        queue_depth: 1,
     }
 }
 
@@ -160,6 +161,7 @@ impl Pair {
             max_frame_len: MAX_FRAME,
             heartbeat_interval: heartbeat,
             orphan_grace: GRACE,
+            queued_jobs: settings.queue_depth > 1,
         };
         Pair {
             t0,
@@ -211,6 +213,21 @@ impl Pair {
         self.settle();
     }
 
+    /// `Worker::run` with pipelining: starts a job, queued behind the running one if one runs
+    /// (only when the connection takes jobs).
+    pub(super) fn start_queued(&mut self, start: JobStart) -> JobId {
+        assert!(self.conn.takes_jobs(), "start while full");
+        let id = self.conn.handle_start(self.now, start);
+        self.settle();
+        id
+    }
+
+    /// The caller's token cancels a queued job.
+    pub(super) fn cancel_queued(&mut self, id: JobId, reason: CancelReason) {
+        self.conn.handle_cancel_queued(self.now, id, reason);
+        self.settle();
+    }
+
     /// The caller's token (or the shutdown token) cancels the running job.
     pub(super) fn cancel(&mut self, reason: CancelReason) {
         self.conn.handle_cancel(self.now, reason);
@@ -237,7 +254,7 @@ impl Pair {
         if let Some((job, _)) = self.handler.take()
             && let Some(sdk) = &mut self.sdk
         {
-            sdk.handle_finished(job, how.outcome());
+            sdk.handle_finished(self.now, job, how.outcome());
         }
         self.settle();
     }
@@ -419,7 +436,7 @@ impl Pair {
                         if let Some(how) = self.on_trip.clone() {
                             self.handler = None;
                             if let Some(sdk) = &mut self.sdk {
-                                sdk.handle_finished(job, how.outcome());
+                                sdk.handle_finished(self.now, job, how.outcome());
                             }
                         }
                     }
@@ -495,7 +512,7 @@ impl Pair {
                 self.conn
                     .handle_reaped(self.now, self.exit, LimitReport::default());
             }
-            Action::Reply(reply) => self.replies.push(*reply),
+            Action::Reply(_, reply) => self.replies.push(*reply),
             Action::ShutdownDone(status) => self.shutdowns.push(status),
         }
     }

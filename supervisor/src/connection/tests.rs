@@ -83,7 +83,7 @@ fn replies(actions: &[Action]) -> Vec<&Result<JobReport, RunError>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reply(r) => Some(&**r),
+            Action::Reply(_, r) => Some(&**r),
             _ => None,
         })
         .collect()
@@ -1132,7 +1132,7 @@ mod properties {
                     "{action:?} after the reap"
                 );
                 match action {
-                    Action::Reply(_) => replies += 1,
+                    Action::Reply(_, _) => replies += 1,
                     Action::Kill if !exited => kills_before_exit += 1,
                     Action::Reap => {
                         assert!(!reap_asked, "one reap");
@@ -1145,7 +1145,7 @@ mod properties {
                 }
             }
             for action in r.actions() {
-                if let Action::Reply(_) = action {
+                if let Action::Reply(_, _) = action {
                     replies += 1;
                 }
             }
@@ -1162,7 +1162,7 @@ mod properties {
         r.conn.handle_timeout(t + ms(10_000));
         for action in r.actions() {
             match action {
-                Action::Reply(_) => replies += 1,
+                Action::Reply(_, _) => replies += 1,
                 Action::Reap if !reaped => {
                     r.conn
                         .handle_reaped(t, Some(KILLED), LimitReport::default());
@@ -1171,7 +1171,7 @@ mod properties {
             }
         }
         for action in r.actions() {
-            if let Action::Reply(_) = action {
+            if let Action::Reply(_, _) = action {
                 replies += 1;
             }
         }
@@ -1194,4 +1194,236 @@ mod properties {
             check(protocol, live, watched, &steps);
         }
     }
+}
+
+// ---- queued jobs (protocol version 2) ----
+
+fn queueing(depth: usize) -> Rig {
+    Rig::new(Settings {
+        queue_depth: depth,
+        ..settings()
+    })
+}
+
+fn reply_ids(actions: &[Action]) -> Vec<JobId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply(id, _) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn timed(ms_: u64) -> JobStart {
+    JobStart {
+        timeout: Some(ms(ms_)),
+        ..JobStart::default()
+    }
+}
+
+#[test]
+fn queued_jobs_go_on_the_wire_at_once_and_start_their_clocks_at_their_turn() {
+    let mut r = queueing(3);
+    assert!(r.conn.takes_jobs());
+    r.start(0, timed(100));
+    assert!(r.conn.takes_jobs(), "room for two behind it");
+    let a = r.start(1, timed(100));
+    assert!(matches!(
+        sent(&a).as_slice(),
+        [SupervisorMessage::StartJob {
+            job: JobId(2),
+            deadline_ms: Some(100),
+            ..
+        }]
+    ));
+    r.start(2, timed(100));
+    assert!(!r.conn.takes_jobs(), "three on the wire: full");
+    assert!(
+        !r.conn.takes_requests(),
+        "no shutdown while jobs are on the wire"
+    );
+    // Job 1's timeout is the only deadline: queued jobs wait without a clock.
+    assert_eq!(r.conn.poll_timeout(), Some(r.at(100)));
+    let a = r.msg(50, completed(1));
+    assert_eq!(reply_ids(&a), [job(1)]);
+    assert_eq!(r.conn.running_job(), Some(job(2)));
+    assert!(sent(&a).is_empty(), "job 2 is on the wire already");
+    assert_eq!(
+        r.conn.poll_timeout(),
+        Some(r.at(150)),
+        "job 2's clock runs from 50"
+    );
+    let a = r.msg(60, completed(2));
+    let rep = report(&a);
+    assert_eq!(rep.job, job(2));
+    assert_eq!(
+        rep.trace.ended,
+        ms(10),
+        "timed from its turn, not from its send"
+    );
+    let a = r.msg(70, completed(3));
+    assert_eq!(reply_ids(&a), [job(3)]);
+    assert!(r.conn.takes_requests());
+}
+
+#[test]
+fn a_queued_jobs_timeout_cancels_it_at_its_turn() {
+    let mut r = queueing(2);
+    r.start(0, JobStart::default());
+    r.start(0, timed(30));
+    // Far past job 2's timeout as counted from its send: nothing fires while it waits.
+    assert!(r.time(500).is_empty());
+    r.msg(500, completed(1));
+    let a = r.time(530);
+    assert!(matches!(
+        sent(&a).as_slice(),
+        [SupervisorMessage::Cancel {
+            job: JobId(2),
+            reason: CancelReason::Timeout
+        }]
+    ));
+}
+
+#[test]
+fn a_queued_cancel_is_answered_before_its_turn_and_never_escalates() {
+    let mut r = queueing(3);
+    r.start(0, JobStart::default());
+    r.start(0, JobStart::default());
+    r.start(0, JobStart::default());
+    assert!(r.conn.accepts_cancel_queued(job(3)));
+    r.conn
+        .handle_cancel_queued(r.at(5), job(3), CancelReason::Requested);
+    let a = r.actions();
+    assert!(matches!(
+        sent(&a).as_slice(),
+        [SupervisorMessage::Cancel {
+            job: JobId(3),
+            reason: CancelReason::Requested
+        }]
+    ));
+    assert!(!r.conn.accepts_cancel_queued(job(3)), "once per job");
+    // No ladder for a queued job: the running one is fine and nothing else is due.
+    assert_eq!(r.conn.poll_timeout(), None);
+    let a = r.msg(8, WorkerMessage::Cancelled { job: job(3) });
+    let rep = report(&a);
+    assert_eq!(rep.job, job(3));
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert!(!rep.started);
+    assert_eq!(rep.reason, Some(CancelReason::Requested));
+    assert_eq!(
+        r.conn.running_job(),
+        Some(job(1)),
+        "the running job goes on"
+    );
+    assert!(r.conn.takes_jobs(), "its room is free again");
+    r.msg(10, completed(1));
+    r.msg(12, completed(2));
+    assert!(r.conn.takes_requests());
+}
+
+#[test]
+fn a_queued_cancel_that_meets_its_job_started_runs_the_ladder_from_its_turn() {
+    let mut r = queueing(2);
+    r.start(0, JobStart::default());
+    r.start(0, JobStart::default());
+    r.conn
+        .handle_cancel_queued(r.at(5), job(2), CancelReason::Requested);
+    r.actions();
+    // Job 1's result crossed the cancel: the worker started job 2 before it read the cancel.
+    let a = r.msg(10, completed(1));
+    assert_eq!(reply_ids(&a), [job(1)]);
+    assert!(
+        sent(&a).is_empty(),
+        "its Cancel went out already: not a second one"
+    );
+    assert_eq!(
+        r.conn.poll_timeout(),
+        Some(r.at(110)),
+        "the grace runs from its turn"
+    );
+    let a = r.msg(20, WorkerMessage::Cancelled { job: job(2) });
+    let rep = report(&a);
+    assert_eq!(rep.outcome, Outcome::Cancelled);
+    assert!(rep.started);
+    assert_eq!(rep.stage, Some(Stage::Cooperative));
+    assert!(r.conn.takes_requests());
+}
+
+#[test]
+fn queued_jobs_come_back_unstarted_when_the_worker_is_doomed() {
+    let mut r = queueing(3);
+    r.start(0, timed(10));
+    r.start(0, JobStart::default());
+    r.start(0, JobStart::default());
+    r.conn
+        .handle_cancel_queued(r.at(1), job(3), CancelReason::Requested);
+    r.actions();
+    // Job 1 ignores its timeout: the polite signal dooms the worker and what waits behind.
+    r.time(10);
+    let a = r.time(110);
+    assert!(has(&a, |a| matches!(a, Action::Signal)));
+    let mut ids = reply_ids(&a);
+    ids.sort();
+    assert_eq!(ids, [job(2), job(3)]);
+    for reply in replies(&a) {
+        match reply {
+            Err(RunError::WorkerGone { .. }) => {}
+            Ok(rep) => {
+                assert_eq!(rep.job, job(3), "the one cancelled before its turn");
+                assert_eq!(rep.outcome, Outcome::Cancelled);
+                assert!(!rep.started);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!r.conn.takes_jobs());
+    let a = r.exit_and_reap(120, TERMED);
+    assert_eq!(reply_ids(&a), [job(1)]);
+    assert_eq!(report(&a).outcome, Outcome::Terminated);
+}
+
+#[test]
+fn messages_for_a_queued_job_are_violations() {
+    for msg in [
+        completed(2),
+        WorkerMessage::Progress {
+            job: job(2),
+            fraction: None,
+            text: None,
+        },
+        // Never asked for: no Cancel went out for job 2.
+        WorkerMessage::Cancelled { job: job(2) },
+    ] {
+        let mut r = queueing(2);
+        r.start(0, JobStart::default());
+        r.start(0, JobStart::default());
+        let a = r.msg(5, msg.clone());
+        assert!(has(&a, |a| matches!(a, Action::Kill)), "{msg:?}");
+        assert_eq!(reply_ids(&a), [job(2)], "{msg:?}: job 2 never ran");
+        assert!(
+            matches!(replies(&a)[0], Err(RunError::WorkerGone { .. })),
+            "{msg:?}"
+        );
+        let a = r.exit_and_reap(6, KILLED);
+        let rep = report(&a);
+        assert_eq!(rep.job, job(1));
+        assert!(rep.violation.is_some(), "{msg:?}");
+    }
+}
+
+#[test]
+fn a_depth_of_one_queues_nothing() {
+    let mut r = queueing(1);
+    r.start(0, JobStart::default());
+    assert!(!r.conn.takes_jobs());
+}
+
+#[test]
+fn nothing_is_queued_behind_a_job_being_cancelled() {
+    let mut r = queueing(3);
+    r.start(0, JobStart::default());
+    r.conn.handle_cancel(r.at(1), CancelReason::Requested);
+    r.actions();
+    assert!(!r.conn.takes_jobs(), "its ladder may end the worker");
 }

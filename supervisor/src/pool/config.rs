@@ -89,16 +89,20 @@ pub struct PoolConfig {
     /// The overall deadline of the shutdown a dropped pool runs in the background (default
     /// 30 s; [`ShutdownMode::Cancel`]).
     pub drop_deadline: Duration,
-    /// Hand each busy worker its next job before the running one ends (one per worker; default
-    /// `false`). The next job then starts in the same turn as the answer to the one before it,
-    /// without waiting for the pool's own tasks, which is what an empty job's throughput is
-    /// made of. The price is Celery's prefetch: a job handed early waits behind the one
-    /// running on its worker, even if another worker becomes idle meanwhile, so leave it off
-    /// for jobs of very different lengths. A job handed early and cancelled while it waits is
-    /// answered at once (`started: false`); it is taken out of the queue, so the queue holds up
-    /// to one more job per worker. Workers that are recycled on memory, run a plain program,
-    /// or are one job away from `max_jobs_per_worker` are handed nothing early.
-    pub prefetch: bool,
+    /// How many jobs each busy worker is handed beyond the one it runs, before that one ends
+    /// (default 0: none). A worker that speaks protocol version 2 (the Rust SDK) has them
+    /// queued on its channel ([`WorkerConfig::pipeline`](crate::WorkerConfig::pipeline) is
+    /// set to `1 + prefetch`), so it starts each the moment the one before ends, with no
+    /// round trip through the pool or the channel, which is what an empty job's throughput is
+    /// made of; a version 1 worker gets each in the same turn as the answer to the one before.
+    /// The price is Celery's prefetch: a job handed early waits behind the ones before it on
+    /// its worker, even if another worker becomes idle meanwhile, so leave it at 0 for jobs of
+    /// very different lengths. A job handed early and cancelled while it waits is answered at
+    /// once (`started: false`), and its deadlines start only at its turn; it is taken out of
+    /// the queue, so the queue holds up to `prefetch` more jobs per worker. Workers that are
+    /// recycled on memory or run a plain program are handed nothing early, and none is handed
+    /// so many that it would pass `max_jobs_per_worker`.
+    pub prefetch: usize,
 }
 
 impl PoolConfig {
@@ -113,7 +117,7 @@ impl PoolConfig {
             restart: RestartPolicy::default(),
             spawn_concurrency: 32,
             drop_deadline: Duration::from_secs(30),
-            prefetch: false,
+            prefetch: 0,
         }
     }
 
@@ -153,9 +157,9 @@ impl PoolConfig {
         self
     }
 
-    /// Hands each busy worker its next job early (see [`prefetch`](Self::prefetch)).
-    pub fn prefetch(mut self, prefetch: bool) -> Self {
-        self.prefetch = prefetch;
+    /// Hands each busy worker up to `jobs` jobs early (see [`prefetch`](Self::prefetch)).
+    pub fn prefetch(mut self, jobs: usize) -> Self {
+        self.prefetch = jobs;
         self
     }
 

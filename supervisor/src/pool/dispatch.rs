@@ -75,8 +75,9 @@ struct Slot {
     pid: Option<u32>,
     state: WorkerState,
     jobs: u32,
-    /// The attempt handed to it early (`PoolConfig::prefetch`), waiting behind the running one.
-    next: Option<(PoolJobId, u32)>,
+    /// The attempts handed to it early (`PoolConfig::prefetch`), waiting behind the running
+    /// one, in the order they were handed (which is the order they run in).
+    next: VecDeque<(PoolJobId, u32)>,
     tx: mpsc::Sender<Assign>,
     retire: CancellationToken,
 }
@@ -348,13 +349,9 @@ impl Dispatcher {
                 slot.jobs = slot.jobs.saturating_add(1);
             }
             match fate {
-                Fate::Told => {
-                    if slot.next.is_some_and(|(next, _)| next == id) {
-                        slot.next = None;
-                    }
-                }
+                Fate::Told => slot.next.retain(|&(next, _)| next != id),
                 Fate::Reuse if slot.state == WorkerState::Stopping => {}
-                Fate::Reuse => match slot.next.take() {
+                Fate::Reuse => match slot.next.pop_front() {
                     // Its worker already has it: it started in the turn that answered this one.
                     Some((job, attempt)) => slot.state = WorkerState::Busy { job, attempt },
                     None => {
@@ -456,7 +453,10 @@ impl Dispatcher {
             WorkerState::Busy { job, .. } => Some(job),
             _ => None,
         };
-        for id in busy.into_iter().chain(slot.next.map(|(job, _)| job)) {
+        for id in busy
+            .into_iter()
+            .chain(slot.next.into_iter().map(|(job, _)| job))
+        {
             if let Some((_, job)) = self.running.remove(&id) {
                 // Only a task that panicked ends with a job: the job cannot be decided.
                 resolve(job, Err(JobError::PoolGone), &mut self.counts);
@@ -661,8 +661,8 @@ impl Dispatcher {
     fn spawn_worker(&mut self) {
         let key = self.next_key;
         self.next_key += 1;
-        // Room for the attempt it runs and the one handed to it early.
-        let (tx, rx) = mpsc::channel(2);
+        // Room for the attempt it runs and those handed to it early.
+        let (tx, rx) = mpsc::channel(self.config.prefetch.saturating_add(1));
         let retire = CancellationToken::new();
         self.workers.insert(
             key,
@@ -670,7 +670,7 @@ impl Dispatcher {
                 pid: None,
                 state: WorkerState::Starting,
                 jobs: 0,
-                next: None,
+                next: VecDeque::new(),
                 tx,
                 retire: retire.clone(),
             },
@@ -682,32 +682,38 @@ impl Dispatcher {
     }
 
     /// Hands queued jobs to idle workers, oldest first, until one side runs out; then, with
-    /// `prefetch`, one more to each busy worker that may take it.
+    /// `prefetch`, more to each busy worker that may take them, one per worker per round.
     fn dispatch(&mut self, now: Instant) {
         self.dispatch_idle(now);
-        if !self.config.prefetch
-            || !self.shared.config.protocol
-            || self.shared.recycling.reads_memory()
-        {
+        let prefetch = self.config.prefetch;
+        if prefetch == 0 || !self.shared.config.protocol || self.shared.recycling.reads_memory() {
             return;
         }
         let max_jobs = self.shared.recycling.max_jobs;
-        let takers: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, slot)| {
-                matches!(slot.state, WorkerState::Busy { .. })
-                    && slot.next.is_none()
-                    // The running job and this one leave it below its recycling count.
-                    && max_jobs.is_none_or(|max| slot.jobs.saturating_add(2) <= max)
-            })
-            .map(|(&key, _)| key)
-            .collect();
-        for key in takers {
-            let Some(job) = self.take_queued(now) else {
+        loop {
+            let takers: Vec<u64> = self
+                .workers
+                .iter()
+                .filter(|(_, slot)| {
+                    let held = u32::try_from(slot.next.len()).unwrap_or(u32::MAX);
+                    matches!(slot.state, WorkerState::Busy { .. })
+                        && slot.next.len() < prefetch
+                        // The running job, those handed early and this one leave it within
+                        // its recycling count.
+                        && max_jobs
+                            .is_none_or(|max| slot.jobs.saturating_add(held).saturating_add(2) <= max)
+                })
+                .map(|(&key, _)| key)
+                .collect();
+            if takers.is_empty() {
                 return;
-            };
-            self.hand(key, job, true);
+            }
+            for key in takers {
+                let Some(job) = self.take_queued(now) else {
+                    return;
+                };
+                self.hand(key, job, true);
+            }
         }
     }
 
@@ -744,7 +750,7 @@ impl Dispatcher {
         match slot.tx.try_send(assign) {
             Ok(()) => {
                 if early {
-                    slot.next = Some((job.id, job.attempt));
+                    slot.next.push_back((job.id, job.attempt));
                 } else {
                     slot.state = WorkerState::Busy {
                         job: job.id,

@@ -3,9 +3,11 @@
 //! the worker (and its memory, for recycling), and shuts it down once it is retired, recycled
 //! or lost. It decides nothing about jobs: it tells the dispatcher.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
@@ -119,12 +121,19 @@ fn early_finished(
     }))
 }
 
-/// Polls the job handed early.
-async fn in_flight(next: &mut Option<InFlight<'_>>) -> Result<JobReport, RunError> {
-    match next {
-        Some(next) => (&mut next.run).await,
-        None => std::future::pending().await,
-    }
+/// Polls the jobs handed early, oldest first (so their requests reach the worker in the order
+/// they were handed): the position and result of the first that ended before its turn.
+fn ahead_ended<'a, 'b>(
+    ahead: &'a mut VecDeque<InFlight<'b>>,
+) -> impl Future<Output = (usize, Result<JobReport, RunError>)> + 'a {
+    std::future::poll_fn(move |cx| {
+        for (i, early) in ahead.iter_mut().enumerate() {
+            if let Poll::Ready(result) = early.run.as_mut().poll(cx) {
+                return Poll::Ready((i, result));
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// Runs one worker's life; returns its key once the worker is gone (reaped, or its kill
@@ -165,12 +174,12 @@ pub(crate) async fn drive(
         });
         let liveness = shared.config.unresponsive_after.unwrap_or(Duration::ZERO);
         let mut jobs_done = 0u32;
-        // A job the dispatcher handed early (`PoolConfig::prefetch`): its run waits in the
-        // worker behind the running one, which starts it in the turn that answers that one.
-        let mut next: Option<InFlight<'_>> = None;
+        // Jobs the dispatcher handed early (`PoolConfig::prefetch`): their runs wait in the
+        // worker behind the running one (queued on its channel, or in its task), in order.
+        let mut ahead: VecDeque<InFlight<'_>> = VecDeque::new();
         let mut open = true;
         loop {
-            let mut current = match next.take() {
+            let mut current = match ahead.pop_front() {
                 Some(next) => next,
                 None => {
                     let assign = tokio::select! {
@@ -189,14 +198,15 @@ pub(crate) async fn drive(
                     biased;
                     result = &mut current.run => break result,
                     // Ended before its turn (cancelled while it waited): answered now.
-                    result = in_flight(&mut next), if next.is_some() => {
-                        if let Some(early) = next.take() {
+                    (i, result) = ahead_ended(&mut ahead), if !ahead.is_empty() => {
+                        if let Some(early) = ahead.remove(i) {
                             let _ = shared.events.send(early_finished(key, early.job, early.attempt, result));
                         }
                     }
-                    assign = jobs.recv(), if open && next.is_none() => match assign {
+                    // The dispatcher hands no more than the channel holds and `prefetch` allows.
+                    assign = jobs.recv(), if open => match assign {
                         // Polled from now on, so its run is on its way to the worker.
-                        Some(assign) => next = Some(InFlight::start(&worker, assign)),
+                        Some(assign) => ahead.push_back(InFlight::start(&worker, assign)),
                         None => open = false,
                     },
                 }
@@ -235,16 +245,29 @@ pub(crate) async fn drive(
                 fate,
             })));
             if !reuse {
-                // The worker is gone (or going): a job handed early is answered by it at once
-                // (`WorkerGone`, so the dispatcher queues it again) and its fate was told.
-                if let Some(early) = next.take() {
+                // The worker is gone (or going): the jobs handed early are answered by it at
+                // once (`WorkerGone`, so the dispatcher queues them again) and its fate was told.
+                for early in ahead.drain(..) {
                     let result = early.run.await;
                     let _ = shared.events.send(early_finished(key, early.job, early.attempt, result));
                 }
                 break;
             }
         }
-        drop(next);
+        drop(ahead);
+        // The dispatcher may have handed this worker more before it heard how the last job
+        // ended (a job handed early that came back at once, `WorkerGone`, is handed out again
+        // at once): they never reached the worker, and go back to the queue whole.
+        jobs.close();
+        while let Ok(assign) = jobs.try_recv() {
+            let gone = Err(RunError::WorkerGone {
+                status: None,
+                violation: None,
+            });
+            let _ = shared
+                .events
+                .send(early_finished(key, assign.job, assign.attempt, gone));
+        }
         let reaped = worker.shutdown().await.is_some();
         tracing::debug!(pid, reaped, "pool worker stopped");
         (key, reaped)

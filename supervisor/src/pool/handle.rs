@@ -117,9 +117,11 @@ impl Pool {
         }
         let shutdown = worker.shutdown.child_token();
         let kill = worker.kill.child_token();
+        // Jobs handed early go on the wire behind the running one (protocol version 2).
         let worker = worker
             .shutdown_token(shutdown.clone())
-            .kill_token(kill.clone());
+            .kill_token(kill.clone())
+            .pipeline(config.prefetch.saturating_add(1));
         let (events_tx, events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             cmd: cmd.clone(),

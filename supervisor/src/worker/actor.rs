@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Span;
-use warden_protocol::{CancelReason, EncodeError, SupervisorMessage};
+use warden_protocol::{CancelReason, EncodeError, JobId, SupervisorMessage};
 
 use super::config::{JobOptions, WorkerConfig};
 use super::progress::ProgressSink;
@@ -97,31 +97,41 @@ fn withdrawn(waiting: &mut VecDeque<Waiting>) -> impl Future<Output = usize> + '
     })
 }
 
-/// The caller's side of the running job.
+/// The caller's side of a job on the wire (the running one, or one queued behind it).
 struct Current {
+    id: JobId,
     reply: Option<Reply>,
     token: CancellationToken,
+    /// The token's cancellation, watched while the job is on the wire (kept across polls so
+    /// that its wake-up is registered).
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     progress: Option<ProgressSink>,
+}
+
+/// The first job in `watch` whose caller cancelled it or went away.
+fn job_cancelled<'a>(
+    jobs: &'a mut [Current],
+    watch: &'a [JobId],
+) -> impl Future<Output = JobId> + 'a {
+    poll_fn(move |cx| {
+        for job in jobs.iter_mut().filter(|j| watch.contains(&j.id)) {
+            if job.cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(job.id);
+            }
+            if let Some(reply) = &mut job.reply
+                && reply.poll_closed(cx).is_ready()
+            {
+                return Poll::Ready(job.id);
+            }
+        }
+        Poll::Pending
+    })
 }
 
 async fn next_event(channel: &mut Option<Channel>) -> Event {
     match channel {
         Some(c) if !c.is_eof() => c.next_event().await,
         _ => pending().await,
-    }
-}
-
-async fn cancelled(token: Option<CancellationToken>) {
-    match token {
-        Some(token) => token.cancelled().await,
-        None => pending().await,
-    }
-}
-
-async fn reply_closed(current: &mut Option<Current>) {
-    match current.as_mut().and_then(|c| c.reply.as_mut()) {
-        Some(reply) => reply.closed().await,
-        None => pending().await,
     }
 }
 
@@ -136,7 +146,8 @@ pub(crate) struct Actor {
     suspended: bool,
     config: WorkerConfig,
     conn: Connection,
-    current: Option<Current>,
+    /// The jobs on the wire, in the order they were started (the running one among them).
+    jobs: Vec<Current>,
     shutdown_reply: Option<oneshot::Sender<Option<ExitStatus>>>,
     /// What came while the worker was busy, in order.
     waiting: VecDeque<Waiting>,
@@ -153,6 +164,7 @@ impl Actor {
         output: Output,
         control: mpsc::UnboundedReceiver<Control>,
         config: WorkerConfig,
+        queue_depth: usize,
         span: Span,
     ) -> Self {
         let settings = Settings {
@@ -162,6 +174,7 @@ impl Actor {
             drain_timeout: config.drain_timeout,
             unresponsive_after: config.unresponsive_after,
             containment: tree.containment(),
+            queue_depth,
         };
         Actor {
             conn: Connection::new(Instant::now(), settings),
@@ -172,7 +185,7 @@ impl Actor {
             control_open: true,
             suspended: false,
             config,
-            current: None,
+            jobs: Vec::new(),
             shutdown_reply: None,
             waiting: VecDeque::new(),
             alarm: Alarm::new(),
@@ -188,10 +201,12 @@ impl Actor {
             if !requests_open && self.waiting.is_empty() && self.conn.is_stopped() {
                 return;
             }
-            let takes_requests = self.conn.takes_requests();
-            if takes_requests && let Some(next) = self.waiting.pop_front() {
-                // Its turn: the job before it was answered in this same turn, so the next one
-                // is on the wire without waiting for anyone.
+            if self.waiting.front().is_some_and(|w| self.takes(&w.request))
+                && let Some(next) = self.waiting.pop_front()
+            {
+                // Its turn: the job before it was answered in this same turn (or, pipelined,
+                // it queues behind the running one), so it is on the wire without waiting for
+                // anyone.
                 self.on_request(next.request).await;
                 continue;
             }
@@ -199,7 +214,22 @@ impl Actor {
             wakeup.set(self.conn.poll_timeout());
             let reading = self.conn.is_reading();
             let cancellable = self.conn.accepts_cancel();
-            let token = self.current.as_ref().map(|c| c.token.clone());
+            let running = self.conn.running_job();
+            // Whose caller's cancel matters now: the running job's while it accepts one, and
+            // each queued job's until its `Cancel` went out.
+            let watch: Vec<JobId> = self
+                .jobs
+                .iter()
+                .map(|j| j.id)
+                .filter(|&id| {
+                    if Some(id) == running {
+                        cancellable
+                    } else {
+                        self.conn.accepts_cancel_queued(id)
+                    }
+                })
+                .collect();
+            let queued_open = !self.conn.queued_uncancelled().is_empty();
             let withdraws = self.config.protocol && !self.waiting.is_empty();
             // Every branch first learns whether the timer thread SIGKILLed the tree meanwhile
             // (`sync_alarm`): what woke it came later, and is judged after the kill.
@@ -207,7 +237,7 @@ impl Actor {
                 request = rx.recv(), if requests_open => {
                     self.sync_alarm();
                     requests_open = request.is_some();
-                    if takes_requests {
+                    if self.waiting.is_empty() && self.takes(&request) {
                         self.on_request(request).await;
                     } else {
                         // Received now rather than left in the channel, so that its token
@@ -232,17 +262,22 @@ impl Actor {
                     tracing::info!(parent: &self.span, status = ?status.as_ref().ok(), "worker exited");
                     self.conn.handle_exit(Instant::now(), status.ok());
                 }
-                () = cancelled(token), if cancellable => {
+                id = job_cancelled(&mut self.jobs, &watch), if !watch.is_empty() => {
                     self.sync_alarm();
-                    self.conn.handle_cancel(Instant::now(), CancelReason::Requested);
+                    let now = Instant::now();
+                    if Some(id) == running {
+                        self.conn.handle_cancel(now, CancelReason::Requested);
+                    } else {
+                        self.conn.handle_cancel_queued(now, id, CancelReason::Requested);
+                    }
                 }
-                () = self.config.shutdown.cancelled(), if cancellable => {
+                () = self.config.shutdown.cancelled(), if cancellable || queued_open => {
                     self.sync_alarm();
-                    self.conn.handle_cancel(Instant::now(), CancelReason::Shutdown);
-                }
-                () = reply_closed(&mut self.current), if cancellable => {
-                    self.sync_alarm();
-                    self.conn.handle_cancel(Instant::now(), CancelReason::Requested);
+                    let now = Instant::now();
+                    self.conn.handle_cancel(now, CancelReason::Shutdown);
+                    for id in self.conn.queued_uncancelled() {
+                        self.conn.handle_cancel_queued(now, id, CancelReason::Shutdown);
+                    }
                 }
                 () = self.config.kill.cancelled(), if !self.conn.kill_seen() => {
                     self.sync_alarm();
@@ -267,6 +302,15 @@ impl Actor {
                     self.on_control(control).await;
                 }
             }
+        }
+    }
+
+    /// Whether `request` may be taken now: a job when the connection takes jobs (nothing
+    /// runs, or it queues behind the running one), a shutdown once nothing runs.
+    fn takes(&self, request: &Option<Request>) -> bool {
+        match request {
+            Some(Request::Run { .. }) => self.conn.takes_jobs(),
+            _ => self.conn.takes_requests(),
         }
     }
 
@@ -302,9 +346,10 @@ impl Actor {
         let _ = reply.send(Ok(report));
     }
 
-    /// The cancel the current job was asked for but this task has not handled yet, if any.
+    /// The cancel the running job was asked for but this task has not handled yet, if any.
     fn pending_cancel(&self) -> Option<CancelReason> {
-        let current = self.current.as_ref()?;
+        let running = self.conn.running_job()?;
+        let current = self.jobs.iter().find(|j| j.id == running)?;
         if current.token.is_cancelled() || current.reply.as_ref().is_some_and(Reply::is_closed) {
             Some(CancelReason::Requested)
         } else if self.config.shutdown.is_cancelled() {
@@ -381,12 +426,14 @@ impl Actor {
             cancelled,
             wants_progress: options.on_progress.is_some(),
         };
-        self.current = Some(Current {
+        let id = self.conn.handle_start(Instant::now(), start);
+        self.jobs.push(Current {
+            id,
             reply: Some(reply),
+            cancelled: Box::pin(options.token.clone().cancelled_owned()),
             token: options.token,
             progress: options.on_progress.map(ProgressSink::new),
         });
-        self.conn.handle_start(Instant::now(), start);
     }
 
     fn on_event(&mut self, event: Event) {
@@ -419,12 +466,12 @@ impl Actor {
                 };
                 match channel.send(&msg) {
                     Ok(()) => tracing::debug!(parent: span, kind = msg.kind(), "sent"),
-                    Err(e) if matches!(msg, SupervisorMessage::StartJob { .. }) => {
+                    Err(e) if let SupervisorMessage::StartJob { job, .. } = msg => {
                         let (len, max) = match e {
                             EncodeError::TooLarge { len, max } => (len, max),
                             _ => (0, self.config.max_frame_len),
                         };
-                        self.conn.handle_start_rejected(len, max);
+                        self.conn.handle_start_rejected(job, len, max);
                     }
                     Err(e) => tracing::warn!(parent: span, error = %e, "cannot encode a message"),
                 }
@@ -468,11 +515,16 @@ impl Actor {
                 self.conn.handle_reaped(Instant::now(), status, limits);
             }
             Action::Progress(progress) => {
-                if let Some(sink) = self.current.as_mut().and_then(|c| c.progress.as_mut()) {
+                if let Some(sink) = self
+                    .jobs
+                    .iter_mut()
+                    .find(|j| j.id == progress.job)
+                    .and_then(|c| c.progress.as_mut())
+                {
                     sink.push(progress);
                 }
             }
-            Action::Reply(result) => {
+            Action::Reply(id, result) => {
                 let mut result = *result;
                 match &mut result {
                     Ok(report) => {
@@ -487,7 +539,9 @@ impl Actor {
                     Err(e) => tracing::info!(parent: span, error = %e, "job refused"),
                 }
                 // The job is over for its caller: its progress thread ends too.
-                if let Some(reply) = self.current.take().and_then(|c| c.reply) {
+                if let Some(i) = self.jobs.iter().position(|j| j.id == id)
+                    && let Some(reply) = self.jobs.remove(i).reply
+                {
                     let _ = reply.send(result);
                 }
             }

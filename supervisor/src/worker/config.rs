@@ -57,6 +57,17 @@ pub struct WorkerConfig {
     /// they are the [`Command`](crate::Command)'s). See [`crate::output`]; every
     /// [`JobReport`](crate::JobReport) then has an `output_tail`.
     pub output: Option<OutputCapture>,
+    /// Pipelining: how many jobs [`Worker::run`](crate::Worker::run) calls may have on the
+    /// wire at once, the running one included (default 1: one at a time, the next sent once
+    /// the one before is answered). Above 1, jobs are queued in the worker behind the one it
+    /// runs (PROTOCOL.md section 5, "Queued jobs"), so a stream of short jobs pays no round
+    /// trip per job. A queued job's deadlines start at its turn; a cancel before its turn is
+    /// answered by the worker at once (`cancelled`, never started); a queued job whose worker
+    /// is lost gets [`RunError::WorkerGone`](crate::RunError::WorkerGone) and never ran.
+    /// Only a worker that speaks protocol version 2 (the Rust SDK) queues: a version 1 worker
+    /// (the Python SDK), a plain program, or a worker whose output is captured (one job's
+    /// output could not be told from the next one's) runs one at a time whatever this says.
+    pub pipeline: usize,
 }
 
 impl WorkerConfig {
@@ -76,6 +87,7 @@ impl WorkerConfig {
             kill: CancellationToken::new(),
             tree: TreeOptions::default(),
             output: None,
+            pipeline: 1,
         }
     }
 
@@ -128,6 +140,27 @@ impl WorkerConfig {
     pub fn capture_output(mut self, capture: OutputCapture) -> Self {
         self.output = Some(capture);
         self
+    }
+
+    /// Keeps up to `jobs` jobs on the wire at once (see [`WorkerConfig::pipeline`]; 0 counts
+    /// as 1).
+    pub fn pipeline(mut self, jobs: usize) -> Self {
+        self.pipeline = jobs.max(1);
+        self
+    }
+
+    /// The jobs on the wire at once with a worker that speaks protocol `version`.
+    pub(crate) fn queue_depth(&self, version: Option<u16>) -> usize {
+        match version {
+            Some(version)
+                if self.protocol
+                    && self.output.is_none()
+                    && warden_protocol::queues_jobs(version) =>
+            {
+                self.pipeline.max(1)
+            }
+            _ => 1,
+        }
     }
 
     /// Checks liveness: see [`WorkerConfig::unresponsive_after`]. Asks the worker for

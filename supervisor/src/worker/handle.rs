@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use warden_protocol::{SupervisorMessage, WorkerMessage, check_version};
+use warden_protocol::{SupervisorMessage, WorkerMessage, negotiate};
 
 use super::actor::{Actor, Control, Request};
 use super::config::{JobOptions, WorkerConfig};
@@ -31,7 +31,8 @@ pub struct WorkerInfo {
 
 /// A running worker process.
 ///
-/// Jobs run one at a time; [`run`](Self::run) calls made while a job runs wait their turn.
+/// Jobs run one at a time; [`run`](Self::run) calls made while a job runs wait their turn, in
+/// the supervisor or, with [`WorkerConfig::pipeline`], queued in the worker.
 ///
 /// # Drop
 /// Dropping the handle shuts the worker down in the background as [`shutdown`](Self::shutdown)
@@ -116,7 +117,16 @@ impl Worker {
         tracing::debug!(parent: &span, containment = tree.containment().as_str(), "worker ready");
         let (tx, rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
-        let actor = Actor::new(tree, channel, output, control_rx, config, span.clone());
+        let queue_depth = config.queue_depth(info.protocol_version);
+        let actor = Actor::new(
+            tree,
+            channel,
+            output,
+            control_rx,
+            config,
+            queue_depth,
+            span.clone(),
+        );
         tokio::spawn(actor.run(rx).instrument(span));
         Ok(Worker { tx, control, info })
     }
@@ -267,7 +277,7 @@ async fn handshake(
             }
             event = channel.next_event(), if !channel.is_eof() => match event {
                 Event::Message(WorkerMessage::Hello { protocol_version, sdk_version, .. }) => {
-                    return match check_version(protocol_version) {
+                    return match negotiate(protocol_version) {
                         Ok(version) => {
                             let hello = SupervisorMessage::Hello {
                                 protocol_version: version,

@@ -330,19 +330,20 @@ pub async fn refusal_exits_non_zero(t: Ctx, sdk: Sdk) {
     .await;
 }
 
-/// A hello with another protocol version ends the worker, non-zero, with nothing sent (§7).
+/// A hello with a protocol version the worker does not speak (one newer than it announced) ends
+/// the worker, non-zero, with nothing sent (§7).
 pub async fn other_version_exits_non_zero(t: Ctx, sdk: Sdk) {
     raw(t, sdk, |t, sdk| {
         let mut peer = Peer::spawn(t, sdk);
         peer.expect_hello();
         peer.send(&SupervisorMessage::Hello {
-            protocol_version: 2,
+            protocol_version: peer.announced + 1,
             supervisor_version: "from the future".into(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             heartbeat_interval_ms: 0,
         });
-        peer.expect_eof("the end after a version-2 hello");
-        assert_exit_failure(&mut peer, "after a version-2 hello");
+        peer.expect_eof("the end after a hello from a newer version");
+        assert_exit_failure(&mut peer, "after a hello from a newer version");
     })
     .await;
 }
@@ -374,6 +375,95 @@ pub async fn cancel_before_start_answers_once(t: Ctx, sdk: Sdk) {
         );
         peer.send(&SupervisorMessage::Shutdown);
         peer.expect_eof("the end after Shutdown (no second terminal message)");
+        assert_exit_code(&mut peer, 0, "after Shutdown");
+    })
+    .await;
+}
+
+/// Version 2 (§5, "Queued jobs"): jobs sent while one runs wait and run in order; a `Cancel`
+/// for a waiting job is answered `Cancelled` at once, ahead of the running job's result, and
+/// the job never runs; `Shutdown` behind queued jobs runs them all first. An SDK that announces
+/// version 1 is never sent a queued job: the case checks that it announced 1 and ends there.
+pub async fn queued_jobs_run_in_order(t: Ctx, sdk: Sdk) {
+    raw(t, sdk, |t, sdk| {
+        let mut peer = Peer::spawn(t, sdk);
+        peer.handshake(DEFAULT_MAX_FRAME_LEN, 0);
+        if !warden_protocol::queues_jobs(peer.announced) {
+            assert_eq!(peer.announced, 1, "{}", sdk.name);
+            peer.send(&SupervisorMessage::Shutdown);
+            peer.expect_eof("the end after Shutdown");
+            assert_exit_code(&mut peer, 0, "after Shutdown");
+            return;
+        }
+        let frame =
+            |msg: &SupervisorMessage| warden_protocol::encode_frame(msg, u32::MAX).expect("encode");
+        // One write: a job that waits for its cancel, then three behind it.
+        let mut bytes = frame(&start(1, b"wait"));
+        for (job, payload) in [(2, &b"echo:two"[..]), (3, b"echo:three"), (4, b"echo:four")] {
+            bytes.extend(frame(&start(job, payload)));
+        }
+        peer.send_bytes(&bytes);
+        peer.expect_ready(1);
+        // Job 3 waits behind 1 and 2: its cancel is answered now, while 1 still runs.
+        peer.send(&SupervisorMessage::Cancel {
+            job: JobId(3),
+            reason: CancelReason::Requested,
+        });
+        let (terminal, progress) = peer.expect_terminal(3);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Cancelled { job: JobId(3) },
+            "{}",
+            sdk.name
+        );
+        assert!(
+            progress.is_empty(),
+            "{}: job 3 never ran: {progress:?}",
+            sdk.name
+        );
+        peer.send(&SupervisorMessage::Cancel {
+            job: JobId(1),
+            reason: CancelReason::Requested,
+        });
+        let (terminal, _) = peer.expect_terminal(1);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Cancelled { job: JobId(1) },
+            "{}",
+            sdk.name
+        );
+        let (terminal, _) = peer.expect_terminal(2);
+        assert_eq!(
+            terminal,
+            WorkerMessage::Completed {
+                job: JobId(2),
+                output: b"two".to_vec()
+            },
+            "{}",
+            sdk.name
+        );
+        // A stale cancel for job 3 (answered already) is ignored; Shutdown right behind job 5
+        // runs 4 and 5 first.
+        let mut bytes = frame(&SupervisorMessage::Cancel {
+            job: JobId(3),
+            reason: CancelReason::Timeout,
+        });
+        bytes.extend(frame(&start(5, b"echo:five")));
+        bytes.extend(frame(&SupervisorMessage::Shutdown));
+        peer.send_bytes(&bytes);
+        for (job, output) in [(4, &b"four"[..]), (5, b"five")] {
+            let (terminal, _) = peer.expect_terminal(job);
+            assert_eq!(
+                terminal,
+                WorkerMessage::Completed {
+                    job: JobId(job),
+                    output: output.to_vec()
+                },
+                "{}",
+                sdk.name
+            );
+        }
+        peer.expect_eof("the end after Shutdown");
         assert_exit_code(&mut peer, 0, "after Shutdown");
     })
     .await;

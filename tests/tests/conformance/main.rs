@@ -82,6 +82,7 @@ conformance! {
         other_version_exits_non_zero,
         cancel_before_start_answers_once,
         stale_cancels_are_ignored,
+        queued_jobs_run_in_order,
         progress_coalesces,
         heartbeats_flow_while_the_handler_spins,
         sigterm_cancels_then_exits_zero,

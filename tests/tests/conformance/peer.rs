@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use warden_protocol::{
-    DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage,
-    encode_frame,
+    DEFAULT_MAX_FRAME_LEN, FrameDecoder, JobId, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    SupervisorMessage, WorkerMessage, encode_frame, negotiate,
 };
 
 use crate::sdks::Sdk;
@@ -30,6 +30,8 @@ pub struct Peer {
     decoder: FrameDecoder,
     /// What the worker under test is called, for messages.
     pub sdk: &'static str,
+    /// The newest protocol version the worker's hello announced (0 before it).
+    pub announced: u16,
 }
 
 impl Peer {
@@ -53,6 +55,7 @@ impl Peer {
             stream: Some(ours),
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_LEN),
             sdk: sdk.name,
+            announced: 0,
         }
     }
 
@@ -144,7 +147,12 @@ impl Peer {
                 pid: said,
                 sdk_version,
             }) => {
-                assert_eq!(protocol_version, PROTOCOL_VERSION, "{}", self.sdk);
+                assert!(
+                    (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version),
+                    "{}: announces version {protocol_version}, which warden does not speak",
+                    self.sdk
+                );
+                self.announced = protocol_version;
                 assert_eq!(
                     said, pid,
                     "{}: the hello names the worker's own pid",
@@ -163,11 +171,13 @@ impl Peer {
         }
     }
 
-    /// The whole handshake, announcing `max_frame_len` and `heartbeat_interval_ms`.
+    /// The whole handshake, announcing `max_frame_len` and `heartbeat_interval_ms`, in the
+    /// version warden would settle on with this worker.
     pub fn handshake(&mut self, max_frame_len: u32, heartbeat_interval_ms: u32) {
         self.expect_hello();
+        let version = negotiate(self.announced).expect("checked in expect_hello");
         self.send(&SupervisorMessage::Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: version,
             supervisor_version: "conformance peer".into(),
             max_frame_len,
             heartbeat_interval_ms,

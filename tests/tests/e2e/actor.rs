@@ -95,3 +95,58 @@ fn a_blocking_progress_callback_never_delays_the_kill() {
         },
     );
 }
+
+#[test]
+fn pipelined_runs_wait_in_the_worker_and_a_cancel_there_is_answered_before_their_turn() {
+    e2e("pipelined_runs_wait_in_the_worker", |t| async move {
+        let config = WorkerConfig::protocol().deadlines(patient()).pipeline(3);
+        let worker = t.spawn(&[mode::COOPERATIVE], config).await;
+        assert_eq!(
+            worker.info().protocol_version,
+            Some(warden_protocol::PROTOCOL_VERSION),
+            "the Rust SDK speaks version 2"
+        );
+        {
+            let first_token = warden::CancellationToken::new();
+            let (first_options, mut first) = watch(JobOptions::new().token(first_token.clone()));
+            let second_token = warden::CancellationToken::new();
+            let (second_options, mut second) = watch(JobOptions::new().token(second_token.clone()));
+            let (third_options, mut third) = watch(JobOptions::new());
+            let first_job = worker.run(WAIT.to_vec(), first_options);
+            let second_job = worker.run(WAIT.to_vec(), second_options);
+            let third_job = worker.run(echo(b"three"), third_options);
+            tokio::pin!(first_job, second_job, third_job);
+            // All three go out now: the first runs, the others wait in the worker.
+            tokio::select! {
+                biased;
+                _ = &mut first_job => panic!("the first job ended at once"),
+                _ = &mut second_job => panic!("the second job ended at once"),
+                _ = &mut third_job => panic!("the third job ended at once"),
+                _ = first.ready() => {}
+            }
+            // The second is cancelled while it waits: the worker answers before its turn.
+            second_token.cancel();
+            let report = within(LIMIT, "the second job's report", &mut second_job)
+                .await
+                .expect("run");
+            assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+            assert!(!report.started, "{report:#?}");
+            assert_eq!(report.reason, Some(CancelReason::Requested));
+            assert_eq!(report.stage, None, "no ladder for a job that never ran");
+            assert!(second.drain().is_empty(), "the second job never ran");
+            first_token.cancel();
+            let report = within(LIMIT, "the first job's report", &mut first_job)
+                .await
+                .expect("run");
+            assert_eq!(report.outcome, Outcome::Cancelled);
+            assert_eq!(report.stage, Some(Stage::Cooperative));
+            let report = within(LIMIT, "the third job's report", &mut third_job)
+                .await
+                .expect("run");
+            assert_eq!(report.outcome, Outcome::Completed(b"three".to_vec()));
+            assert_eq!(report.job, JobId(3));
+            third.drain();
+        }
+        shutdown(worker).await;
+    });
+}

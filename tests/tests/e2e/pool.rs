@@ -640,7 +640,7 @@ fn with_prefetch_the_next_job_waits_in_its_worker_and_its_cancel_is_answered_at_
         let pool = start(
             &t,
             WorkerConfig::protocol().deadlines(patient()),
-            PoolConfig::new(1).prefetch(true),
+            PoolConfig::new(1).prefetch(1),
         );
         let (opts, mut progress) = watch(JobOptions::new());
         let a = submit(&pool, WAIT, opts).await;
@@ -685,7 +685,7 @@ fn with_prefetch_the_job_behind_one_whose_ladder_ended_the_worker_runs_on_a_fres
     e2e("pool_prefetch_behind_a_replaced_worker", |t| async move {
         // It ignores its token: the grace runs out, SIGTERM (at its default) ends it.
         let worker = WorkerConfig::protocol().deadlines(short(ms(100), ms(60_000)));
-        let pool = start(&t, worker, PoolConfig::new(1).prefetch(true));
+        let pool = start(&t, worker, PoolConfig::new(1).prefetch(1));
         let (options, mut progress) = watch(JobOptions::new());
         let token = options.token.clone();
         let a = submit(&pool, POOL_IGNORE, options).await;
@@ -711,7 +711,7 @@ fn with_prefetch_the_job_behind_one_whose_ladder_ended_the_worker_runs_on_a_fres
 #[test]
 fn with_prefetch_every_job_completes_once_and_max_jobs_still_holds() {
     e2e("pool_prefetch_many_jobs_and_max_jobs", |t| async move {
-        let config = PoolConfig::new(2).prefetch(true).queue_capacity(300);
+        let config = PoolConfig::new(2).prefetch(4).queue_capacity(300);
         let pool = start(&t, WorkerConfig::protocol(), config);
         let mut handles = Vec::new();
         for i in 0..200u32 {
@@ -730,7 +730,7 @@ fn with_prefetch_every_job_completes_once_and_max_jobs_still_holds() {
         stop(&pool, ShutdownMode::Drain).await;
 
         // Recycled after 3 jobs: nothing is handed early to a worker about to be recycled.
-        let config = PoolConfig::new(1).prefetch(true).max_jobs_per_worker(3);
+        let config = PoolConfig::new(1).prefetch(2).max_jobs_per_worker(3);
         let pool = start(&t, WorkerConfig::protocol(), config);
         let mut handles = Vec::new();
         for i in 0..7u8 {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use warden_protocol::{DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage};
+use warden_protocol::{
+    DEFAULT_MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage,
+};
 use warden_worker::{ConnectError, ServeError};
 
 use crate::support::*;
@@ -54,6 +56,41 @@ async fn version_mismatch_is_a_typed_error() {
         }
         other => panic!("expected a version error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_version_the_sdk_no_longer_speaks_is_a_typed_error() {
+    let (mut sup, channel) = pair();
+    let serving = spawn_async(channel, |_job| async { Ok(Vec::new()) });
+    sup.accept_version(MIN_PROTOCOL_VERSION - 1, 0, DEFAULT_MAX_FRAME_LEN)
+        .await;
+    match finished(serving).await.unwrap_err() {
+        ServeError::Connect(ConnectError::Version(e)) => {
+            assert_eq!(e.peer, MIN_PROTOCOL_VERSION - 1);
+        }
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}
+
+/// An older supervisor answers the worker's hello with version 1: the SDK speaks it (jobs one
+/// by one, as `queued.rs` checks for a second start).
+#[tokio::test]
+async fn a_version_1_supervisor_is_served() {
+    let (mut sup, channel) = pair();
+    let serving = spawn_async(channel, |job| async move { Ok(job.payload().to_vec()) });
+    sup.accept_v1().await;
+    for job in 1..=2 {
+        sup.send(&start(job, b"v1")).await;
+        assert_eq!(
+            sup.recv("result").await,
+            WorkerMessage::Completed {
+                job: warden_protocol::JobId(job),
+                output: b"v1".to_vec()
+            }
+        );
+    }
+    sup.send(&SupervisorMessage::Shutdown).await;
+    finished(serving).await.expect("ok");
 }
 
 #[tokio::test]

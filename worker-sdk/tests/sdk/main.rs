@@ -11,4 +11,5 @@ mod lifecycle;
 mod process;
 mod progress;
 mod protocol;
+mod queued;
 mod support;

@@ -87,8 +87,10 @@ async fn frame_over_the_negotiated_limit_is_rejected() {
     );
 }
 
+/// Protocol version 1: the supervisor queues nothing, so a second start is its violation (in
+/// version 2 it is queued: `queued.rs`).
 #[tokio::test]
-async fn start_while_running_is_rejected_and_trips_the_token() {
+async fn start_while_running_is_rejected_and_trips_the_token_in_version_1() {
     let (mut sup, channel) = pair();
     let (causes, mut cause_rx) = mpsc::unbounded_channel();
     let serving = spawn_async(channel, move |job| {
@@ -100,7 +102,7 @@ async fn start_while_running_is_rejected_and_trips_the_token() {
             Err(JobError::Cancelled)
         }
     });
-    sup.accept_default().await;
+    sup.accept_v1().await;
     sup.send(&start(1, b"")).await;
     let _ = sup.recv("progress").await;
     sup.send(&start(2, b"")).await;

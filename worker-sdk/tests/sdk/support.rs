@@ -74,9 +74,19 @@ pub async fn finished(serving: JoinHandle<Result<(), ServeError>>) -> Result<(),
         .expect("serve task panicked")
 }
 
+/// The supervisor's hello, in the newest version (the worker's own, so jobs may be queued).
 pub fn hello(heartbeat_interval_ms: u32, max_frame_len: u32) -> SupervisorMessage {
+    hello_version(PROTOCOL_VERSION, heartbeat_interval_ms, max_frame_len)
+}
+
+/// The supervisor's hello settling on `protocol_version`.
+pub fn hello_version(
+    protocol_version: u16,
+    heartbeat_interval_ms: u32,
+    max_frame_len: u32,
+) -> SupervisorMessage {
     SupervisorMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version,
         supervisor_version: "fake 0".into(),
         max_frame_len,
         heartbeat_interval_ms,
@@ -168,20 +178,48 @@ impl FakeSupervisor {
         .await
     }
 
-    /// Receives the worker's hello and accepts it.
+    /// Receives the worker's hello and accepts it in the newest version.
     pub async fn accept(&mut self, heartbeat_interval_ms: u32, max_frame_len: u32) {
+        self.accept_version(PROTOCOL_VERSION, heartbeat_interval_ms, max_frame_len)
+            .await;
+    }
+
+    /// Receives the worker's hello (which must name the newest version) and answers that both
+    /// speak `protocol_version`, as an older supervisor does.
+    pub async fn accept_version(
+        &mut self,
+        protocol_version: u16,
+        heartbeat_interval_ms: u32,
+        max_frame_len: u32,
+    ) {
         let msg = self.recv_any("worker hello").await;
         assert!(
-            matches!(msg, WorkerMessage::Hello { .. }),
-            "expected hello, got {msg:?}"
+            matches!(
+                msg,
+                WorkerMessage::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    ..
+                }
+            ),
+            "expected a version {PROTOCOL_VERSION} hello, got {msg:?}"
         );
-        self.send(&hello(heartbeat_interval_ms, max_frame_len))
-            .await;
+        self.send(&hello_version(
+            protocol_version,
+            heartbeat_interval_ms,
+            max_frame_len,
+        ))
+        .await;
     }
 
     /// Accepts with no heartbeats and the default frame limit.
     pub async fn accept_default(&mut self) {
         self.accept(0, DEFAULT_MAX_FRAME_LEN).await;
+    }
+
+    /// Accepts in protocol version 1 (no queued jobs), with no heartbeats and the default frame
+    /// limit.
+    pub async fn accept_v1(&mut self) {
+        self.accept_version(1, 0, DEFAULT_MAX_FRAME_LEN).await;
     }
 
     /// Closes the supervisor's end.

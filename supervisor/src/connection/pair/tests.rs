@@ -503,3 +503,105 @@ fn a_stop_signal_from_outside_that_nobody_here_follows_is_crashed() {
     );
     assert!(p.kills.is_empty(), "it ended on its own: {:?}", p.kills);
 }
+
+fn queueing(depth: usize) -> Pair {
+    Pair::new(
+        crate::connection::Settings {
+            queue_depth: depth,
+            ..settings()
+        },
+        None,
+    )
+}
+
+fn outcomes(p: &Pair) -> Vec<(JobId, Outcome, bool)> {
+    p.replies
+        .iter()
+        .map(|r| match r {
+            Ok(r) => (r.job, r.outcome.clone(), r.started),
+            Err(e) => panic!("expected reports, got {e:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn queued_jobs_run_in_order_and_a_queued_cancel_is_answered_before_its_turn() {
+    let mut p = queueing(3);
+    for _ in 0..3 {
+        p.start_queued(JobStart::default());
+    }
+    assert_eq!(
+        p.handler_starts,
+        [JobId(1)],
+        "one runs, two wait in the worker"
+    );
+    p.cancel_queued(JobId(3), CancelReason::Requested);
+    assert_eq!(p.trips, [], "no token trips for a job that never started");
+    assert_eq!(
+        outcomes(&p),
+        [(JobId(3), Outcome::Cancelled, false)],
+        "answered while job 1 still runs"
+    );
+    p.finish(result(b"one"));
+    assert_eq!(p.handler_starts, [JobId(1), JobId(2)]);
+    p.finish(result(b"two"));
+    assert_eq!(p.handler_starts, [JobId(1), JobId(2)], "job 3 never ran");
+    assert_eq!(
+        outcomes(&p)[1..],
+        [
+            (JobId(1), Outcome::Completed(b"one".to_vec()), true),
+            (JobId(2), Outcome::Completed(b"two".to_vec()), true),
+        ]
+    );
+    assert!(p.sdk_exit.is_none());
+    assert_eq!((p.kills.len(), p.signals.len()), (0, 0));
+    assert!(p.conn.takes_requests());
+}
+
+#[test]
+fn a_queued_cancel_crossing_the_result_before_it_cancels_the_started_job() {
+    let mut p = queueing(2);
+    p.start_queued(JobStart::default());
+    p.start_queued(JobStart::default());
+    p.hold(Dir::ToWorker);
+    p.hold(Dir::ToSupervisor);
+    // Job 1 ends, so the worker starts job 2, before it reads job 2's cancel.
+    p.finish(result(b"one"));
+    p.cancel_queued(JobId(2), CancelReason::Requested);
+    p.deliver_to_worker();
+    assert_eq!(p.handler_starts, [JobId(1), JobId(2)]);
+    assert_eq!(p.trips.len(), 1, "the running job 2's token trips");
+    p.finish(Finish::Cancelled);
+    p.release(Dir::ToWorker);
+    p.release(Dir::ToSupervisor);
+    let got = outcomes(&p);
+    assert_eq!(
+        got[0],
+        (JobId(1), Outcome::Completed(b"one".to_vec()), true)
+    );
+    assert_eq!(got[1].0, JobId(2));
+    assert_eq!(got[1].1, Outcome::Cancelled);
+    assert!(got[1].2, "it had started");
+    assert_eq!((p.kills.len(), p.signals.len()), (0, 0));
+}
+
+#[test]
+fn queued_jobs_never_run_once_the_running_one_is_signalled() {
+    let mut p = queueing(3);
+    p.start_queued(JobStart {
+        timeout: Some(ms(10)),
+        ..JobStart::default()
+    });
+    p.start_queued(JobStart::default());
+    p.start_queued(JobStart::default());
+    // The handler ignores its cancel: the grace ends, SIGTERM goes out.
+    p.advance(ms(200));
+    assert!(!p.signals.is_empty());
+    let gone = p
+        .replies
+        .iter()
+        .filter(|r| matches!(r, Err(RunError::WorkerGone { .. })))
+        .count();
+    assert_eq!(gone, 2, "{:?}", p.replies);
+    assert_eq!(p.handler_starts, [JobId(1)], "nothing queued ever started");
+}
