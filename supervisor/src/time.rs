@@ -34,14 +34,25 @@ pub fn next_wake(now: Instant, at: Instant) -> Instant {
     now + at.saturating_duration_since(now).min(STEP)
 }
 
+/// A deadline further off than this waits on tokio's timer first and moves to the
+/// `warden-timer` thread only this long before it is due: one re-armed or disarmed long before
+/// it is due (a partial frame's stall bound, re-armed by each read that ends mid-frame, or
+/// liveness, re-armed by each frame) then never wakes that thread. tokio's timer is at most a
+/// few milliseconds late, well within the lead.
+const COARSE_LEAD: Duration = Duration::from_millis(20);
+
 /// One re-armable sleep: the single timer of a loop driven by a sans-IO machine's
 /// `poll_timeout()`. [`Wakeup::set`] re-arms it (cheap: no allocation), [`Wakeup::fired`]
 /// resolves once the deadline has passed, never before.
 #[derive(Debug)]
 pub struct Wakeup {
-    /// The fallback, where the timer thread could not be started.
+    /// The fallback, where the timer thread could not be started; with it, the wait until
+    /// `coarse_until`.
     sleep: Pin<Box<Sleep>>,
     at: Option<Instant>,
+    /// With the timer thread: `sleep` runs until this instant ([`COARSE_LEAD`] before `at`),
+    /// and only then is the deadline handed to the thread.
+    coarse_until: Option<Instant>,
     /// This timer's key with the timer thread, while it is registered there.
     id: u64,
     registered: Option<Instant>,
@@ -56,6 +67,7 @@ impl Wakeup {
         Wakeup {
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             at: None,
+            coarse_until: None,
             id: precise::next_id(),
             registered: None,
         }
@@ -68,8 +80,14 @@ impl Wakeup {
         }
         self.at = at;
         self.unregister();
+        self.coarse_until = None;
         if let Some(at) = at {
-            let wake = next_wake(Instant::now(), at);
+            let now = Instant::now();
+            let mut wake = next_wake(now, at);
+            if precise::available() && at.saturating_duration_since(now) > 2 * COARSE_LEAD {
+                wake = next_wake(now, at - COARSE_LEAD);
+                self.coarse_until = Some(at - COARSE_LEAD);
+            }
             self.sleep.as_mut().reset(wake.into());
         }
     }
@@ -89,6 +107,16 @@ impl Wakeup {
             return pending().await;
         };
         if precise::available() {
+            // Far off: tokio's timer first (see `COARSE_LEAD`), in steps as below.
+            while let Some(until) = self.coarse_until {
+                self.sleep.as_mut().await;
+                let now = Instant::now();
+                if now >= until {
+                    self.coarse_until = None;
+                } else {
+                    self.sleep.as_mut().reset(next_wake(now, until).into());
+                }
+            }
             std::future::poll_fn(|cx| {
                 if Instant::now() >= at {
                     self.unregister();
