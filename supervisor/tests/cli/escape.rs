@@ -311,8 +311,11 @@ fn warden_sigkilled(sub: Sub, mode: Mode) {
         return;
     }
     let (exe, fixture_args) = fixture_argv();
+    // `warden timeout`'s guard runs the orphan ladder on the tree: `-s`, then SIGKILL after
+    // `-k` (2 s without one). The `ignore-term` member waits for the SIGKILL: `-k 0.1` keeps
+    // that well inside the bound the survivors are looked for in.
     let mut args: Vec<&str> = match sub {
-        Sub::Timeout => vec!["timeout", "30"],
+        Sub::Timeout => vec!["timeout", "-k", "0.1", "30"],
         Sub::Run => vec!["run", "--"],
     };
     args.push(&exe);
