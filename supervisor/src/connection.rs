@@ -832,6 +832,11 @@ impl Connection {
         }
     }
 
+    /// Some job queued behind the running one has no cancel sent for it yet.
+    pub(crate) fn has_uncancelled_queued(&self) -> bool {
+        self.queued.iter().any(|q| q.cancel.is_none())
+    }
+
     /// Every job queued behind the running one that no cancel was sent for yet (the shutdown
     /// token cancels them all).
     pub(crate) fn queued_uncancelled(&self) -> Vec<JobId> {

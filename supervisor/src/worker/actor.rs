@@ -108,13 +108,24 @@ struct Current {
     progress: Option<ProgressSink>,
 }
 
-/// The first job in `watch` whose caller cancelled it or went away.
+/// The first job whose caller cancelled it or went away, among those whose cancel matters now:
+/// the running job's while it accepts one (`cancellable`), each queued job's until its
+/// `Cancel` went out.
 fn job_cancelled<'a>(
     jobs: &'a mut [Current],
-    watch: &'a [JobId],
+    conn: &'a Connection,
+    cancellable: bool,
 ) -> impl Future<Output = JobId> + 'a {
+    let running = conn.running_job();
     poll_fn(move |cx| {
-        for job in jobs.iter_mut().filter(|j| watch.contains(&j.id)) {
+        let watched = |id: JobId| {
+            if Some(id) == running {
+                cancellable
+            } else {
+                conn.accepts_cancel_queued(id)
+            }
+        };
+        for job in jobs.iter_mut().filter(|j| watched(j.id)) {
             if job.cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(job.id);
             }
@@ -215,21 +226,7 @@ impl Actor {
             let reading = self.conn.is_reading();
             let cancellable = self.conn.accepts_cancel();
             let running = self.conn.running_job();
-            // Whose caller's cancel matters now: the running job's while it accepts one, and
-            // each queued job's until its `Cancel` went out.
-            let watch: Vec<JobId> = self
-                .jobs
-                .iter()
-                .map(|j| j.id)
-                .filter(|&id| {
-                    if Some(id) == running {
-                        cancellable
-                    } else {
-                        self.conn.accepts_cancel_queued(id)
-                    }
-                })
-                .collect();
-            let queued_open = !self.conn.queued_uncancelled().is_empty();
+            let queued_open = self.conn.has_uncancelled_queued();
             let withdraws = self.config.protocol && !self.waiting.is_empty();
             // Every branch first learns whether the timer thread SIGKILLed the tree meanwhile
             // (`sync_alarm`): what woke it came later, and is judged after the kill.
@@ -262,7 +259,7 @@ impl Actor {
                     tracing::info!(parent: &self.span, status = ?status.as_ref().ok(), "worker exited");
                     self.conn.handle_exit(Instant::now(), status.ok());
                 }
-                id = job_cancelled(&mut self.jobs, &watch), if !watch.is_empty() => {
+                id = job_cancelled(&mut self.jobs, &self.conn, cancellable), if !self.jobs.is_empty() => {
                     self.sync_alarm();
                     let now = Instant::now();
                     if Some(id) == running {
