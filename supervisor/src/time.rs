@@ -9,8 +9,9 @@
 //! Deadlines are kept to the microsecond: tokio's timer wheel has millisecond slots (a stage-3
 //! SIGKILL landed ~1.4 ms after its deadline at p50), so a [`Wakeup`] is woken by one
 //! process-wide `warden-timer` thread that sleeps on a condition variable until the earliest
-//! armed deadline (a futex wait: tens of microseconds late) and wakes that task. If the thread
-//! cannot be started, tokio's timer is used instead.
+//! armed deadline (a futex wait: tens of microseconds late) and wakes that task; a deadline
+//! far off waits on tokio's timer first and reaches that thread 20 ms before it is
+//! due. If the thread cannot be started, tokio's timer is used instead.
 //!
 //! Public only for the `warden` binary (the same package, another crate); not part of the API.
 
