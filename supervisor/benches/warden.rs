@@ -507,13 +507,16 @@ async fn cancel_outcome(n: usize) -> Result<Row, BoxError> {
 /// reads it through its reactor and stamps it (3b); for the ack (4b) it hands the byte to a
 /// thread of its own that writes 8 bytes back, which the task reads and sends to the caller
 /// through a oneshot. So each row's ratio to these is what warden's own code costs on top.
+/// Row 3c writes the byte from the caller's thread itself, interleaved with 3b: what is left
+/// of row 3 once the sending side has no hop at all (the child's reactor, the wake-up of an
+/// event loop rather than of a thread blocked in `read`).
 async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut child = raw_child("raw-tokio-echo", &theirs)?;
     drop(theirs);
     ours.set_nonblocking(true)?;
     let mut ours = tokio::net::UnixStream::from_std(ours)?;
-    let (mut one_way, mut round) = (Vec::new(), Vec::new());
+    let (mut one_way, mut round, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n * 5 {
         let token = CancellationToken::new();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<u64, std::io::Error>>();
@@ -540,6 +543,15 @@ async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
         ours = task.await?;
         one_way.push(t1.saturating_sub(t0) as f64 / 1e6);
         round.push(t2.saturating_sub(t0) as f64 / 1e6);
+        // 3c, interleaved: the same byte written by this thread itself (no task, no hop on
+        // the sending side), so only the child's reactor lies between the write and the stamp.
+        let t0 = mono_ns();
+        if ours.try_write(b"p")? != 1 {
+            return Err("the socket took nothing".into());
+        }
+        let mut ack = [0u8; 8];
+        tokio::time::timeout(WAIT, ours.read_exact(&mut ack)).await??;
+        direct.push(u64::from_le_bytes(ack).saturating_sub(t0) as f64 / 1e6);
     }
     drop(ours);
     tokio::task::spawn_blocking(move || child.wait()).await??;
@@ -551,6 +563,14 @@ async fn cancel_tokio_shape(n: usize) -> Result<Vec<Row>, BoxError> {
             &mut flip,
             "token -> task on a runtime thread -> tokio write -> current-thread reader (stamp)",
             &mut one_way,
+            2.0,
+        )
+        .informative(),
+        ratio_row(
+            "3c cancel() -> token flips, against a reactor written directly",
+            &mut flip,
+            "the same reader, written from the caller's own thread (no hop on the sending side)",
+            &mut direct,
             2.0,
         )
         .informative(),
