@@ -240,6 +240,7 @@ async fn run_all(quick: bool) -> Vec<Row> {
     row!("1 spawn -> handshake", spawn_handshake(n));
     row!("2 spawn after a tree was killed", spawn_after_kill(n / 2));
     row!("3 cancel() -> token flips", cancel_flip(n));
+    row!("3d cancel() from a runtime task", cancel_flip_in_task(n));
     row!("4 cancel() -> cooperative outcome", cancel_outcome(n));
     if only
         .as_deref()
@@ -487,6 +488,23 @@ async fn cancel_flip(n: usize) -> Result<Row, BoxError> {
         &mut floor,
         2.0,
     ))
+}
+
+/// Row 3 with the caller in a task on one of the runtime's threads rather than on the
+/// `block_on` thread: the token's wake-up of the worker's actor then lands in that thread's
+/// own run queue instead of unparking another thread, so the ratio against row 3 is what
+/// that cross-thread wake-up costs (the runtime's, not warden's).
+async fn cancel_flip_in_task(n: usize) -> Result<Row, BoxError> {
+    let (mut floor, _) = tokio::task::spawn_blocking(move || raw_ipc(n * 5)).await??;
+    let mut flip = tokio::spawn(flips(n)).await??;
+    Ok(ratio_row(
+        "3d cancel() from a runtime task -> token flips",
+        &mut flip,
+        "socketpair one-way write to a reader process",
+        &mut floor,
+        2.0,
+    )
+    .informative())
 }
 
 async fn cancel_outcome(n: usize) -> Result<Row, BoxError> {
