@@ -37,9 +37,11 @@ pub fn gnu_available() -> bool {
     found
 }
 
-/// A mark no other run uses.
+/// A mark no other run uses. Also puts back, once, the default disposition of every signal
+/// this test binary inherited as ignored (see [`default_inherited_ignores`]).
 pub fn new_mark() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    default_inherited_ignores();
     format!(
         "{}-{}",
         std::process::id(),
@@ -87,8 +89,37 @@ pub struct Proc {
     reaped: bool,
 }
 
+/// Sets every signal this process inherited as ignored back to its default, once, so that
+/// the commands the tests start see the state a shell gives them. Under `nohup cargo test`
+/// SIGHUP arrives ignored; `warden timeout`, as GNU's, leaves a signal ignored at start
+/// ignored in COMMAND and does not act on it, which the tests that send SIGHUP or read the
+/// child's `SigIgn` would take for a bug. SIGPIPE is left alone: the test harness ignores it
+/// on purpose, and `Command` resets it in every child.
+pub fn default_inherited_ignores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for sig in 1..libc::SIGRTMIN() {
+            if [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&sig) {
+                continue;
+            }
+            // SAFETY: a query (null new action) into a zeroed, owned struct.
+            let ignored = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            };
+            if ignored {
+                // SAFETY: installs SIG_DFL for a signal that was ignored, which runs no code
+                // and replaces no handler of ours.
+                unsafe { libc::signal(sig, libc::SIG_DFL) };
+            }
+        }
+    });
+}
+
 /// Builds a command with the mark, a null stdin and piped output.
 pub fn command(program: &str, args: &[&str], mark: &str) -> Command {
+    default_inherited_ignores();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env(MARK_VAR, mark)
