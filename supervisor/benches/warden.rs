@@ -970,7 +970,8 @@ async fn pool_throughput(n: usize, rounds: usize) -> Result<Vec<Row>, BoxError> 
         })
         .await?;
         let mut best: Option<f64> = None;
-        let note = match peers {
+        let mut notes = Vec::new();
+        match peers {
             Ok(out) if out.status.success() => {
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
                     match line.rsplit_once(' ').map(|(k, v)| (k, v.parse::<f64>())) {
@@ -981,26 +982,24 @@ async fn pool_throughput(n: usize, rounds: usize) -> Result<Vec<Row>, BoxError> 
                             }
                             best = Some(best.map_or(rate, |b: f64| b.max(rate)));
                         }
-                        _ => {
-                            if !peer_notes.iter().any(|l| l == line) {
-                                peer_notes.push(line.to_string());
-                            }
-                        }
+                        _ => notes.push(line.to_string()),
                     }
                 }
-                None
             }
-            Ok(out) => Some(format!(
+            Ok(out) => notes.push(format!(
                 "python peers failed: {}",
                 String::from_utf8_lossy(&out.stderr)
                     .lines()
                     .last()
                     .unwrap_or("")
             )),
-            Err(e) => Some(format!("python peers skipped: python3: {e}")),
-        };
-        if let Some(note) = note.filter(|n| !peer_notes.contains(n)) {
-            peer_notes.push(note);
+            Err(e) => notes.push(format!("python peers skipped: python3: {e}")),
+        }
+        // What a peer said instead of a rate ("pebble skipped"), once however many rounds.
+        for note in notes {
+            if !peer_notes.contains(&note) {
+                peer_notes.push(note);
+            }
         }
         bests.extend(best);
         ours.push(pool_rate(n, PREFETCH).await?);
@@ -1161,14 +1160,21 @@ async fn many_workers(n: usize, rounds: usize) -> Result<Vec<Row>, BoxError> {
 fn raw_sleepers(n: usize) -> Result<f64, BoxError> {
     let start = Instant::now();
     let mut children = Vec::new();
+    let mut failed = None;
     for _ in 0..n {
-        children.push(
-            std::process::Command::new(exe())
-                .env(ROLE, "sleeper")
-                .stdin(Stdio::null())
-                .process_group(0)
-                .spawn()?,
-        );
+        match std::process::Command::new(exe())
+            .env(ROLE, "sleeper")
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+        {
+            Ok(c) => children.push(c),
+            // The ones already started are still killed and reaped below.
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
     for c in &children {
         // SAFETY: killpg of a group our unreaped child leads.
@@ -1177,7 +1183,10 @@ fn raw_sleepers(n: usize) -> Result<f64, BoxError> {
     for mut c in children {
         c.wait()?;
     }
-    Ok(ms(start.elapsed()))
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(ms(start.elapsed())),
+    }
 }
 
 /// One round of row 8: `n` SDK workers spawned, each given a job, all cancelled at once when
